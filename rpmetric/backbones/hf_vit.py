@@ -1,0 +1,106 @@
+"""transformers ViTModel checkpoints (R-DINO) remapped into timm's VisionTransformer.
+
+The remap is a table of key swaps, so transformers is not needed at run time. Query, key
+and value projections are fused into timm's single ``qkv`` projection.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import partial
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..spec import Preprocessing
+from .weights import load_strict, read_state_dict
+
+__all__ = ["build_hf_vit", "hf_vit_preprocessing", "convert_hf_vit"]
+
+# (transformers key pattern, timm key); "{i}" is the block index.
+_KEY_SWAPS = (
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+)
+_QKV = re.compile(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)")
+# Parts of ViTModel that the CLS embedding never uses.
+_DROPPED = re.compile(r"(pooler\.|embeddings\.mask_token|classifier\.)")
+_SUPPORTED_ACT = ("gelu",)
+
+
+def convert_hf_vit(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a transformers ViT state dict into timm's VisionTransformer keys."""
+    if any(k.startswith("vit.") for k in state):  # saved from ViTFor... task models
+        state = {k[4:]: v for k, v in state.items() if k.startswith("vit.")}
+    out, qkv = {}, {}
+    for key, value in state.items():
+        if _DROPPED.match(key):
+            continue
+        m = _QKV.fullmatch(key)
+        if m:
+            qkv.setdefault((int(m.group(1)), m.group(3)), {})[m.group(2)] = value
+            continue
+        for pattern, target in _KEY_SWAPS:
+            if re.fullmatch(pattern, key):
+                out[re.sub(pattern, target, key)] = value
+                break
+        else:
+            out[key] = value  # left as is, so the strict load names it
+    for (block, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise ValueError(f"Block {block} has only {sorted(parts)} of query/key/value {kind}.")
+        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+    return out
+
+
+def build_hf_vit(files) -> nn.Module:
+    """timm's ViT built from a transformers ViTConfig; output is the CLS token after the final norm."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    cfg = files.config
+    act = cfg.get("hidden_act", "gelu")
+    if act not in _SUPPORTED_ACT:
+        raise ValueError(f"hidden_act {act!r} is not supported for the ViT remap; supported: {_SUPPORTED_ACT}.")
+    hidden = cfg.get("hidden_size", 768)
+    model = VisionTransformer(
+        img_size=cfg.get("image_size", 224),
+        patch_size=cfg.get("patch_size", 16),
+        in_chans=cfg.get("num_channels", 3),
+        num_classes=0,
+        global_pool="token",
+        embed_dim=hidden,
+        depth=cfg.get("num_hidden_layers", 12),
+        num_heads=cfg.get("num_attention_heads", 12),
+        mlp_ratio=cfg.get("intermediate_size", 4 * hidden) / hidden,
+        qkv_bias=cfg.get("qkv_bias", True),
+        # transformers' ViT default eps is 1e-12, timm's 1e-6: take the checkpoint's.
+        norm_layer=partial(nn.LayerNorm, eps=cfg.get("layer_norm_eps", 1e-12)),
+    )
+    state = convert_hf_vit(read_state_dict(files.weights))
+    load_strict(model, state, where=str(files.weights))
+    return model
+
+
+_RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest"}
+
+
+def hf_vit_preprocessing(config: dict, extras: dict) -> Preprocessing:
+    """Preprocessing for a ViT folder outside the zoo: DINO's 256/224 bicubic, ImageNet statistics,
+    unless ``preprocessor_config.json`` gives the statistics and interpolation."""
+    size = int(config.get("image_size", 224))
+    pp = extras.get("preprocessor_config.json", {})
+    return Preprocessing(
+        image_size=size,
+        resize_size=int(round(size * 256 / 224)),
+        interpolation=_RESAMPLE.get(pp.get("resample"), "bicubic"),
+        mean=tuple(pp.get("image_mean", (0.485, 0.456, 0.406))),
+        std=tuple(pp.get("image_std", (0.229, 0.224, 0.225))),
+    )

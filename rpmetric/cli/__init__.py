@@ -1,0 +1,49 @@
+"""The ``rpmetric`` command line. Each command lives in its own module with a ``register``
+function that adds its sub-parser, so commands stay independent."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .._version import __version__
+
+# Module names under rpmetric.cli, in the order `rpmetric --help` lists them.
+COMMAND_MODULES = ["models", "distance", "download"]
+_OPTIONAL_MODULES = ["evaluate", "embed", "train"]  # registered when present
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rpmetric",
+        description="Robust perceptual metrics from adversarially robust vision encoders.",
+    )
+    parser.add_argument("--version", action="version", version=f"rpmetric {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES + _OPTIONAL_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as err:
+            if name in _OPTIONAL_MODULES and err.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``rpmetric`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+        # Expected user-facing errors: one clear line, no traceback.
+        print(f"rpmetric {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rpmetric {args.command}: interrupted", file=sys.stderr)
+        return 130

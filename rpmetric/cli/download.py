@@ -1,0 +1,19 @@
+"""``rpmetric download``: prefetch a model's files into the Hugging Face cache."""
+
+from __future__ import annotations
+
+from ..hub import download
+
+
+def register(sub) -> None:
+    p = sub.add_parser("download", help="prefetch a model's weights into the Hugging Face cache",
+                       description="Fetch a model's config and weights into the Hugging Face cache (HF_HOME), "
+                                   "so that later runs work offline (HF_HUB_OFFLINE=1).")
+    p.add_argument("name", help="zoo name or hf-hub:ORG/NAME[@REV]")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    files = download(args.name)
+    print(f"{args.name}: {files.family.value} weights at {files.weights}")
+    return 0

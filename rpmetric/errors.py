@@ -1,0 +1,9 @@
+"""Exceptions that rpmetric raises on purpose, so callers can catch them by name."""
+
+
+class ModelNotAvailableError(FileNotFoundError):
+    """A model's weights are neither cached nor reachable; the message says the ways out."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint's files do not match the architecture its config describes."""

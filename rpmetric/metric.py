@@ -1,0 +1,112 @@
+"""RobustDistance: the perceptual metric as an nn.Module."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .encoder import Encoder, load_encoder
+from .functional import cosine_distance
+from .validation import check_batches, check_images, check_value_range
+
+__all__ = ["RobustDistance"]
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class RobustDistance(nn.Module):
+    """Perceptual distance ``1 - cos`` between embeddings of an adversarially robust encoder.
+
+    Args:
+        model: zoo name (see ``rpmetric.list_models()``), ``"hf-hub:ORG/NAME[@REV]"``, a local
+            folder in the Hub's file layout, or an :class:`~rpmetric.encoder.Encoder`. None picks
+            the default, ``r-clip-f-convnext``.
+        device: where to run; None picks CUDA when available, else the CPU. Inputs are moved here.
+        value_range: the range of input pixel values, e.g. ``(0, 1)`` or ``(-1, 1)``.
+        resize: resize inputs of any size as the model's preprocessing prescribes (differentiably).
+            If False, inputs must already be at the model's input size.
+        counterattack: an optional test-time defence applied to every image before embedding
+            (see :class:`rpmetric.Counterattack`); None for none.
+
+    The encoder is frozen and stays in eval mode; gradients flow to the input images only, so
+    the metric can serve as a loss. Under ``torch.autocast`` the encoder runs in reduced precision
+    and the distance is computed in float32.
+
+    Example:
+        >>> import torch, rpmetric
+        >>> metric = rpmetric.RobustDistance("r-clip-f-convnext")  # doctest: +SKIP
+        >>> x, y = torch.rand(4, 3, 256, 256), torch.rand(4, 3, 256, 256)
+        >>> metric(x, y).shape  # doctest: +SKIP
+        torch.Size([4])
+    """
+
+    def __init__(self, model=None, *, device=None, value_range=(0.0, 1.0), resize: bool = True,
+                 counterattack=None):
+        super().__init__()
+        self.value_range = check_value_range(value_range)
+        if isinstance(model, Encoder):
+            encoder = model
+            encoder.resize = resize
+        else:
+            encoder = load_encoder(model, resize=resize)
+        self.encoder = encoder
+        self.counterattack = counterattack
+        self.to(_default_device() if device is None else torch.device(device))
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def spec(self):
+        """The model's :class:`~rpmetric.spec.ModelSpec`."""
+        return self.encoder.spec
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.normalize.mean.device
+
+    def train(self, mode: bool = True) -> "RobustDistance":
+        # The metric has nothing to train; keep every submodule in eval mode.
+        return super().train(False)
+
+    def extra_repr(self) -> str:
+        return f"model={self.spec.name!r}, value_range={self.value_range}, resize={self.encoder.resize}"
+
+    # -- API -------------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Embeddings ``[N, D]`` of images ``[N, 3, H, W]`` in ``value_range``.
+
+        Args:
+            normalize: L2-normalise (the default); False gives the projected embedding ``f``
+                before normalisation, as used by the counterattack.
+        """
+        check_images(x, "x", self.value_range)
+        f = self._features(self._to_unit(x))
+        return nn.functional.normalize(f, dim=-1) if normalize else f
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distances ``[N]`` between ``x`` and ``y`` (a batch of 1 on either side broadcasts)."""
+        check_images(x, "x", self.value_range)
+        check_images(y, "y", self.value_range)
+        check_batches(x, y)
+        x, y = self._to_unit(x), self._to_unit(y)
+        if x.shape == y.shape:
+            # One pass over both batches: fewer, larger matmuls than two calls.
+            fx, fy = self._features(torch.cat([x, y])).chunk(2)
+        else:
+            fx, fy = self._features(x), self._features(y)
+        return cosine_distance(fx, fy)
+
+    # -- internals -------------------------------------------------------------------------
+    def _to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        low, high = self.value_range
+        x = x.to(self.device)
+        if (low, high) != (0.0, 1.0):
+            x = (x - low) / (high - low)
+        return x.clamp(0.0, 1.0)  # removes the tolerated rounding overshoot only
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.counterattack is not None:
+            return self.counterattack.defended_features(self.encoder, x)
+        return self.encoder(x)
+

@@ -1,0 +1,62 @@
+"""Differentiable image geometry and normalisation, so gradients w.r.t. pixels are exact."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .spec import Preprocessing
+
+__all__ = ["resize_and_crop", "target_size", "Normalize"]
+
+
+def target_size(height: int, width: int, pp: Preprocessing) -> Tuple[int, int]:
+    """Size after the resize step, following torchvision's rule (shorter side, long side truncated)."""
+    if pp.resize_mode == "squash":
+        return pp.image_size, pp.image_size
+    short, long = (height, width) if height <= width else (width, height)
+    new_short, new_long = pp.resize_size, int(pp.resize_size * long / short)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def resize_and_crop(x: torch.Tensor, pp: Preprocessing) -> torch.Tensor:
+    """Resize and centre-crop ``[N, C, H, W]`` images in [0, 1] to ``pp.image_size``.
+
+    Images already at the model's input size pass through untouched, so a 224 input meets the
+    model exactly as in open_clip's own forward.
+
+    Example:
+        >>> resize_and_crop(torch.rand(2, 3, 300, 400), Preprocessing(image_size=224, resize_size=256)).shape
+        torch.Size([2, 3, 224, 224])
+    """
+    h, w = x.shape[-2:]
+    size = pp.image_size
+    if (h, w) == (size, size):
+        return x
+    new_h, new_w = target_size(h, w, pp)
+    if (new_h, new_w) != (h, w):
+        smooth = pp.interpolation != "nearest"
+        x = F.interpolate(
+            x, size=(new_h, new_w), mode=pp.interpolation,
+            align_corners=False if smooth else None, antialias=smooth,
+        )
+        if pp.interpolation == "bicubic":
+            x = x.clamp(0.0, 1.0)  # bicubic overshoots; PIL clips too
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    return x[..., top:top + size, left:left + size]
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, kept in the model so attacks see [0, 1] pixels."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std

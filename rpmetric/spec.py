@@ -1,0 +1,185 @@
+"""Model specs: what each zoo entry is, where its weights live and how it sees images.
+
+The zoo itself is data (``zoo.json`` beside this file); this module only gives it types.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Optional, Tuple
+
+__all__ = [
+    "Family",
+    "Preprocessing",
+    "PublishedResult",
+    "ModelSpec",
+    "list_models",
+    "get_spec",
+    "default_model",
+]
+
+
+class Family(str, enum.Enum):
+    """How a checkpoint's files are laid out, which decides the backbone builder."""
+
+    OPEN_CLIP = "open_clip"  # open_clip_config.json + open_clip_model.safetensors
+    TIMM = "timm"  # timm's config.json ("architecture") + model.safetensors
+    HF_VIT = "hf_vit"  # transformers ViTModel folder, remapped into timm's ViT
+
+    @classmethod
+    def parse(cls, value: "str | Family") -> "Family":
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(repr(f.value) for f in cls)
+            raise ValueError(f"Argument `family` must be one of ({choices}), but got {value!r}.") from None
+
+
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+RESIZE_MODES = ("shortest", "squash")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model expects its pixels: geometry first, then normalisation.
+
+    The shorter side is resized to ``resize_size`` with ``interpolation``, then the centre
+    ``image_size`` square is cropped; ``mean``/``std`` normalisation happens inside the model.
+    """
+
+    # geometry
+    image_size: int = 224
+    resize_size: int = 224
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # "shortest": resize shorter side, centre crop; "squash": resize to a square
+    # normalisation, applied inside forward so that attacks live in [0, 1] pixel space
+    mean: Tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"Argument `interpolation` must be one of {INTERPOLATIONS}, but got {self.interpolation!r}."
+            )
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(
+                f"Argument `resize_mode` must be one of {RESIZE_MODES}, but got {self.resize_mode!r}."
+            )
+        if self.resize_size < self.image_size:
+            raise ValueError(
+                f"`resize_size` ({self.resize_size}) must be at least `image_size` ({self.image_size}), "
+                "since the centre crop is taken from the resized image."
+            )
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """NIGHTS 2AFC accuracy in percent: clean, under l-inf 4/255 and under l2 3 (APGD)."""
+
+    clean: Optional[float] = None
+    linf: Optional[float] = None
+    l2: Optional[float] = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model the metric can use.
+
+    Example:
+        >>> spec = get_spec("r-clip-f-convnext")
+        >>> spec.hub_id
+        'chs20/FARE4-convnext_base_w-laion2B-s13B-b82K-augreg'
+        >>> spec.preprocessing.resize_size, spec.preprocessing.image_size
+        (256, 224)
+    """
+
+    # identity
+    name: str
+    role: str = ""
+    architecture: str = ""
+    # weight source
+    family: Optional[Family] = None  # None: detected from the files (ad-hoc sources)
+    hub_id: Optional[str] = None  # "org/name" on the Hugging Face Hub
+    local_path: Optional[str] = None  # a folder in the Hub's file layout, instead of hub_id
+    revision: Optional[str] = None
+    # input
+    preprocessing: Optional[Preprocessing] = None  # None: read from the checkpoint's own config
+    # provenance
+    training: Optional[dict] = None  # {"method": "FARE" | "TeCoA", "eps": "4/255"}
+    published: Tuple[PublishedResult, ...] = ()
+    notes: str = ""
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from, as a user would write it."""
+        if self.local_path:
+            return self.local_path
+        suffix = f"@{self.revision}" if self.revision else ""
+        return f"hf-hub:{self.hub_id}{suffix}"
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable description, as written into evaluation results."""
+        out = asdict(self)
+        out["family"] = self.family.value if self.family else None
+        return out
+
+
+@lru_cache(maxsize=1)
+def _load_zoo() -> Tuple[str, Tuple[ModelSpec, ...]]:
+    raw = json.loads(resources.files("rpmetric").joinpath("zoo.json").read_text())
+    presets = raw["preprocessing"]
+    specs = []
+    for entry in raw["models"]:
+        entry = dict(entry)
+        entry["family"] = Family.parse(entry["family"])
+        entry["preprocessing"] = Preprocessing(**presets[entry["preprocessing"]])
+        entry["published"] = tuple(PublishedResult(**p) for p in entry.get("published", []))
+        specs.append(ModelSpec(**entry))
+    return raw["default"], tuple(specs)
+
+
+def default_model() -> str:
+    """The documented default model name."""
+    return _load_zoo()[0]
+
+
+def list_models() -> list:
+    """Names of every model in the zoo, in zoo order.
+
+    Example:
+        >>> "r-clip-f-convnext" in list_models()
+        True
+    """
+    return [s.name for s in _load_zoo()[1]]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of a zoo model, by short name (case-insensitive).
+
+    Raises:
+        ValueError: for an unknown name, listing the close matches.
+
+    Example:
+        >>> get_spec("R-CLIP-T-VITB32").training["method"]
+        'TeCoA'
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"A model name must be a string, but got {type(name).__name__}.")
+    specs = {s.name: s for s in _load_zoo()[1]}
+    key = name.strip().lower()
+    if key in specs:
+        return specs[key]
+    close = difflib.get_close_matches(key, list(specs), n=4, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown model {name!r}.{hint} Run `rpmetric models` (or rpmetric.list_models()) for the zoo; "
+        "a model can also be 'hf-hub:ORG/NAME' or a local folder in the Hub's file layout."
+    )

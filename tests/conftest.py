@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny models in the Hub's file layouts, built once per session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import tinymodels
+
+# Tests never reach the network; a test that needs the Hub must use a pre-filled cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def vit_folder(tmp_path_factory):
+    """A tiny open_clip ViT (open_clip_config.json + open_clip_model.safetensors)."""
+    return tinymodels.save_open_clip(tmp_path_factory.mktemp("models") / "tiny-vit", tinymodels.TINY_VIT_CFG)
+
+
+@pytest.fixture(scope="session")
+def convnext_folder(tmp_path_factory):
+    """A tiny open_clip model with a timm ConvNeXt trunk, like R-CLIP ConvNeXt-B."""
+    return tinymodels.save_open_clip(tmp_path_factory.mktemp("models") / "tiny-convnext", tinymodels.TINY_CONVNEXT_CFG)
+
+
+@pytest.fixture(scope="session")
+def timm_folder(tmp_path_factory):
+    return tinymodels.save_timm_vit(tmp_path_factory.mktemp("models") / "tiny-timm-vit")
+
+
+@pytest.fixture(scope="session")
+def hf_vit(tmp_path_factory):
+    """(folder, transformers ViTModel) for a tiny R-DINO-layout checkpoint."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-hf-vit"
+    return folder, tinymodels.save_hf_vit(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_metric(vit_folder):
+    """A RobustDistance on the tiny ViT, on the CPU (shared: treat as read-only)."""
+    import rpmetric
+
+    return rpmetric.RobustDistance(str(vit_folder), device="cpu")
