@@ -1,0 +1,26 @@
+"""Readers for the human-judgement benchmarks (NIGHTS, BAPPS) and torch datasets that decode them.
+
+Readers return records with file paths (cheap, checked); :class:`TripletImages` and
+:class:`PairImages` decode the pixels, in DataLoader workers.
+"""
+
+from .bapps import BAPPS_2AFC_CATEGORIES, BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, read_bapps_2afc, read_bapps_jnd
+from .loading import PairImages, TripletImages, collate_images
+from .nights import NIGHTS_SPLITS, read_nights
+from .records import BadItem, JNDPair, Triplet
+
+__all__ = [
+    "Triplet",
+    "JNDPair",
+    "BadItem",
+    "read_nights",
+    "read_bapps_2afc",
+    "read_bapps_jnd",
+    "TripletImages",
+    "PairImages",
+    "collate_images",
+    "NIGHTS_SPLITS",
+    "BAPPS_2AFC_CATEGORIES",
+    "BAPPS_JND_CATEGORIES",
+    "BAPPS_SUBSETS",
+]

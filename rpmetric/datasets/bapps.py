@@ -1,0 +1,134 @@
+"""BAPPS (LPIPS' benchmark): 2AFC triplets and JND pairs, files paired by sorted name.
+
+Layouts: ``ROOT/2afc/{train,val}/CATEGORY/{ref,p0,p1,judge}`` and ``ROOT/jnd/val/CATEGORY/{p0,p1,same}``.
+lpips zips four sorted file lists without checking them; here every set must share the same
+file stems, so a missing or extra file is reported by name instead of silently shifting pairs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .records import BadItem, JNDPair, Triplet
+
+__all__ = ["BAPPS_2AFC_CATEGORIES", "BAPPS_JND_CATEGORIES", "BAPPS_SUBSETS", "read_bapps_2afc", "read_bapps_jnd"]
+
+BAPPS_2AFC_CATEGORIES = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
+BAPPS_JND_CATEGORIES = ("traditional", "cnn")
+BAPPS_SUBSETS = ("train", "val")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_bapps_2afc(root: Union[str, Path], category: str, subset: str = "val", *,
+                    skipped: Optional[List[BadItem]] = None) -> List[Triplet]:
+    """The 2AFC triplets of one BAPPS category, sorted by file name.
+
+    Args:
+        root: the BAPPS folder (holding ``2afc/``).
+        category: one of ``traditional, cnn, superres, deblur, color, frameinterp``.
+        subset: ``val`` (5 raters per triplet) or ``train`` (2).
+        skipped: if given, incomplete or bad entries are appended here and left out instead of raising.
+
+    Example:
+        >>> triplets = read_bapps_2afc("/data/bapps", "cnn")  # doctest: +SKIP
+    """
+    _check_choice("category", category, BAPPS_2AFC_CATEGORIES)
+    _check_choice("subset", subset, BAPPS_SUBSETS)
+    folder = Path(root) / "2afc" / subset / category
+    files = _paired_files(folder, {"ref": IMAGE_SUFFIXES, "p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES,
+                                   "judge": (".npy",)}, "judge", skipped)
+    triplets = []
+    for stem, f in files.items():
+        try:
+            p = _read_share(f["judge"])
+        except ValueError as err:
+            _bad(stem, str(err), skipped)
+            continue
+        triplets.append(Triplet(stem, f["ref"], f["p0"], f["p1"], p))
+    return _nonempty(triplets, folder)
+
+
+def read_bapps_jnd(root: Union[str, Path], category: str, *, skipped: Optional[List[BadItem]] = None) -> List[JNDPair]:
+    """The JND pairs of one BAPPS category (``traditional`` or ``cnn``), sorted by file name.
+
+    Args:
+        root: the BAPPS folder (holding ``jnd/``).
+        category: ``traditional`` or ``cnn``.
+        skipped: as in :func:`read_bapps_2afc`.
+
+    Example:
+        >>> pairs = read_bapps_jnd("/data/bapps", "traditional")  # doctest: +SKIP
+    """
+    _check_choice("category", category, BAPPS_JND_CATEGORIES)
+    folder = Path(root) / "jnd" / "val" / category
+    files = _paired_files(folder, {"p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES, "same": (".npy",)}, "same", skipped)
+    pairs = []
+    for stem, f in files.items():
+        try:
+            same = _read_share(f["same"])
+        except ValueError as err:
+            _bad(stem, str(err), skipped)
+            continue
+        pairs.append(JNDPair(stem, f["p0"], f["p1"], same))
+    return _nonempty(pairs, folder)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"Argument `{name}` must be one of {tuple(choices)}, but got {value!r}.")
+
+
+def _bad(stem: str, reason: str, skipped: Optional[List[BadItem]]) -> None:
+    if skipped is None:
+        raise ValueError(f"{reason}; fix it or pass --skip-bad (skipped=[...]) to skip it")
+    skipped.append(BadItem(stem, reason))
+
+
+def _paired_files(folder: Path, kinds: Dict[str, Sequence[str]], value_kind: str,
+                  skipped: Optional[List[BadItem]]) -> Dict[str, Dict[str, Path]]:
+    """``{stem: {kind: path}}`` for the stems present in every sub-folder, sorted by stem."""
+    listing = {}
+    for kind, suffixes in kinds.items():
+        sub = folder / kind
+        if not sub.is_dir():
+            raise FileNotFoundError(f"BAPPS folder not found: {sub}; expected {folder}/{{{','.join(kinds)}}}.")
+        listing[kind] = {p.stem: p for p in sorted(sub.iterdir()) if p.suffix.lower() in suffixes}
+    stems = sorted(set().union(*(set(v) for v in listing.values())))
+    complete = [s for s in stems if all(s in listing[k] for k in kinds)]
+    if len(complete) != len(stems):
+        counts = ", ".join(f"{k}/ {len(v)}" for k, v in listing.items())
+        example = next(s for s in stems if s not in complete)
+        lacking = [k for k in kinds if example not in listing[k]]
+        reason = (f"{folder}: the {value_kind} count does not match the images ({counts} files); "
+                  f"e.g. {example!r} has no file in {', '.join(lacking)}/")
+        if skipped is None:
+            raise ValueError(f"{reason}; every sub-folder needs one file per stem, or pass --skip-bad to skip "
+                             "incomplete entries")
+        for s in stems:
+            if s not in complete:
+                skipped.append(BadItem(s, f"{folder}: {s!r} has no file in "
+                                          f"{', '.join(k for k in kinds if s not in listing[k])}/"))
+    return {s: {k: listing[k][s] for k in kinds} for s in complete}
+
+
+def _read_share(path: Path) -> float:
+    """The single fraction stored in a judge/same .npy file (never unpickled)."""
+    try:
+        value = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read as a .npy array: {err}") from None
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise ValueError(f"{path} must hold one number, but holds an array of shape {value.shape} and dtype {value.dtype}")
+    share = float(value.reshape(-1)[0])
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"{path} must hold a share in [0, 1], but holds {share}")
+    return share
+
+
+def _nonempty(items: list, folder: Path) -> list:
+    if not items:
+        raise ValueError(f"BAPPS category folder {folder} holds no usable entries.")
+    return items

@@ -1,0 +1,109 @@
+"""Torch datasets that decode a reader's records into tensors, inside DataLoader workers."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..images import load_image
+from .records import JNDPair, Triplet
+
+__all__ = ["TripletImages", "PairImages", "collate_images"]
+
+
+class _ImageRecords(torch.utils.data.Dataset):
+    """Shared decoding: ``image_fields`` are decoded, ``value_field`` is passed through.
+
+    A file that is missing or unreadable does not raise here: the item carries ``"error"``
+    instead, so the caller decides between failing with a clear message and skipping it
+    (a worker's exception would arrive wrapped in a multi-line traceback).
+    """
+
+    image_fields: Sequence[str] = ()
+    value_field: str = ""
+
+    def __init__(self, records: Sequence, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        self.records = list(records)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Dict:
+        record = self.records[i]
+        item = {"index": i, self.value_field: float(getattr(record, self.value_field))}
+        try:
+            for field in self.image_fields:
+                x = load_image(getattr(record, field))
+                if self.transform is not None:
+                    x = self.transform(x)
+                item[field] = x[0]
+        except (FileNotFoundError, ValueError) as err:
+            return {"index": i, "error": str(err)}
+        return item
+
+
+class TripletImages(_ImageRecords):
+    """Decoded 2AFC triplets: ``{"index": i, "ref", "left", "right": [3, H, W] in [0, 1], "p": float}``.
+
+    Args:
+        triplets: :class:`Triplet` records, e.g. from :func:`read_nights`.
+        transform: picklable callable on a ``[1, 3, H, W]`` float tensor in [0, 1] (it runs in the
+            DataLoader workers), e.g. ``functools.partial(rpmetric.preprocess.resize_and_crop,
+            pp=metric.spec.preprocessing)``; None keeps the images as loaded.
+
+    A missing or unreadable image gives ``{"index": i, "error": message}`` instead.
+
+    Example:
+        >>> from pathlib import Path
+        >>> ds = TripletImages([Triplet("0", Path("missing.png"), Path("l.png"), Path("r.png"), 1.0)])
+        >>> ds[0]["error"]
+        'Image file not found: missing.png'
+    """
+
+    image_fields = ("ref", "left", "right")
+    value_field = "p"
+
+    def __init__(self, triplets: Sequence[Triplet], transform=None):
+        super().__init__(triplets, transform)
+
+
+class PairImages(_ImageRecords):
+    """Decoded JND pairs: ``{"index": i, "p0", "p1": [3, H, W] in [0, 1], "same": float}``; see :class:`TripletImages`."""
+
+    image_fields = ("p0", "p1")
+    value_field = "same"
+
+    def __init__(self, pairs: Sequence[JNDPair], transform=None):
+        super().__init__(pairs, transform)
+
+
+def collate_images(items: List[Dict]) -> Dict:
+    """Batch items of :class:`TripletImages` / :class:`PairImages` (a ``collate_fn`` for DataLoader).
+
+    Returns a dict with ``"index"`` (the good items' indices, a list), one entry per image field
+    (a stacked ``[B, 3, H, W]`` tensor when all sizes agree, else a list of ``[3, H, W]``), the
+    value field as a float64 tensor, and ``"errors"``: ``[(index, message)]`` of the bad items.
+
+    Example:
+        >>> batch = collate_images([{"index": 0, "p0": torch.zeros(3, 2, 2), "p1": torch.ones(3, 2, 2), "same": 1.0},
+        ...                         {"index": 1, "error": "broken"}])
+        >>> batch["index"], batch["p0"].shape, batch["errors"]
+        ([0], torch.Size([1, 3, 2, 2]), [(1, 'broken')])
+    """
+    good = [it for it in items if "error" not in it]
+    batch: Dict = {"index": [it["index"] for it in good],
+                   "errors": [(it["index"], it["error"]) for it in items if "error" in it]}
+    if not good:
+        return batch
+    for key in good[0]:
+        if key == "index":
+            continue
+        values = [it[key] for it in good]
+        if isinstance(values[0], torch.Tensor):
+            same_size = all(v.shape == values[0].shape for v in values)
+            batch[key] = torch.stack(values) if same_size else values
+        else:
+            batch[key] = torch.tensor(values, dtype=torch.float64)
+    return batch

@@ -1,0 +1,109 @@
+"""Agreement with human judgements: the 2AFC score, binary accuracy and JND mAP.
+
+The formulas are those of lpips (BAPPS) and DreamSim (NIGHTS); every function takes plain
+arrays (numpy, lists or tensors) and flattens them to ``[N]`` first, because lpips' own JND
+script sorts an ``[N, 1, 1, 1]`` array along a length-1 axis and so gets a wrong mAP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["twoafc_scores", "twoafc_score", "binary_accuracy", "jnd_map"]
+
+
+def _flat(name: str, values) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensors, on any device
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"Argument `{name}` must be finite, but contains NaN or inf.")
+    return arr
+
+
+def _same_length(**arrays) -> None:
+    sizes = {name: a.size for name, a in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"Arguments {', '.join(f'`{n}`' for n in sizes)} must have the same number of "
+                         f"elements, but got {sizes}.")
+    if not next(iter(sizes.values())):
+        raise ValueError("Nothing to score: the arrays are empty.")
+
+
+def twoafc_scores(d0, d1, p) -> np.ndarray:
+    """Per-triplet 2AFC agreement ``(d0<d1)(1-p) + (d1<d0)p + 0.5(d0==d1)``.
+
+    Args:
+        d0: distances from the reference to the left / p0 image.
+        d1: distances from the reference to the right / p1 image.
+        p: share of people who preferred the right / p1 image.
+
+    A tie (``d0 == d1``) earns 0.5 whatever the people said.
+
+    Example:
+        >>> twoafc_scores([0.1, 0.5, 0.3], [0.2, 0.4, 0.3], [0.25, 0.25, 1.0])
+        array([0.75, 0.25, 0.5 ])
+    """
+    d0, d1, p = _flat("d0", d0), _flat("d1", d1), _flat("p", p)
+    _same_length(d0=d0, d1=d1, p=p)
+    return (d0 < d1) * (1.0 - p) + (d1 < d0) * p + 0.5 * (d0 == d1)
+
+
+def twoafc_score(d0, d1, p) -> float:
+    """Mean of :func:`twoafc_scores`: the 2AFC score in [0, 1].
+
+    Example:
+        >>> twoafc_score([0.1, 0.5], [0.2, 0.4], [0.0, 1.0])
+        1.0
+    """
+    return float(np.mean(twoafc_scores(d0, d1, p)))
+
+
+def binary_accuracy(d0, d1, p) -> float:
+    """Share of triplets where the metric picks the image most people picked.
+
+    The label is "right preferred" when ``p > 0.5`` (so ``p == 0.5`` counts as left); the
+    prediction is "right" when ``d1 < d0``. A tie ``d0 == d1`` counts half, as in the 2AFC score,
+    so a metric that cannot tell the images apart scores 0.5, not 0 or 1.
+
+    Example:
+        >>> binary_accuracy([0.1, 0.5, 0.3], [0.2, 0.4, 0.3], [0.4, 0.6, 1.0])
+        0.8333333333333334
+    """
+    d0, d1, p = _flat("d0", d0), _flat("d1", d1), _flat("p", p)
+    _same_length(d0=d0, d1=d1, p=p)
+    label_right = p > 0.5
+    correct = np.where(d0 == d1, 0.5, ((d1 < d0) == label_right).astype(np.float64))
+    return float(np.mean(correct))
+
+
+def jnd_map(d, same) -> float:
+    """JND mean average precision: how well small distances pick out the pairs people found identical.
+
+    Pairs are sorted by ascending distance (stably, so tied distances keep their input order);
+    ``TP = cumsum(same)``, ``FP = cumsum(1 - same)``, recall ``TP / sum(same)``, precision
+    ``TP / (TP + FP)``. The result is the area under the monotone precision envelope (VOC style):
+    ``sum over recall steps of (r_i - r_{i-1}) * max_{j >= i} precision_j``.
+
+    Args:
+        d: distances, any shape (flattened).
+        same: share of people who judged each pair identical, in [0, 1].
+
+    Example:
+        >>> round(jnd_map([0.1, 0.2, 0.3], [1.0, 0.0, 1.0]), 6)
+        0.833333
+    """
+    d, same = _flat("d", d), _flat("same", same)
+    _same_length(d=d, same=same)
+    total = same.sum()
+    if total <= 0:
+        raise ValueError("Argument `same` must not be all zero: with no pair judged the same, recall is undefined.")
+    order = np.argsort(d, kind="stable")
+    tp = np.cumsum(same[order])
+    fp = np.cumsum(1.0 - same[order])
+    recall = tp / total
+    precision = tp / (tp + fp)
+    # Monotone envelope: the best precision reachable at this recall or beyond.
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.diff(np.concatenate([[0.0], recall]))
+    return float(np.sum(steps * envelope))
