@@ -1,0 +1,419 @@
+"""Clean evaluation: distances for every 2AFC triplet or JND pair, scored against people.
+
+The engine takes *distances* (a :class:`EncoderDistances` around any RobustDistance, or the
+pixel baseline :class:`PixelL2`) and named groups of records (NIGHTS splits, BAPPS categories).
+It is built for long runs:
+
+- each image of a triplet is embedded once, in one encoder pass over ``cat([ref, left, right])``;
+- a DataLoader decodes and resizes images in worker processes, so the encoder is the bottleneck;
+- results go to an append-only :class:`~rpmetric.runlog.RunLog` batch by batch, and a resumed run
+  recomputes only the missing batches;
+- under torchrun, whole batches are dealt to the processes. Batches are cut from the full
+  dataset order the same way in every case, so a resumed or sharded run evaluates exactly the same
+  batches as an uninterrupted single process, and gets bit-identical distances and score.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_bapps_2afc, read_bapps_jnd,
+                       read_nights)
+from .distributed import broadcast_object, gather_records, rank_and_world, shard
+from .functional import cosine_distance
+from .preprocess import resize_and_crop
+from .runlog import RunLog
+from .scoring import jnd_map, twoafc_score
+
+__all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evaluate", "load_groups", "nights_total",
+           "TASKS", "DATASETS"]
+
+DATASETS = ("nights", "bapps", "jnd")
+
+
+# -- what is evaluated --------------------------------------------------------------------------
+class PixelL2:
+    """The pixel baseline: mean squared difference over all pixels of the images as loaded.
+
+    It needs no weights. The images of one triplet or pair must have the same size.
+
+    Example:
+        >>> PixelL2().pair_distances(torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5))
+        tensor([0.2500])
+    """
+
+    name = "l2"
+    transform = None  # compares the pixels as loaded
+    needs_equal_sizes = True
+
+    def describe(self) -> dict:
+        return {"model": "l2"}
+
+    def pair_distances(self, a, b) -> torch.Tensor:
+        if isinstance(a, torch.Tensor):
+            return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+        # Different sizes across the batch (never within a pair): one image at a time.
+        return torch.stack([(x.float() - y.float()).pow(2).mean() for x, y in zip(a, b)])
+
+    def triplet_distances(self, ref, left, right) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.pair_distances(ref, left), self.pair_distances(ref, right)
+
+
+class EncoderDistances:
+    """Cosine distances from a :class:`~rpmetric.RobustDistance`'s encoder (and counterattack, if set).
+
+    Args:
+        metric: the metric to evaluate.
+        amp: run the encoder under ``torch.autocast`` (float16); None means on CUDA only. The
+            distances themselves are always computed in float32.
+
+    Example:
+        >>> import rpmetric
+        >>> dist = EncoderDistances(rpmetric.RobustDistance("r-clip-f-convnext"))  # doctest: +SKIP
+    """
+
+    needs_equal_sizes = False  # the transform brings every image to the model's input size
+
+    def __init__(self, metric, amp: Optional[bool] = None):
+        self.metric = metric
+        self.amp = metric.device.type == "cuda" if amp is None else bool(amp)
+        if self.amp and metric.device.type != "cuda":
+            raise ValueError(f"Mixed precision (amp=True) needs a CUDA device, but the metric is on {metric.device}.")
+        # Resizing happens in the DataLoader workers, so the encoder gets images at its input size.
+        self.transform = partial(resize_and_crop, pp=metric.spec.preprocessing)
+
+    @property
+    def name(self) -> str:
+        return self.metric.spec.name
+
+    def describe(self) -> dict:
+        counter = self.metric.counterattack
+        return {"model": self.name, "precision": "float16-autocast" if self.amp else "float32",
+                "counterattack": None if counter is None else repr(counter)}
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.metric.device, non_blocking=True)
+        amp = torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else nullcontext()
+        # A counterattack takes gradients inside; without one, inference mode is the fastest.
+        grad = nullcontext() if self.metric.counterattack is not None else torch.inference_mode()
+        with grad, amp:
+            # The images are [0, 1] pixels from disk, whatever value_range the metric was built for,
+            # so they go to the feature hook directly (it applies the counterattack when one is set).
+            return self.metric._features(x).float()
+
+    def pair_distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        fa, fb = self._features(torch.cat([a, b])).chunk(2)
+        return cosine_distance(fa, fb).cpu()
+
+    def triplet_distances(self, ref, left, right) -> Tuple[torch.Tensor, torch.Tensor]:
+        # One pass embeds each image once: 3 images per triplet, not the 4 of two metric calls.
+        f_ref, f_left, f_right = self._features(torch.cat([ref, left, right])).chunk(3)
+        return cosine_distance(f_ref, f_left).cpu(), cosine_distance(f_ref, f_right).cpu()
+
+
+def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None):
+    """``PixelL2()`` for ``model == "l2"``, else :class:`EncoderDistances` on ``RobustDistance(model)``.
+
+    Example:
+        >>> load_distances("l2").name
+        'l2'
+    """
+    if model == "l2":
+        return PixelL2()
+    from .metric import RobustDistance
+
+    return EncoderDistances(RobustDistance(model, device=device), amp=amp)
+
+
+# -- tasks ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """How one kind of judgement is loaded, measured and scored."""
+
+    name: str
+    dataset: type
+    images: Tuple[str, ...]  # image fields of a record, in the order `measure` takes them
+    target: str  # the human judgement field
+    outputs: Tuple[str, ...]  # the distance fields of a per-sample record
+    measure: Callable  # (distances, *image batches) -> tuple of [B] tensors, one per output
+    score: Callable[[List[dict]], float]
+    unit: str  # what a record is, for messages
+
+
+def _score_2afc(records: List[dict]) -> float:
+    return twoafc_score([r["d0"] for r in records], [r["d1"] for r in records], [r["p"] for r in records])
+
+
+def _score_jnd(records: List[dict]) -> float:
+    return jnd_map([r["d"] for r in records], [r["same"] for r in records])
+
+
+TASKS: Dict[str, Task] = {
+    "2afc": Task("2afc", TripletImages, ("ref", "left", "right"), "p", ("d0", "d1"),
+                 lambda dist, ref, left, right: dist.triplet_distances(ref, left, right), _score_2afc, "triplet"),
+    "jnd": Task("jnd", PairImages, ("p0", "p1"), "same", ("d",),
+                lambda dist, p0, p1: (dist.pair_distances(p0, p1),), _score_jnd, "pair"),
+}
+
+
+# -- the engine -------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        results: ``{group: {"n": int, "score": float in [0, 1]}}``, empty unless ``complete``.
+        records: per-sample records in dataset order: ``group, id, d0, d1, p`` (2AFC) or
+            ``group, id, d, same`` (JND); skipped ones are left out.
+        skipped: ``{"group", "id", "reason"}`` of every skipped triplet or pair.
+        complete: False when ``max_batches`` stopped the run early (resume to finish).
+        total, done: how many records the groups hold and how many are finished.
+    """
+
+    task: str
+    results: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    records: List[dict] = field(default_factory=list)
+    skipped: List[dict] = field(default_factory=list)
+    complete: bool = False
+    total: int = 0
+    done: int = 0
+
+
+def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size: int = 32, workers: int = 0,
+             log: Union[str, Path, None] = None, resume: bool = False, run_config: Optional[dict] = None,
+             skip_bad: bool = False, skipped: Optional[Mapping[str, Sequence[BadItem]]] = None,
+             progress: bool = False, max_batches: Optional[int] = None) -> Evaluation:
+    """Measure and score every record of every group.
+
+    Args:
+        distances: :class:`EncoderDistances` or :class:`PixelL2` (see :func:`load_distances`).
+        task: ``"2afc"`` (records are :class:`~rpmetric.datasets.Triplet`) or ``"jnd"`` (:class:`~rpmetric.datasets.JNDPair`).
+        groups: ``{name: records}``, e.g. ``{"test_imagenet": read_nights(root, "test_imagenet")}``.
+        batch_size: records per batch (3 or 2 images each).
+        workers: DataLoader worker processes decoding images (0: in this process).
+        log: run-log file for per-sample results (JSON lines); None keeps them in memory only.
+        resume: continue the run in ``log`` (it must have the same configuration).
+        run_config: extra entries that define the run (e.g. dataset root), checked on resume.
+        skip_bad: skip triplets with missing or unreadable images and report them, instead of raising.
+        skipped: records the readers already skipped, ``{group: [BadItem]}``, to include in the report.
+        progress: show a tqdm bar with the running score (on rank 0).
+        max_batches: stop after this many batches (the result is then incomplete; resume to finish).
+
+    Under torchrun (see :mod:`rpmetric.distributed`) every process must call this with the same
+    arguments; each measures its share of batches and all return the same Evaluation.
+
+    Raises:
+        ValueError: a bad image (without ``skip_bad``), duplicate ids, an empty group, or a log
+            written for another configuration.
+        FileExistsError: ``log`` exists and ``resume`` is False.
+
+    Example:
+        >>> from rpmetric.datasets import read_nights
+        >>> result = evaluate(PixelL2(), "2afc", {"test": read_nights("/data/nights", "test")})  # doctest: +SKIP
+        >>> result.results  # doctest: +SKIP
+        {'test': {'n': 2120, 'score': 0.73}}
+    """
+    if task not in TASKS:
+        raise ValueError(f"Argument `task` must be one of {tuple(TASKS)}, but got {task!r}.")
+    if batch_size < 1:
+        raise ValueError(f"Argument `batch_size` must be at least 1, but got {batch_size}.")
+    if workers < 0:
+        raise ValueError(f"Argument `workers` must be at least 0, but got {workers}.")
+    spec = TASKS[task]
+    items = [(group, record) for group, records in groups.items() for record in records]
+    for group, records in groups.items():
+        if not records:
+            raise ValueError(f"Group {group!r} has no {spec.unit}s to evaluate.")
+    keys = [f"{group}/{record.id}" for group, record in items]
+    if len(set(keys)) != len(keys):
+        seen = set()
+        duplicate = next(k for k in keys if k in seen or seen.add(k))
+        raise ValueError(f"Duplicate {spec.unit} id {duplicate!r}: ids must be unique within a group.")
+
+    config = {"task": task, "batch_size": batch_size, "groups": {g: len(r) for g, r in groups.items()},
+              **distances.describe(), **(run_config or {})}
+    runlog, done = _open_log(log, config, resume)
+    for key in keys:
+        if key in done and "error" in done[key] and not skip_bad:
+            raise ValueError(f"{done[key]['error']}; pass --skip-bad (skip_bad=True) to skip it")
+
+    # Batches are fixed slices of the dataset order; only unfinished ones run, dealt out to ranks.
+    batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
+    pending = [b for b in batches if any(keys[i] not in done for i in b)]
+    if max_batches is not None:
+        pending = pending[:max_batches]
+    rank, world = rank_and_world()
+    mine = shard(pending, rank, world)
+    steps = math.ceil(len(pending) / world)
+
+    dataset = spec.dataset([record for _, record in items], transform=distances.transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=mine, num_workers=workers, collate_fn=collate_images,
+        pin_memory=getattr(getattr(distances, "metric", None), "device", torch.device("cpu")).type == "cuda",
+    )
+    finished = {k: r for k, r in done.items() if k in set(keys)}
+    bar = _progress_bar(progress and rank == 0, len(keys), len(finished), spec.unit)
+    try:
+        batch_iter = iter(loader)
+        for step in range(steps):
+            batch = next(batch_iter) if step < len(mine) else None
+            new = gather_records(_measure(spec, distances, batch, items, keys) if batch is not None else [])
+            good = [r for r in new if "error" not in r]
+            bad = [r for r in new if "error" in r]
+            if runlog is not None:
+                runlog.append(good if bad and not skip_bad else new)  # finished work is kept either way
+            if bad and not skip_bad:
+                raise ValueError(f"{bad[0]['error']}; pass --skip-bad (skip_bad=True) to skip bad {spec.unit}s")
+            finished.update((r["key"], r) for r in new)
+            bar.update(len(new))
+            scored = [r for r in finished.values() if "error" not in r]
+            if scored and (task == "2afc" or len(scored) > 1 or step == steps - 1):
+                _set_postfix(bar, spec, scored)
+    finally:
+        bar.close()
+
+    return _summarise(spec, groups, items, keys, finished, skipped)
+
+
+def _open_log(path, config: dict, resume: bool) -> Tuple[Optional[RunLog], Dict[str, dict]]:
+    """Rank 0 opens the log; every rank gets its records (and rank 0's error, if it failed)."""
+    if path is None:
+        return None, {}
+    rank, _ = rank_and_world()
+    runlog, outcome = None, None
+    if rank == 0:
+        try:
+            runlog = RunLog(path, config, resume)
+            outcome = ("ok", runlog.done)
+        except (ValueError, FileExistsError) as err:
+            outcome = ("error", type(err), str(err))
+    outcome = broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise outcome[1](outcome[2])
+    return runlog, dict(outcome[1])
+
+
+def _measure(spec: Task, distances, batch: dict, items, keys) -> List[dict]:
+    """Per-sample records of one collated batch: distances for the good items, errors for the bad."""
+    errors = list(batch["errors"])
+    index = list(batch["index"])
+    images = [batch.get(f) for f in spec.images]
+    if distances.needs_equal_sizes and index and not isinstance(images[0], torch.Tensor):
+        # Sizes vary across the batch: keep the items whose own images agree, report the others.
+        keep = [j for j in range(len(index)) if len({tuple(im[j].shape) for im in images}) == 1]
+        errors += [(index[j], _size_error(spec, [im[j] for im in images])) for j in range(len(index)) if j not in keep]
+        index = [index[j] for j in keep]
+        images = [[im[j] for j in keep] for im in images]
+        values = batch[spec.target][keep] if keep else None
+    else:
+        values = batch.get(spec.target)
+    records = []
+    if index:
+        outputs = spec.measure(distances, *images)
+        for j, i in enumerate(index):
+            group, record = items[i]
+            row = {"key": keys[i], "group": group, "id": record.id}
+            row.update((name, float(out[j])) for name, out in zip(spec.outputs, outputs))
+            row[spec.target] = float(values[j])
+            records.append(row)
+    for i, message in errors:
+        group, record = items[i]
+        records.append({"key": keys[i], "group": group, "id": record.id,
+                        "error": f"bad {spec.unit} {group}/{record.id}: {message}"})
+    return records
+
+
+def _size_error(spec: Task, images: Sequence[torch.Tensor]) -> str:
+    sizes = ", ".join(f"{name} {tuple(im.shape[-2:])}" for name, im in zip(spec.images, images))
+    return (f"images differ in size ({sizes}); the l2 baseline compares pixels as loaded, so they must match "
+            "(use a model, which resizes)")
+
+
+def _summarise(spec: Task, groups, items, keys, finished: Dict[str, dict], skipped) -> Evaluation:
+    report = Evaluation(task=spec.name, total=len(keys), done=sum(k in finished for k in keys))
+    report.complete = report.done == report.total
+    for group, bad_items in (skipped or {}).items():
+        report.skipped += [{"group": group, "id": b.id, "reason": b.reason} for b in bad_items]
+    ordered = [finished[k] for k in keys if k in finished]
+    report.skipped += [{"group": r["group"], "id": r["id"], "reason": r["error"]} for r in ordered if "error" in r]
+    report.records = [{k: v for k, v in r.items() if k != "key"} for r in ordered if "error" not in r]
+    if report.complete:
+        for group in groups:
+            rows = [r for r in report.records if r["group"] == group]
+            if not rows:
+                raise ValueError(f"Group {group!r} has no {spec.unit}s left after skipping bad ones.")
+            report.results[group] = {"n": len(rows), "score": spec.score(rows)}
+    return report
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, unit: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _set_postfix(bar, spec: Task, scored: List[dict]) -> None:
+    if bar.disable:
+        return
+    try:
+        bar.set_postfix_str(f"{'2AFC' if spec.name == '2afc' else 'mAP'} {100 * spec.score(scored):.2f}%")
+    except ValueError:  # e.g. no pair judged the same yet: mAP undefined so far
+        pass
+
+
+# -- datasets ---------------------------------------------------------------------------------
+def load_groups(dataset: str, root, names: Sequence[str], subset: str = "val",
+                skip_bad: bool = False) -> Tuple[str, Dict[str, list], Dict[str, List[BadItem]]]:
+    """``(task, {group: records}, {group: skipped})`` for a dataset and its splits or categories.
+
+    NIGHTS split ``test`` is evaluated as its two parts, ``test_imagenet`` and ``test_no_imagenet``,
+    whose size-weighted mean is the NIGHTS total (see :func:`nights_total`).
+
+    Example:
+        >>> task, groups, skipped = load_groups("nights", "/data/nights", ["test"])  # doctest: +SKIP
+        >>> list(groups)  # doctest: +SKIP
+        ['test_imagenet', 'test_no_imagenet']
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"Argument `dataset` must be one of {DATASETS}, but got {dataset!r}.")
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"Dataset folder not found: {root}")
+    expanded: List[str] = []
+    for name in names:
+        parts = ["test_imagenet", "test_no_imagenet"] if dataset == "nights" and name == "test" else [name]
+        expanded += [p for p in parts if p not in expanded]
+    groups, skipped = {}, {}
+    for name in expanded:
+        bad: Optional[List[BadItem]] = [] if skip_bad else None
+        if dataset == "nights":
+            groups[name] = read_nights(root, name, skipped=bad)
+        elif dataset == "bapps":
+            groups[name] = read_bapps_2afc(root, name, subset, skipped=bad)
+        else:
+            groups[name] = read_bapps_jnd(root, name, skipped=bad)
+        if bad:
+            skipped[name] = bad
+    return ("2afc" if dataset in ("nights", "bapps") else "jnd"), groups, skipped
+
+
+def nights_total(results: Dict[str, Dict[str, float]]) -> Optional[Dict[str, float]]:
+    """The NIGHTS total, the size-weighted mean of ``test_imagenet`` and ``test_no_imagenet``
+    (None unless both were evaluated).
+
+    Example:
+        >>> nights_total({"test_imagenet": {"n": 3, "score": 1.0}, "test_no_imagenet": {"n": 1, "score": 0.0}})
+        {'n': 4, 'score': 0.75}
+    """
+    parts = [results.get("test_imagenet"), results.get("test_no_imagenet")]
+    if any(p is None for p in parts):
+        return None
+    n = sum(p["n"] for p in parts)
+    return {"n": n, "score": sum(p["n"] * p["score"] for p in parts) / n}
