@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "is_distributed", "rank_and_world", "shard", "gather_records", "broadcast_object",
-           "barrier"]
+           "barrier", "shutdown"]
 
 
 def init_from_env() -> Tuple[int, int]:
@@ -81,3 +81,9 @@ def broadcast_object(obj, src: int = 0):
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (if this process joined one), so torchrun exits cleanly."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,180 @@
+"""``rpmetric eval nights|bapps|jnd ROOT``: agreement with human judgements (2AFC score, JND mAP)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .common import add_device_option, format_table
+
+DESCRIPTIONS = {
+    "nights": ("NIGHTS 2AFC score (DreamSim's benchmark)",
+               "ROOT holds data.csv, ref/ and distort/. Split `test` is reported as test_imagenet, "
+               "test_no_imagenet and their size-weighted mean, `total`."),
+    "bapps": ("BAPPS 2AFC score per category (LPIPS' benchmark)",
+              "ROOT holds 2afc/{train,val}/CATEGORY/{ref,p0,p1,judge}."),
+    "jnd": ("BAPPS JND mean average precision per category",
+            "ROOT holds jnd/val/CATEGORY/{p0,p1,same}."),
+}
+
+
+def register(sub) -> None:
+    from ..datasets import BAPPS_2AFC_CATEGORIES, BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, NIGHTS_SPLITS
+
+    p = sub.add_parser("eval", help="score a metric against human judgements (NIGHTS, BAPPS 2AFC, BAPPS JND)",
+                       description="Score a metric against human judgements. Runs under torchrun too: "
+                                   "`torchrun --nproc_per_node K -m rpmetric eval ...` shards the batches.")
+    datasets = p.add_subparsers(dest="dataset", metavar="DATASET")
+    datasets.required = True
+    for name, (summary, layout) in DESCRIPTIONS.items():
+        q = datasets.add_parser(name, help=summary, description=f"{summary}. {layout}")
+        q.add_argument("root", type=Path, metavar="ROOT", help="dataset folder")
+        if name == "nights":
+            q.add_argument("--split", nargs="+", default=["test"], choices=NIGHTS_SPLITS, metavar="SPLIT",
+                           help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)} (default: test)")
+        else:
+            categories = BAPPS_2AFC_CATEGORIES if name == "bapps" else BAPPS_JND_CATEGORIES
+            q.add_argument("--categories", nargs="+", default=list(categories), choices=categories,
+                           metavar="CATEGORY", help=f"categories, of {', '.join(categories)} (default: all)")
+        if name == "bapps":
+            q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS, help="2afc/train or 2afc/val (default: val)")
+        _add_run_options(q)
+        q.set_defaults(func=run)
+
+
+def _add_run_options(q) -> None:
+    q.add_argument("--model", default=None,
+                   help="zoo name (see `rpmetric models`), hf-hub:ORG/NAME[@REV], a local folder, or `l2` for the "
+                        "pixel baseline (mean squared difference, images as loaded; needs no weights)")
+    add_device_option(q)
+    q.add_argument("--batch-size", type=int, default=32, help="triplets or pairs per batch (default: 32)")
+    q.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader processes decoding images (default: min(4, CPUs)); 0 decodes in the main process")
+    q.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    q.add_argument("--per-sample", type=Path, default=None, metavar="FILE.csv",
+                   help="write one row per triplet (group,id,d0,d1,p) or pair (group,id,d,same)")
+    q.add_argument("--log", type=Path, default=None, metavar="FILE.jsonl",
+                   help="run log of per-sample results, written as the run proceeds (default: OUT.log.jsonl beside "
+                        "--out, else ./rpmetric-eval-DATASET-MODEL.log.jsonl; a default log is deleted once the run "
+                        "completes)")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted run from its log")
+    q.add_argument("--skip-bad", action="store_true",
+                   help="skip triplets with missing or unreadable files and report them, instead of stopping")
+    q.add_argument("--max-batches", type=int, default=None, metavar="N",
+                   help="stop after N batches (time-boxed runs); finish later with --resume")
+
+
+def run(args) -> int:
+    from .. import distributed
+    from ..evaluation import evaluate, load_distances, load_groups, nights_total
+
+    for option, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
+                               ("--max-batches", args.max_batches, 1)):
+        if value is not None and value < low:
+            raise ValueError(f"{option} must be at least {low}, but got {value}")
+    rank, world = distributed.init_from_env()
+    try:
+        names = args.split if args.dataset == "nights" else args.categories
+        subset = getattr(args, "subset", "val")
+        task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
+        distances = load_distances(args.model, device=_device(args.device, world))
+        log, default_log = _log_path(args, distances.name)
+        run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
+                      "model_argument": args.model}
+        result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
+                          resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
+                          progress=True, max_batches=args.max_batches)
+    finally:
+        distributed.shutdown()
+    if rank != 0:
+        return 0  # rank 0 alone reports and writes files
+    if result.skipped:
+        _report_skipped(result.skipped, task)
+    if not result.complete:
+        print(f"rpmetric eval: stopped after --max-batches {args.max_batches}: {result.done} of {result.total} "
+              f"done, saved in {log}; run the same command with --resume to finish.", file=sys.stderr)
+        return 3
+    results = dict(result.results)
+    total = nights_total(results) if args.dataset == "nights" else None
+    if total is not None:
+        results["total"] = total
+    label = "split" if args.dataset == "nights" else "category"
+    score_name = "mAP (%)" if task == "jnd" else "2AFC (%)"
+    print(format_table([[g, r["n"], f"{100 * r['score']:.2f}"] for g, r in results.items()], [label, "n", score_name]))
+    if args.out is not None:
+        _write_json(args.out, _summary(args, distances, task, names, subset, results, result, world))
+    if args.per_sample is not None:
+        _write_per_sample(args.per_sample, result.records)
+    if default_log and log.exists():
+        log.unlink()  # complete: everything is in the outputs now
+    return 0
+
+
+def _device(device, world: int):
+    import torch
+
+    if device is None and world > 1 and torch.cuda.is_available():
+        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per torchrun process
+    return device
+
+
+def _log_path(args, model_name: str):
+    if args.log is not None:
+        return args.log, False
+    if args.out is not None:
+        return args.out.with_name(args.out.name + ".log.jsonl"), True
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_")
+    return Path(f"rpmetric-eval-{args.dataset}-{slug}.log.jsonl"), True
+
+
+def _report_skipped(skipped, task: str) -> None:
+    unit = "pair" if task == "jnd" else "triplet"
+    print(f"rpmetric eval: skipped {len(skipped)} bad {unit}(s):", file=sys.stderr)
+    for item in skipped:
+        print(f"  {item['group']}/{item['id']}: {item['reason']}", file=sys.stderr)
+
+
+def _summary(args, distances, task, names, subset, results, result, world) -> dict:
+    from .._version import __version__
+
+    metric = getattr(distances, "metric", None)
+    described = distances.describe()
+    return {
+        "model": distances.name,
+        "model_argument": args.model,
+        "dataset": args.dataset,
+        "root": str(args.root.resolve()),
+        "task": task,
+        "score": "JND mean average precision" if task == "jnd" else "2AFC score",
+        "selection": {"splits" if args.dataset == "nights" else "categories": list(names),
+                      **({"subset": subset} if args.dataset == "bapps" else {})},
+        "results": results,
+        "skipped": {"n": len(result.skipped), "items": result.skipped},
+        "spec": metric.spec.to_dict() if metric is not None else None,
+        "settings": {"batch_size": args.batch_size, "workers": args.workers, "processes": world,
+                     "device": str(metric.device) if metric is not None else "cpu",
+                     "precision": described.get("precision", "float32")},
+        "version": __version__,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _write_json(path: Path, summary: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(tmp, path)  # never leave a half-written results file
+
+
+def _write_per_sample(path: Path, records) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields = [k for k in records[0] if k != "key"] if records else ["group", "id"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
