@@ -1,0 +1,210 @@
+"""NIGHTS and BAPPS readers on generated folders in the exact layouts, and the image datasets."""
+
+import csv
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+import datagen
+from rpmetric.datasets import (BadItem, JNDPair, PairImages, Triplet, TripletImages, collate_images, read_bapps_2afc,
+                               read_bapps_jnd, read_nights)
+from rpmetric.preprocess import resize_and_crop
+from rpmetric.spec import Preprocessing
+
+
+@pytest.fixture()
+def nights(tmp_path):
+    datagen.nights_known(tmp_path / "nights")
+    return tmp_path / "nights"
+
+
+def _rewrite_csv(root, edit):
+    """Apply ``edit(header, rows)`` to data.csv (rows as dicts) and write it back."""
+    path = root / "data.csv"
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = list(reader.fieldnames), list(reader)
+    header, rows = edit(header, rows)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# -- NIGHTS -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("split, ids", [
+    ("train", ["train-left"]),
+    ("val", ["val-right-0", "val-tie"]),
+    ("test_imagenet", ["ti-left-0", "ti-right-1", "ti-tie", "ti-right-3q"]),
+    ("test_no_imagenet", ["tn-left-1", "tn-left-q"]),
+    ("test", ["ti-left-0", "ti-right-1", "tn-left-1", "ti-tie", "tn-left-q", "ti-right-3q"]),
+])
+def test_read_nights_keeps_unanimous_rows_of_the_split(nights, split, ids):
+    triplets = read_nights(nights, split)
+    assert [t.id for t in triplets] == ids  # the "drop-*" rows have votes < 6
+
+
+def test_read_nights_fields(nights):
+    t = {t.id: t for t in read_nights(nights, "test")}
+    assert t["tn-left-q"].p == 0.25 and t["ti-right-3q"].p == 0.75 and t["ti-right-1"].p == 1.0
+    first = t["ti-left-0"]
+    assert first.ref == nights / "ref" / "000" / "000.png"
+    assert first.left == nights / "distort" / "000" / "000_0.png"
+    assert first.right == nights / "distort" / "000" / "000_1.png"
+    assert isinstance(first, Triplet)
+
+
+def test_read_nights_reads_columns_by_name(nights):
+    _rewrite_csv(nights, lambda header, rows: (list(reversed(header)), rows))
+    assert [t.id for t in read_nights(nights, "val")] == ["val-right-0", "val-tie"]
+    assert read_nights(nights, "test_no_imagenet")[1].p == 0.25
+
+
+def test_read_nights_errors(nights, tmp_path):
+    with pytest.raises(ValueError, match=r"`split` must be one of .*'test_imagenet'.*but got 'tests'"):
+        read_nights(nights, "tests")
+    with pytest.raises(FileNotFoundError, match=r"NIGHTS csv not found: .*data.csv"):
+        read_nights(tmp_path / "nowhere", "test")
+
+
+def test_read_nights_missing_columns(nights):
+    _rewrite_csv(nights, lambda header, rows: ([h for h in header if h not in ("votes", "right_vote")], rows))
+    with pytest.raises(ValueError, match=r"data.csv lacks the column\(s\) right_vote, votes"):
+        read_nights(nights, "test")
+
+
+def test_read_nights_missing_image_names_the_file(nights):
+    (nights / "distort" / "000" / "001_1.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"line 3 \(id 'ti-right-1'\): image file not found: .*001_1.png"):
+        read_nights(nights, "test")
+    skipped = []
+    assert len(read_nights(nights, "test", skipped=skipped)) == 5
+    assert [s.id for s in skipped] == ["ti-right-1"] and "001_1.png" in skipped[0].reason
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("right_vote", "1.5", r"`right_vote` must be a share in \[0, 1\], but got '1.5'"),
+    ("votes", "many", r"`votes` must be a number, but got 'many'"),
+    ("is_imagenet", "maybe", r"`is_imagenet` must be True or False, but got 'maybe'"),
+])
+def test_read_nights_bad_values(nights, column, value, message):
+    def edit(header, rows):
+        rows[0][column] = value  # row of "ti-left-0", a test row
+        return header, rows
+
+    _rewrite_csv(nights, edit)
+    with pytest.raises(ValueError, match=message):
+        read_nights(nights, "test_imagenet")
+
+
+def test_read_nights_empty_split(nights):
+    _rewrite_csv(nights, lambda header, rows: (header, [r for r in rows if r["split"] != "train"]))
+    with pytest.raises(ValueError, match=r"NIGHTS split 'train' is empty .*votes >= 6"):
+        read_nights(nights, "train")
+
+
+# -- BAPPS --------------------------------------------------------------------------------------
+def test_read_bapps_2afc(tmp_path):
+    datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("right", 0.6), ("tie", 0.8)])
+    triplets = read_bapps_2afc(tmp_path, "cnn")
+    assert [t.id for t in triplets] == ["000000", "000001", "000002"]
+    assert [t.p for t in triplets] == pytest.approx([0.4, 0.6, 0.8])
+    folder = tmp_path / "2afc" / "val" / "cnn"
+    assert triplets[1].ref == folder / "ref" / "000001.png"
+    assert triplets[1].left == folder / "p0" / "000001.png" and triplets[1].right == folder / "p1" / "000001.png"
+
+
+def test_read_bapps_2afc_train_subset(tmp_path):
+    datagen.write_bapps_2afc(tmp_path, "color", [("left", 0.5)], subset="train")
+    assert read_bapps_2afc(tmp_path, "color", "train")[0].p == 0.5
+
+
+def test_read_bapps_judge_count_mismatch(tmp_path):
+    folder = datagen.write_bapps_2afc(tmp_path, "deblur", [("left", 0.4), ("right", 0.6), ("tie", 0.2)])
+    (folder / "judge" / "000001.npy").unlink()
+    with pytest.raises(ValueError, match=r"judge count does not match the images \(ref/ 3, p0/ 3, p1/ 3, judge/ 2 files\)"
+                                         r"; e.g. '000001' has no file in judge/"):
+        read_bapps_2afc(tmp_path, "deblur")
+    skipped = []
+    assert [t.id for t in read_bapps_2afc(tmp_path, "deblur", skipped=skipped)] == ["000000", "000002"]
+    assert skipped[0] == BadItem("000001", f"{folder}: '000001' has no file in judge/")
+
+
+def test_read_bapps_bad_judge_files(tmp_path):
+    folder = datagen.write_bapps_2afc(tmp_path, "superres", [("left", 0.4), ("left", 0.4)])
+    np.save(folder / "judge" / "000000.npy", np.array([0.2, 0.4]))
+    with pytest.raises(ValueError, match=r"000000.npy must hold one number, but holds an array of shape \(2,\)"):
+        read_bapps_2afc(tmp_path, "superres")
+    np.save(folder / "judge" / "000000.npy", np.array([1.4]))
+    with pytest.raises(ValueError, match=r"000000.npy must hold a share in \[0, 1\], but holds 1.4"):
+        read_bapps_2afc(tmp_path, "superres")
+    np.save(folder / "judge" / "000000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"000000.npy cannot be read as a .npy array"):  # never unpickled
+        read_bapps_2afc(tmp_path, "superres")
+
+
+def test_read_bapps_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"`category` must be one of \('traditional', 'cnn', .*but got 'cnns'"):
+        read_bapps_2afc(tmp_path, "cnns")
+    with pytest.raises(ValueError, match=r"`subset` must be one of \('train', 'val'\), but got 'test'"):
+        read_bapps_2afc(tmp_path, "cnn", "test")
+    with pytest.raises(FileNotFoundError, match=r"BAPPS folder not found: .*2afc/val/cnn/ref"):
+        read_bapps_2afc(tmp_path, "cnn")
+    with pytest.raises(ValueError, match=r"`category` must be one of \('traditional', 'cnn'\), but got 'color'"):
+        read_bapps_jnd(tmp_path, "color")
+    for sub in ("p0", "p1", "same"):
+        (tmp_path / "jnd" / "val" / "cnn" / sub).mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"jnd/val/cnn holds no usable entries"):
+        read_bapps_jnd(tmp_path, "cnn")
+
+
+def test_read_bapps_jnd(tmp_path):
+    datagen.write_bapps_jnd(tmp_path, "traditional", [(0.0, 1.0), (0.2, 0.4)])
+    pairs = read_bapps_jnd(tmp_path, "traditional")
+    assert pairs[1] == JNDPair("000001", tmp_path / "jnd/val/traditional/p0/000001.png",
+                               tmp_path / "jnd/val/traditional/p1/000001.png", pytest.approx(0.4))
+    assert pairs[0].same == 1.0
+
+
+# -- decoding -----------------------------------------------------------------------------------
+def test_triplet_images_decode_and_transform(nights):
+    triplets = read_nights(nights, "test")
+    item = TripletImages(triplets)[0]
+    assert set(item) == {"index", "ref", "left", "right", "p"}
+    assert item["ref"].shape == (3, 32, 32) and item["ref"].dtype == torch.float32
+    assert torch.equal(item["ref"], item["left"])  # "left" kind: left is a copy of ref
+    transform = partial(resize_and_crop, pp=Preprocessing(image_size=16, resize_size=16))
+    small = TripletImages(triplets, transform=transform)[3]
+    assert small["index"] == 3 and small["right"].shape == (3, 16, 16) and small["p"] == 1.0
+
+
+def test_pair_images_and_worker_decoding(tmp_path):
+    datagen.write_bapps_jnd(tmp_path, "cnn", [(0.0, 1.0), (0.1, 0.0), (0.2, 0.6)])
+    transform = partial(resize_and_crop, pp=Preprocessing(image_size=16, resize_size=16))
+    loader = torch.utils.data.DataLoader(PairImages(read_bapps_jnd(tmp_path, "cnn"), transform), batch_size=2,
+                                         num_workers=1, collate_fn=collate_images)  # the transform must pickle
+    batches = list(loader)
+    assert [b["index"] for b in batches] == [[0, 1], [2]]
+    assert batches[0]["p0"].shape == (2, 3, 16, 16)
+    assert torch.equal(batches[0]["p0"][0], batches[0]["p1"][0])  # amplitude 0: identical
+    assert batches[1]["same"].tolist() == pytest.approx([0.6])
+
+
+def test_unreadable_image_becomes_an_error_item(nights):
+    triplets = read_nights(nights, "val")
+    triplets[1].left.write_bytes(b"not a png")
+    ds = TripletImages(triplets)
+    assert "error" not in ds[0]
+    assert ds[1]["index"] == 1 and ds[1]["error"].startswith(f"{triplets[1].left} cannot be read as an image")
+    batch = collate_images([ds[0], ds[1]])
+    assert batch["index"] == [0] and batch["errors"][0][0] == 1 and batch["ref"].shape == (1, 3, 32, 32)
+
+
+def test_collate_keeps_mixed_sizes_as_lists():
+    items = [{"index": 0, "p0": torch.zeros(3, 4, 4), "p1": torch.zeros(3, 4, 4), "same": 1.0},
+             {"index": 1, "p0": torch.zeros(3, 5, 4), "p1": torch.zeros(3, 5, 4), "same": 0.0}]
+    batch = collate_images(items)
+    assert isinstance(batch["p0"], list) and [x.shape[1] for x in batch["p0"]] == [4, 5]
+    assert batch["same"].dtype == torch.float64 and batch["same"].tolist() == [1.0, 0.0]
