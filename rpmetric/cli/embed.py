@@ -1,0 +1,275 @@
+"""``rpmetric embed | search | dedup | classify``: embedding stores and what they are for.
+
+``embed`` writes a store (resumable, sharded, torchrun-aware); the other three read stores.
+Query images are embedded with the store's own model, so distances compare.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+from .common import add_device_option, format_table
+
+
+def register(sub) -> None:
+    _register_embed(sub)
+    _register_search(sub)
+    _register_dedup(sub)
+    _register_classify(sub)
+
+
+# -- parsers -----------------------------------------------------------------------------------
+def _register_embed(sub) -> None:
+    from ..store import DTYPES
+
+    p = sub.add_parser(
+        "embed", help="embed a folder of images into an embedding store",
+        description="Embed every file of SOURCE (a folder, walked recursively, or a text file listing paths) "
+                    "into the store folder --out. Unreadable files are skipped and listed in the manifest. "
+                    "Rerunning an interrupted build with the same arguments resumes it (finished shards are "
+                    "kept); --overwrite starts afresh. Under torchrun each process embeds its share of the shards "
+                    "and rank 0 writes the manifest (--out must be on a shared filesystem).",
+    )
+    p.add_argument("source", type=Path, metavar="SOURCE", help="folder of images, or a text file with one path per line")
+    p.add_argument("--out", type=Path, required=True, metavar="STORE", help="store folder to create or resume")
+    p.add_argument("--model", default=None,
+                   help="zoo name (see `rpmetric models`), hf-hub:ORG/NAME[@REV], or a local folder (default: the zoo default)")
+    add_device_option(p)
+    p.add_argument("--dtype", choices=DTYPES, default="float16", help="stored precision (default: float16)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers decoding images (default: up to 4)")
+    p.add_argument("--shard-size", type=int, default=1024,
+                   help="files per shard, the unit an interruption can lose (default: 1024)")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store in --out and start again")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_embed)
+
+
+def _add_query_options(p) -> None:
+    p.add_argument("store", type=Path, metavar="STORE", help="store folder written by `rpmetric embed`")
+    p.add_argument("queries", nargs="*", type=Path, metavar="QUERY", help="query image files or folders of images")
+    p.add_argument("--query-store", type=Path, default=None,
+                   help="use the embeddings of this store (same model) as the queries instead of image files")
+    p.add_argument("--model", default=None,
+                   help="embed queries with this model instead of the store's (e.g. its folder moved); warns if it differs")
+    add_device_option(p)
+    p.add_argument("--batch-size", type=int, default=32, help="query images per forward pass (default: 32)")
+    _add_index_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_index_options(p) -> None:
+    from ..retrieval import INDEXES
+
+    p.add_argument("--index", choices=INDEXES, default="auto",
+                   help="exact: torch; faiss: FAISS flat (exact); ivf: FAISS IVF (approximate, fast); "
+                        "auto: exact below 1,000,000 stored vectors, else ivf (default: auto)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF cells searched per query (default: 1/8 of them)")
+
+
+def _register_search(sub) -> None:
+    p = sub.add_parser(
+        "search", help="nearest neighbours of query images in a store",
+        description="The K nearest stored images of each query by cosine distance (1 - cos).",
+    )
+    _add_query_options(p)
+    p.add_argument("--k", type=int, default=10, help="neighbours per query (default: 10)")
+    p.set_defaults(func=run_search)
+
+
+def _register_dedup(sub) -> None:
+    p = sub.add_parser(
+        "dedup", help="near-duplicate groups in a store, or images too close to another store",
+        description="Group the images of STORE whose cosine distance (1 - cos) is at most --threshold "
+                    "(connected components), as CSV `group,keep,path,distance_to_first` (keep=1 marks the "
+                    "first member, the one to keep). With --against OTHER, list instead the images of STORE "
+                    "within --threshold of any image of OTHER, as CSV `path,match,distance`.",
+    )
+    p.add_argument("store", type=Path, metavar="STORE", help="store folder written by `rpmetric embed`")
+    p.add_argument("--threshold", type=float, required=True, help="largest distance that counts as a duplicate")
+    p.add_argument("--against", type=Path, default=None, metavar="OTHER_STORE",
+                   help="flag images of STORE too close to any image of this store (e.g. test or protected images)")
+    p.add_argument("--out", type=Path, default=None, help="write the CSV here instead of stdout")
+    _add_index_options(p)
+    p.set_defaults(func=run_dedup)
+
+
+def _register_classify(sub) -> None:
+    from ..retrieval import VOTES
+
+    p = sub.add_parser(
+        "classify", help="kNN classification of query images against a labelled store",
+        description="Label each query by a vote of its K nearest labelled images of STORE (labels from a CSV "
+                    "with columns path,label; stored images without a label do not vote).",
+    )
+    _add_query_options(p)
+    p.add_argument("--labels", type=Path, required=True, help="CSV with columns path,label for the store's images")
+    p.add_argument("--k", type=int, default=5, help="neighbours that vote (default: 5)")
+    p.add_argument("--vote", choices=VOTES, default="majority",
+                   help="majority: one vote each; distance: weighted by 1/distance (default: majority)")
+    p.set_defaults(func=run_classify)
+
+
+# -- commands ----------------------------------------------------------------------------------
+def _reporting_missing_dependency(run):
+    """Turn a missing optional dependency into the CLI's one-line error, not a traceback."""
+    def wrapper(args) -> int:
+        from ..retrieval import MissingDependencyError
+
+        try:
+            return run(args)
+        except MissingDependencyError as err:
+            print(f"rpmetric {args.command}: error: {err}", file=sys.stderr)
+            return 2
+    return wrapper
+
+
+def run_embed(args) -> int:
+    import os
+
+    import torch
+
+    from .. import distributed
+    from ..metric import RobustDistance
+    from ..store import build_store
+
+    rank, world = distributed.init_from_env()
+    device = args.device
+    if device is None and world > 1 and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per process
+    try:
+        metric = RobustDistance(args.model, device=device)
+        store = build_store(args.source, args.out, metric, dtype=args.dtype, shard_size=args.shard_size,
+                            batch_size=args.batch_size, num_workers=args.workers, overwrite=args.overwrite,
+                            progress=not args.quiet)
+    finally:
+        if distributed.is_distributed():
+            torch.distributed.destroy_process_group()
+    if store is not None:
+        print(f"{len(store)} images embedded into {store.path} ({len(store.skipped)} unreadable files skipped, "
+              f"listed in {store.path / 'manifest.json'})")
+    return 0
+
+
+def _queries(args, store):
+    """``(embeddings, names)`` of the queries: image files/folders, or another store."""
+    from ..store import EmbeddingStore, embed_images, list_files
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, but got {args.batch_size}")
+    if (args.query_store is None) == (not args.queries):
+        raise ValueError("give query images (QUERY...) or --query-store STORE, exactly one of them")
+    if args.query_store is not None:
+        other = EmbeddingStore(args.query_store)
+        store.check_same_model(other)
+        return other.embeddings(), other.files
+    files = []
+    for q in args.queries:
+        if q.is_dir():
+            root, rel = list_files(q)
+            files.extend(str(root / r) for r in rel)
+        elif q.is_file():
+            files.append(str(q))
+        else:
+            raise FileNotFoundError(f"Query {q} does not exist")
+    metric = store.load_metric(args.model, args.device)
+    emb, names, skipped = embed_images(metric, files, batch_size=args.batch_size)
+    if skipped:
+        raise ValueError(f"{len(skipped)} query file(s) cannot be read: "
+                         + "; ".join(s["reason"] for s in skipped[:3]))
+    return emb, names
+
+
+def _check_k(k: int) -> None:
+    if k < 1:
+        raise ValueError(f"--k must be at least 1, but got {k}")
+
+
+@_reporting_missing_dependency
+def run_search(args) -> int:
+    from ..retrieval import search
+    from ..store import EmbeddingStore
+
+    _check_k(args.k)
+    store = EmbeddingStore(args.store)
+    queries, names = _queries(args, store)
+    hits = search(store.embeddings(), queries, args.k, index=args.index, nprobe=args.nprobe)
+    files = store.files
+    results = [
+        {"query": name, "neighbours": [{"rank": r + 1, "path": files[i], "distance": d}
+                                       for r, (i, d) in enumerate(zip(idx, dist)) if i >= 0]}
+        for name, idx, dist in zip(names, hits.indices.tolist(), hits.distances.tolist())
+    ]
+    if args.json:
+        print(json.dumps({"store": str(store.path), "index": hits.index, "results": results}, indent=1))
+    else:
+        rows = [(r["query"], n["rank"], f"{n['distance']:.6f}", n["path"]) for r in results for n in r["neighbours"]]
+        print(format_table(rows, ["query", "rank", "distance", "path"]))
+    return 0
+
+
+@_reporting_missing_dependency
+def run_dedup(args) -> int:
+    from ..functional import cosine_distance
+    from ..retrieval import find_near, group_duplicates
+    from ..store import EmbeddingStore
+
+    store = EmbeddingStore(args.store)
+    emb, files = store.embeddings(), store.files
+    if args.against is not None:
+        other = EmbeddingStore(args.against)
+        store.check_same_model(other)
+        rows, ref, dist = find_near(emb, other.embeddings(), args.threshold, index=args.index, nprobe=args.nprobe)
+        header = ["path", "match", "distance"]
+        table = [(files[i], other.files[j], f"{d:.6f}") for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
+        summary = f"{len(table)} of {len(store)} images are within {args.threshold} of an image of {other.path}"
+    else:
+        groups = group_duplicates(emb, args.threshold)
+        header = ["group", "keep", "path", "distance_to_first"]
+        table = []
+        for g, members in enumerate(groups, start=1):
+            d = cosine_distance(emb[members[:1]], emb[members]).tolist()
+            table.extend((g, int(m == members[0]), files[m], f"{dm:.6f}") for m, dm in zip(members, d))
+        summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(table)
+    finally:
+        if args.out:
+            out.close()
+    print(summary, file=sys.stderr)
+    return 0
+
+
+@_reporting_missing_dependency
+def run_classify(args) -> int:
+    from ..retrieval import knn_classify
+    from ..store import EmbeddingStore
+
+    _check_k(args.k)
+    store = EmbeddingStore(args.store)
+    labels = store.read_labels(args.labels)
+    labelled = [i for i, label in enumerate(labels) if label is not None]
+    if not labelled:
+        raise ValueError(f"{args.labels} labels none of the images of store {store.path}")
+    queries, names = _queries(args, store)
+    reference = store.embeddings()[labelled]
+    predictions = knn_classify(reference, [labels[i] for i in labelled], queries, args.k, vote=args.vote,
+                               index=args.index, nprobe=args.nprobe)
+    files = store.files
+    results = [
+        {"query": name, "label": p.label, "score": p.score,
+         "neighbours": [{"path": files[labelled[i]], "label": labels[labelled[i]], "distance": d}
+                        for i, d in zip(p.neighbours, p.distances)]}
+        for name, p in zip(names, predictions)
+    ]
+    if args.json:
+        print(json.dumps({"store": str(store.path), "k": args.k, "vote": args.vote, "results": results}, indent=1))
+    else:
+        print(format_table([(r["query"], r["label"], f"{r['score']:.3f}") for r in results], ["query", "label", "score"]))
+    return 0

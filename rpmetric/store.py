@@ -1,0 +1,511 @@
+"""Embedding stores: a folder of L2-normalised image embeddings that can be built, resumed and read.
+
+Layout of a store folder::
+
+    manifest.json        what the store is: model spec, package version, dim, dtype, root, the
+                         embedded paths in order, the skipped files with reasons, the shard list
+    emb-00000.npy        [n, dim] float16 or float32 embeddings of shard 0 (readable files only)
+    shard-00000.json     shard 0's embedded paths and skipped files; written last, so its presence
+                         marks the shard complete
+    ...
+
+The input files (sorted) are cut into fixed shards of ``shard_size`` files before any work starts,
+and that plan is saved in the manifest. Each shard is written atomically (temporary file, then
+rename), so an interrupted run keeps every finished shard; running the same build again resumes
+automatically and embeds only the missing shards. Under ``torchrun`` rank r takes shards r, r+W,
+r+2W, ...; because shards are fixed by the plan, the result is the same store as a single process
+writes, and rank 0 finishes the manifest once every rank is done (``--out`` must be on a filesystem
+all ranks share).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from . import distributed
+from ._version import __version__
+from .images import load_image
+from .preprocess import resize_and_crop
+
+__all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "DTYPES"]
+
+FORMAT = "rpmetric-embeddings"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = ("float16", "float32")
+# Settings that must match for a rerun to resume an existing store rather than start a new one.
+_PLAN_KEYS = ("model", "dtype", "shard_size", "source")
+
+
+def spec_dict(spec) -> dict:
+    """``spec.to_dict()`` as it reads back from JSON (tuples become lists), so saved and live specs compare."""
+    return json.loads(json.dumps(spec.to_dict()))
+
+
+# -- input files -------------------------------------------------------------------------------
+def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tuple[Path, List[str]]:
+    """The files to embed: ``(root, paths relative to root)``, sorted.
+
+    Args:
+        source: a folder (walked recursively; hidden files and folders are left out) or a text
+            file listing one path per line (relative paths are relative to the list's folder;
+            blank lines and lines starting with ``#`` are ignored).
+        exclude: a folder to leave out of the walk (the store itself, when it lies inside).
+
+    Every regular file is listed, images or not: a file that cannot be decoded is reported as
+    skipped later, with the reason, rather than silently ignored.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for name in ("b.png", "a/c.jpg", ".hidden"): (d / name).parent.mkdir(exist_ok=True); (d / name).touch()
+        >>> list_files(d)[1]
+        ['a/c.jpg', 'b.png']
+    """
+    source = Path(source).expanduser()
+    if source.is_dir():
+        root = source.resolve()
+        skip = exclude.resolve() if exclude is not None else None
+        paths = []
+        for path in root.rglob("*"):
+            rel = path.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+                continue
+            if skip is not None and (path == skip or skip in path.parents):
+                continue
+            paths.append(rel.as_posix())
+        return root, sorted(paths)
+    if source.is_file():
+        root = source.resolve().parent
+        lines = [line.strip() for line in source.read_text().splitlines()]
+        paths = [line for line in lines if line and not line.startswith("#")]
+        if not paths:
+            raise ValueError(f"The file list {source} names no files; give one path per line.")
+        return root, paths
+    raise FileNotFoundError(f"Input {source} does not exist; give a folder of images or a text file listing image paths.")
+
+
+# -- decoding in DataLoader workers ------------------------------------------------------------
+class _ImageFiles(torch.utils.data.Dataset):
+    """Decodes one file into the model's input size; an unreadable file yields its reason instead."""
+
+    def __init__(self, files: Sequence[str], transform):
+        self.files = list(files)
+        self.transform = transform  # picklable (functools.partial), so spawn-started workers get it too
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        try:
+            x = load_image(self.files[i])
+        except (ValueError, FileNotFoundError, Image.DecompressionBombError) as err:
+            return i, None, str(err)
+        return i, self.transform(x)[0], None
+
+
+def _collate(items):
+    good = [(i, x) for i, x, _ in items if x is not None]
+    failed = [(i, reason) for i, x, reason in items if x is None]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, failed
+
+
+def _loader(files: Sequence[str], batches: List[List[int]], pp, num_workers: int, pin_memory: bool):
+    dataset = _ImageFiles(files, functools.partial(resize_and_crop, pp=pp))
+    return torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory,
+    )
+
+
+def _batches(indices: Sequence[int], batch_size: int) -> List[List[int]]:
+    indices = list(indices)
+    return [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
+
+
+def _embed_loader(encoder, loader, device: torch.device) -> Iterator[Tuple[List[int], np.ndarray, list]]:
+    """Yields ``(indices, float32 unit embeddings, [(index, reason), ...])`` per batch."""
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else _no_autocast()
+    with torch.inference_mode(), autocast:
+        for indices, images, failed in loader:
+            if images is None:
+                yield [], np.zeros((0, 0), np.float32), failed
+                continue
+            f = encoder(images.to(device, non_blocking=True)).float()
+            yield indices, torch.nn.functional.normalize(f, dim=-1).cpu().numpy(), failed
+
+
+class _no_autocast:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _check_positive(name: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Argument `{name}` must be an integer >= {minimum}, but got {value!r}.")
+
+
+def default_workers() -> int:
+    """DataLoader workers by default: up to 4, never more than the CPUs beyond the main process."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def embed_images(metric, files: Sequence[Union[str, Path]], *, batch_size: int = 32,
+                 num_workers: int = 0) -> Tuple[torch.Tensor, List[str], List[dict]]:
+    """Embed image files with a metric's encoder, in memory (for queries; use :func:`build_store` for datasets).
+
+    Args:
+        metric: a :class:`~rpmetric.RobustDistance`.
+        files: image paths.
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers decoding the files.
+
+    Returns:
+        ``(embeddings [n, D] float32 L2-normalised, the n embedded paths, skipped)`` where
+        ``skipped`` lists ``{"path", "reason"}`` for the files that could not be read.
+
+    Example:
+        >>> emb, paths, skipped = embed_images(metric, ["a.png", "b.jpg"])  # doctest: +SKIP
+    """
+    _check_positive("batch_size", batch_size)
+    _check_positive("num_workers", num_workers, 0)
+    files = [str(f) for f in files]
+    loader = _loader(files, _batches(range(len(files)), batch_size), metric.spec.preprocessing, num_workers,
+                     metric.device.type == "cuda")
+    order, parts, skipped = [], [], []
+    for indices, emb, failed in _embed_loader(metric.encoder, loader, metric.device):
+        order.extend(indices)
+        parts.append(emb)
+        skipped.extend({"path": files[i], "reason": reason} for i, reason in failed)
+    dim = _output_dim(metric)
+    emb = np.concatenate([p for p in parts if len(p)]) if order else np.zeros((0, dim), np.float32)
+    return torch.from_numpy(emb), [files[i] for i in order], skipped
+
+
+def _output_dim(metric) -> int:
+    size = metric.spec.preprocessing.image_size
+    with torch.inference_mode():
+        return int(metric.encoder(torch.zeros(1, 3, size, size, device=metric.device)).shape[-1])
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+def _shard_names(k: int) -> Tuple[str, str]:
+    return f"emb-{k:05d}.npy", f"shard-{k:05d}.json"
+
+
+def _shard_done(out: Path, k: int) -> bool:
+    emb_name, meta_name = _shard_names(k)
+    return (out / meta_name).is_file() and (out / emb_name).is_file()
+
+
+def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: List[dict]) -> None:
+    emb_name, meta_name = _shard_names(k)
+    _atomic_write(out / emb_name, lambda f: np.save(f, emb, allow_pickle=False))
+    # The shard's record comes last: its presence is what marks the shard complete.
+    _write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped})
+
+
+def _prepare_out(out: Path, plan: dict, overwrite: bool) -> dict:
+    """Create ``out`` or validate it for resuming; returns the plan to follow (the saved one when resuming)."""
+    manifest = out / MANIFEST
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Output {out} is a file; `--out` must be a folder for the embedding store.")
+    if manifest.is_file() and not overwrite:
+        saved = json.loads(manifest.read_text())
+        changed = [key for key in _PLAN_KEYS if saved.get(key) != plan[key]]
+        if changed:
+            raise ValueError(
+                f"{out} already holds a store built with different {', '.join(changed)}; rerun with the same "
+                f"settings to resume it, pass --overwrite (overwrite=True) to rebuild it, or choose another --out."
+            )
+        return saved
+    if manifest.is_file():
+        _remove_store_files(out)
+    elif out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"Output folder {out} is not empty and holds no {MANIFEST}; choose a new or empty folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(manifest, plan)
+    return plan
+
+
+def _remove_store_files(out: Path) -> None:
+    # Only what a store writes: an --out pointed at the wrong folder must not wipe unrelated files.
+    for pattern in (MANIFEST, "emb-*.npy", "shard-*.json", ".*.tmp-*"):
+        for path in out.glob(pattern):
+            path.unlink()
+
+
+def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtype: str = "float16",
+                shard_size: int = 1024, batch_size: int = 32, num_workers: Optional[int] = None,
+                overwrite: bool = False, progress: bool = True, max_shards: Optional[int] = None,
+                ) -> Optional["EmbeddingStore"]:
+    """Embed every file of ``source`` into the store folder ``out``, resuming an interrupted build.
+
+    Under ``torchrun`` call it on every rank (after :func:`rpmetric.distributed.init_from_env`):
+    each rank embeds its shards, and rank 0 writes the finished manifest.
+
+    Args:
+        source: a folder of images or a text file listing image paths (see :func:`list_files`).
+        out: the store folder; created if missing. If it holds an unfinished store with the same
+            settings, the build resumes; a finished one is returned as is.
+        metric: a :class:`~rpmetric.RobustDistance` whose encoder embeds the images.
+        dtype: ``"float16"`` (half the disk) or ``"float32"``.
+        shard_size: files per shard, the unit of work that an interruption can lose.
+        batch_size: images per forward pass.
+        num_workers: DataLoader workers decoding images; None for :func:`default_workers`.
+        overwrite: delete an existing store in ``out`` and start again.
+        progress: show a tqdm progress bar (rank 0 only).
+        max_shards: stop after writing this many new shards on this rank, leaving the store
+            unfinished (for time-boxed runs; a later call continues).
+
+    Returns:
+        The finished :class:`EmbeddingStore`, or None when the build stopped early (``max_shards``)
+        or on ranks other than 0.
+
+    Example:
+        >>> store = build_store("images/", "store/", rpmetric.RobustDistance())  # doctest: +SKIP
+        >>> len(store), store.dim  # doctest: +SKIP
+        (1000, 640)
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"Argument `dtype` must be one of {DTYPES}, but got {dtype!r}.")
+    _check_positive("shard_size", shard_size)
+    _check_positive("batch_size", batch_size)
+    num_workers = default_workers() if num_workers is None else num_workers
+    _check_positive("num_workers", num_workers, 0)
+    out = Path(out).expanduser().resolve()
+    rank, world = distributed.rank_and_world()
+
+    plan = _make_plan(source, out, metric, dtype, shard_size, overwrite) if rank == 0 else None
+    plan = distributed.broadcast_object(plan)
+    if isinstance(plan, str):  # rank 0 failed to prepare: every rank stops with its message
+        raise ValueError(plan)
+    if plan.get("complete"):
+        return EmbeddingStore(out) if rank == 0 else None
+
+    root, files = Path(plan["root"]), plan["files"]
+    n_shards = -(-len(files) // shard_size)
+    mine = [k for k in distributed.shard(range(n_shards), rank, world) if not _shard_done(out, k)]
+    if max_shards is not None:
+        mine = mine[:max_shards]
+    _embed_shards(metric, out, root, files, mine, plan["dim"], dtype, shard_size, batch_size, num_workers,
+                  progress and rank == 0)
+
+    distributed.barrier()
+    if rank != 0:
+        return None
+    if not all(_shard_done(out, k) for k in range(n_shards)):
+        return None  # stopped early by max_shards: the saved plan lets the next call resume
+    _finish_manifest(out, plan, n_shards)
+    return EmbeddingStore(out)
+
+
+def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite: bool):
+    """Rank 0's part: list the files and prepare ``out``; a user error comes back as its message."""
+    try:
+        root, files = list_files(source, exclude=out)
+        if not files:
+            raise ValueError(f"Input {source} holds no files to embed.")
+        plan = {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "rpmetric_version": __version__,
+            "model": spec_dict(metric.spec), "model_ref": metric.spec.local_path or metric.spec.name,
+            "dim": _output_dim(metric), "dtype": dtype, "normalized": True, "shard_size": shard_size,
+            "source": str(Path(source).expanduser().resolve()), "root": str(root), "complete": False,
+            "files": files,
+        }
+        return _prepare_out(out, plan, overwrite)
+    except (ValueError, FileNotFoundError) as err:
+        if distributed.is_distributed():
+            return str(err)
+        raise
+
+
+def _embed_shards(metric, out: Path, root: Path, files: List[str], shards: List[int], dim: int, dtype: str,
+                  shard_size: int, batch_size: int, num_workers: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    spans = {k: range(k * shard_size, min((k + 1) * shard_size, len(files))) for k in shards}
+    # Batches never cross a shard boundary, so each shard can be written as soon as its last batch is in.
+    batches = [b for k in shards for b in _batches(spans[k], batch_size)]
+    if not batches:
+        return
+    absolute = [str(root / f) for f in files]
+    loader = _loader(absolute, batches, metric.spec.preprocessing, num_workers, metric.device.type == "cuda")
+    bar = tqdm(total=sum(len(spans[k]) for k in shards), unit="img", desc="embed", disable=not progress)
+    pending = iter(shards)
+    k = next(pending)
+    got: dict = {}  # file index -> embedding row
+    reasons: dict = {}  # file index -> why it was skipped
+    with bar:
+        for indices, emb, failed in _embed_loader(metric.encoder, loader, metric.device):
+            got.update(zip(indices, emb))
+            reasons.update(failed)
+            bar.update(len(indices) + len(failed))
+            if len(got) + len(reasons) < len(spans[k]):
+                continue
+            kept = [i for i in spans[k] if i in got]
+            rows = np.stack([got[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
+            _write_shard(out, k, rows.astype(dtype), [files[i] for i in kept],
+                         [{"path": files[i], "reason": reasons[i]} for i in spans[k] if i in reasons])
+            got, reasons = {}, {}
+            k = next(pending, None)
+
+
+def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
+    manifest = {key: value for key, value in plan.items() if key != "files"}
+    shards, paths, skipped = [], [], []
+    for k in range(n_shards):
+        meta = json.loads((out / _shard_names(k)[1]).read_text())
+        shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"]})
+        paths.extend(meta["paths"])
+        skipped.extend(meta["skipped"])
+    manifest.update(shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
+    _write_json(out / MANIFEST, manifest)
+
+
+# -- reading -----------------------------------------------------------------------------------
+class EmbeddingStore:
+    """A finished store, read-only.
+
+    Args:
+        path: the store folder (as written by :func:`build_store` or ``rpmetric embed``).
+
+    Attributes:
+        paths: embedded file paths relative to ``root``, in store order (row i of the embeddings).
+        files: the same as absolute paths.
+        skipped: ``{"path", "reason"}`` of every file that could not be read.
+        dim, dtype, model_spec (the spec dict), model_ref (what loads the model), version.
+
+    Example:
+        >>> store = EmbeddingStore("store/")  # doctest: +SKIP
+        >>> emb = store.embeddings()  # [len(store), store.dim] float32  # doctest: +SKIP
+    """
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path).expanduser()
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not an embedding store (no {MANIFEST}); create one with `rpmetric embed`.")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{manifest_path} is not an rpmetric embedding manifest (format {manifest.get('format')!r}).")
+        if not manifest.get("complete"):
+            raise ValueError(
+                f"Store {self.path} is unfinished (interrupted build); rerun `rpmetric embed` with the same "
+                "arguments to resume and finish it."
+            )
+        self.manifest = manifest
+        self.root = Path(manifest["root"])
+        self.paths: List[str] = list(manifest["paths"])
+        self.skipped: List[dict] = list(manifest["skipped"])
+        self.dim: int = int(manifest["dim"])
+        self.dtype: str = manifest["dtype"]
+        self.model_spec: dict = manifest["model"]
+        self.model_ref: str = manifest["model_ref"]
+        self.version: str = manifest["rpmetric_version"]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        return f"EmbeddingStore({str(self.path)!r}, n={len(self)}, dim={self.dim}, model={self.model_ref!r})"
+
+    @property
+    def files(self) -> List[str]:
+        return [str(self.root / p) for p in self.paths]
+
+    def embeddings(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """All embeddings ``[len(store), dim]`` as one CPU tensor (unit vectors, store order)."""
+        parts = [np.load(self.path / s["embeddings"], allow_pickle=False) for s in self.manifest["shards"]]
+        emb = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        if emb.shape != (len(self), self.dim):
+            raise ValueError(f"Store {self.path} is inconsistent: shards hold {emb.shape}, the manifest says "
+                             f"({len(self)}, {self.dim}); rebuild it with `rpmetric embed --overwrite`.")
+        return torch.from_numpy(emb).to(dtype)
+
+    def load_metric(self, model=None, device=None):
+        """The :class:`~rpmetric.RobustDistance` that built this store, to embed queries alike.
+
+        Args:
+            model: load this model instead (e.g. the store's local model folder moved); a warning
+                is given when its spec differs from the store's, as the embeddings would not compare.
+            device: where to run.
+        """
+        from .metric import RobustDistance
+
+        metric = RobustDistance(self.model_ref if model is None else model, device=device)
+        if model is not None and spec_dict(metric.spec) != self.model_spec:
+            warnings.warn(
+                f"Model {model!r} differs from the model that built store {self.path} ({self.model_ref!r}); "
+                "distances are only meaningful if it is the same network.", stacklevel=2,
+            )
+        return metric
+
+    def read_labels(self, labels_csv: Union[str, Path]) -> List[Optional[str]]:
+        """Per store row, its label from a CSV with columns ``path,label`` (None where unlabelled).
+
+        A CSV path may be relative to the CSV's folder, absolute, or as the store records it
+        (relative to the store's root). Rows naming files the store skipped as unreadable are
+        ignored; rows naming files the store does not hold are an error.
+        """
+        import csv
+
+        labels_csv = Path(labels_csv)
+        if not labels_csv.is_file():
+            raise FileNotFoundError(f"Labels file not found: {labels_csv}")
+        by_file = {os.path.normpath(f): i for i, f in enumerate(self.files)}
+        by_file.update({p: i for i, p in enumerate(self.paths)})
+        skipped = {s["path"] for s in self.skipped} | {str(self.root / s["path"]) for s in self.skipped}
+        labels: List[Optional[str]] = [None] * len(self)
+        unknown = []
+        with open(labels_csv, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
+                raise ValueError(f"{labels_csv} must have a header with columns path,label (found: {reader.fieldnames}).")
+            for row in reader:
+                name = row["path"]
+                absolute = os.path.normpath(labels_csv.resolve().parent / name)
+                i = by_file.get(absolute, by_file.get(name))
+                if i is not None:
+                    labels[i] = row["label"]
+                elif absolute not in skipped and name not in skipped:
+                    unknown.append(name)
+        if unknown:
+            raise ValueError(
+                f"{labels_csv} names {len(unknown)} file(s) that store {self.path} does not hold, e.g. "
+                f"{', '.join(repr(u) for u in unknown[:3])}; paths must be relative to the CSV's folder or to {self.root}."
+            )
+        return labels
+
+    def check_same_model(self, other: "EmbeddingStore") -> None:
+        """Raise ValueError unless ``other`` was built with the same model (so distances compare)."""
+        if self.model_spec != other.model_spec:
+            raise ValueError(
+                f"Stores {self.path} ({self.model_ref!r}) and {other.path} ({other.model_ref!r}) were built with "
+                "different models, so their embeddings do not compare; embed both with the same --model."
+            )

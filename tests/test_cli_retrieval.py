@@ -1,0 +1,177 @@
+"""The embed, search, dedup and classify commands end to end, and torchrun's 2-process embed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rpmetric.cli import main
+from rpmetric.store import EmbeddingStore
+from test_store import ORIGINALS, PLANTED, make_image_folder, pil_tensor
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("cli-images") / "imgs")
+
+
+def embed_args(images, out, model):
+    return ["embed", str(images), "--out", str(out), "--model", str(model), "--device", "cpu",
+            "--dtype", "float32", "--shard-size", "4", "--batch-size", "3", "--workers", "0", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def store(images, vit_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli-stores") / "store"
+    assert main(embed_args(images, out, vit_folder)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def planted_threshold(images, tiny_metric):
+    """A threshold between the planted copies' distances and all other pairs' (computed pairwise here)."""
+    names = ORIGINALS + list(PLANTED)
+    x = {n: pil_tensor(images / n) for n in names}
+    planted_pairs = {frozenset(p) for p in PLANTED.items()}
+    with torch.no_grad():
+        d = {frozenset((a, b)): tiny_metric(x[a], x[b]).item() for a, b in itertools.combinations(names, 2)}
+    planted = max(v for k, v in d.items() if k in planted_pairs)
+    others = min(v for k, v in d.items() if k not in planted_pairs)
+    assert planted < others / 10  # the data has a clear gap, else the test would prove nothing
+    return (planted + others) / 2
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_embed_reports_the_store(capsys, images, vit_folder, tmp_path):
+    code, out, _ = run(capsys, *embed_args(images, tmp_path / "s", vit_folder))
+    assert code == 0 and "10 images embedded" in out and "2 unreadable files skipped" in out
+
+
+def test_search_table_and_json(capsys, store, images):
+    code, out, _ = run(capsys, "search", store, images / "copy_noise.png", "--k", "2", "--device", "cpu")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["query", "rank", "distance", "path"]
+    assert lines[2].split()[1:] == ["1", "0.000000", str(images.resolve() / "copy_noise.png")]
+    assert lines[3].split()[-1] == str(images.resolve() / "img0.png")
+    code, out, _ = run(capsys, "search", store, images / "img5.png", "--k", "3", "--json", "--index", "exact",
+                       "--device", "cpu")
+    result = json.loads(out)
+    assert result["index"] == "exact"
+    neighbours = result["results"][0]["neighbours"]
+    assert [n["rank"] for n in neighbours] == [1, 2, 3] and neighbours[0]["distance"] < 1e-6
+    assert neighbours[0]["path"].endswith("img5.png")
+
+
+def test_search_with_a_query_store_exact_equals_faiss(capsys, store):
+    outputs = []
+    for index in ("exact", "faiss"):
+        code, out, _ = run(capsys, "search", store, "--query-store", store, "--k", "4", "--json", "--index", index)
+        assert code == 0
+        outputs.append(json.loads(out)["results"])
+    paths = [[n["path"] for n in r["neighbours"]] for r in outputs[0]]
+    assert paths == [[n["path"] for n in r["neighbours"]] for r in outputs[1]]
+    assert all(p[0] == r["query"] for p, r in zip(paths, outputs[0]))  # each image finds itself first
+
+
+def read_csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_dedup_finds_exactly_the_planted_groups(capsys, store, images, planted_threshold, tmp_path):
+    out_csv = tmp_path / "dups.csv"
+    code, _, err = run(capsys, "dedup", store, "--threshold", planted_threshold, "--out", out_csv)
+    assert code == 0 and "2 groups of near-duplicates covering 4 of 10 images" in err
+    rows = read_csv(out_csv.read_text())
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append((os.path.basename(r["path"]), r["keep"]))
+    # Store order is sorted by path: copy_jpeg.jpg, copy_noise.png, img0.png, ... so copies come first.
+    assert sorted(groups.values()) == [[("copy_jpeg.jpg", "1"), ("img3.png", "0")],
+                                      [("copy_noise.png", "1"), ("img0.png", "0")]]
+    assert all(float(r["distance_to_first"]) <= planted_threshold for r in rows)
+    # A threshold just below the smallest planted distance finds nothing.
+    code, out, _ = run(capsys, "dedup", store, "--threshold", 0.0)
+    assert read_csv(out) == []
+
+
+def test_dedup_against_flags_images_close_to_the_other_store(capsys, store, images, vit_folder, tmp_path,
+                                                            planted_threshold):
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    (protected / "secret.png").write_bytes((images / "img3.png").read_bytes())
+    assert run(capsys, *embed_args(protected, tmp_path / "pstore", vit_folder))[0] == 0
+    code, out, err = run(capsys, "dedup", store, "--against", tmp_path / "pstore", "--threshold", planted_threshold)
+    assert code == 0 and "2 of 10 images are within" in err
+    rows = read_csv(out)
+    assert [os.path.basename(r["path"]) for r in rows] == ["copy_jpeg.jpg", "img3.png"]
+    assert {os.path.basename(r["match"]) for r in rows} == {"secret.png"}
+    assert float(rows[1]["distance"]) == 0.0
+
+
+def test_classify_votes_with_labelled_images_only(capsys, store, images, tmp_path):
+    labels = tmp_path / "labels.csv"
+    # Originals labelled by parity; the planted copies stay unlabelled, so they cannot vote.
+    labels.write_text("path,label\n" + "".join(f"{images / n},{'even' if i % 2 == 0 else 'odd'}\n"
+                                               for i, n in enumerate(ORIGINALS)))
+    code, out, _ = run(capsys, "classify", store, images / "copy_noise.png", images / "copy_jpeg.jpg",
+                       "--labels", labels, "--k", "1", "--json", "--device", "cpu")
+    assert code == 0
+    result = json.loads(out)
+    assert [r["label"] for r in result["results"]] == ["even", "odd"]  # img0 -> even, img3 -> odd
+    assert os.path.basename(result["results"][0]["neighbours"][0]["path"]) == "img0.png"
+    code, out, _ = run(capsys, "classify", store, images / "copy_noise.png", "--labels", labels, "--k", "3",
+                       "--vote", "distance", "--device", "cpu")
+    assert code == 0 and out.splitlines()[0].split() == ["query", "label", "score"]
+    assert out.splitlines()[2].split()[1] == "even"  # the copy of img0 is far nearer than the rest
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "{store}", "--k", "3"], "give query images \\(QUERY...\\) or --query-store STORE"),
+    (["search", "{store}", "{images}/img1.png", "--query-store", "{store}"], "exactly one of them"),
+    (["search", "{store}", "{images}/img1.png", "--k", "0"], "--k must be at least 1, but got 0"),
+    (["search", "{store}", "{images}/notes.txt"], "1 query file\\(s\\) cannot be read"),
+    (["search", "{store}", "{images}/missing.png"], "Query .*missing.png does not exist"),
+    (["search", "{images}", "--query-store", "{store}"], "is not an embedding store"),
+    (["dedup", "{store}", "--threshold", "3"], "must be a cosine distance in \\[0, 2\\], but got 3.0"),
+    (["classify", "{store}", "{images}/img1.png", "--labels", "{images}/none.csv"], "Labels file not found"),
+])
+def test_user_errors_exit_2_with_one_line(capsys, store, images, argv, message):
+    code, _, err = run(capsys, *[a.format(store=store, images=images) for a in argv])
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+def test_missing_faiss_is_a_one_line_error(capsys, store, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    code, _, err = run(capsys, "search", store, "--query-store", store, "--index", "faiss")
+    assert code == 2 and "pip install faiss-cpu" in err
+
+
+def test_torchrun_two_processes_write_the_same_store(store, images, vit_folder, tmp_path):
+    out = tmp_path / "two"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "rpmetric", *embed_args(images, out, vit_folder)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    one, two = EmbeddingStore(store), EmbeddingStore(out)
+    assert two.paths == one.paths and two.skipped == one.skipped
+    torch.testing.assert_close(two.embeddings(), one.embeddings(), atol=1e-5, rtol=0)
+    assert np.array_equal(np.load(out / "emb-00001.npy").shape, [4, 24])  # shard 1 came from rank 1

@@ -1,0 +1,179 @@
+"""Search, duplicate grouping and kNN voting, against brute force in numpy and hand-worked cases."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rpmetric import retrieval
+from rpmetric.retrieval import (
+    MissingDependencyError, find_near, group_duplicates, knn_classify, knn_vote, near_pairs, search,
+)
+
+
+def numpy_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - cos for all pairs, in float64: the independent reference."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return 1.0 - a.astype(np.float64) @ b.astype(np.float64).T
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    # Tiny blocks so the blockwise merging in the exact search and the pair scan is exercised.
+    monkeypatch.setattr(retrieval, "_QUERY_BLOCK", 7)
+    monkeypatch.setattr(retrieval, "_DB_BLOCK", 11)
+
+
+def unit_angles(*angles):
+    """2-d unit vectors at the given angles: 1 - cos between them is known in closed form."""
+    return torch.tensor([[math.cos(t), math.sin(t)] for t in angles], dtype=torch.float32)
+
+
+def test_exact_search_matches_brute_force(small_blocks):
+    g = torch.Generator().manual_seed(0)
+    db, q = torch.randn(200, 16, generator=g), torch.randn(30, 16, generator=g)
+    hits = search(db, q, k=5, index="exact")
+    dist = numpy_distances(db.numpy(), q.numpy()).T
+    expected = np.argsort(dist, axis=1)[:, :5]
+    assert hits.index == "exact"
+    assert hits.indices.tolist() == expected.tolist()
+    np.testing.assert_allclose(hits.distances.numpy(), np.take_along_axis(dist, expected, 1), atol=1e-6)
+
+
+def test_exact_and_faiss_give_the_same_neighbours():
+    g = torch.Generator().manual_seed(1)
+    db, q = torch.randn(500, 32, generator=g).half(), torch.randn(40, 32, generator=g)
+    exact = search(db, q, k=10, index="exact")
+    flat = search(db, q, k=10, index="faiss")
+    assert flat.index == "faiss"
+    assert torch.equal(exact.indices, flat.indices)
+    torch.testing.assert_close(exact.distances, flat.distances)
+
+
+def test_ivf_visiting_every_cell_is_exact_and_default_recall_is_high():
+    g = torch.Generator().manual_seed(2)
+    centres = torch.randn(20, 16, generator=g)
+    db = centres.repeat_interleave(100, 0) + 0.3 * torch.randn(2000, 16, generator=g)
+    q = centres + 0.3 * torch.randn(20, 16, generator=g)
+    exact = search(db, q, k=5, index="exact")
+    assert torch.equal(search(db, q, k=5, index="ivf", nprobe=10_000).indices, exact.indices)
+    approx = search(db, q, k=5, index="ivf")
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(approx.indices.tolist(), exact.indices.tolist())])
+    assert recall >= 0.8
+
+
+def test_auto_is_exact_for_small_stores():
+    assert search(torch.eye(3), torch.eye(3), k=1).index == "exact"
+
+
+def test_k_larger_than_the_store_returns_every_row():
+    hits = search(unit_angles(0.0, 1.0, 2.0), unit_angles(0.9), k=10)
+    assert hits.indices.tolist() == [[1, 0, 2]]
+    expected = [1 - math.cos(0.1), 1 - math.cos(0.9), 1 - math.cos(1.1)]
+    np.testing.assert_allclose(hits.distances[0].numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"k": 0}, r"Argument `k` must be an integer >= 1, but got 0"),
+    ({"index": "hnsw"}, r"Argument `index` must be one of \('auto', 'exact', 'faiss', 'ivf'\), but got 'hnsw'"),
+])
+def test_search_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        search(torch.eye(3), torch.eye(3), **kwargs)
+
+
+def test_search_shape_errors():
+    with pytest.raises(ValueError, match=r"Embedding sizes differ \(3 vs 2\)"):
+        search(torch.eye(3), torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"Argument `queries` must be an \[N, D\] tensor .* but got \(3,\)"):
+        search(torch.eye(3), torch.ones(3))
+
+
+def test_missing_faiss_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install faiss-cpu.*pip install rpmetric\[faiss\]"):
+        search(torch.eye(3), torch.eye(3), index="faiss")
+    assert search(torch.eye(3), torch.eye(3), index="auto").index == "exact"
+
+
+def test_near_pairs_hand_worked_and_inclusive():
+    # Angles 0, 0.1, 0.2, 1.5: 1 - cos(0.1) = 0.0049958 for neighbours, 1 - cos(0.2) = 0.0199 for 0 and 2.
+    emb = unit_angles(0.0, 0.1, 0.2, 1.5)
+    i, j, d = near_pairs(emb, 0.006)
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 1), (1, 2)]
+    np.testing.assert_allclose(d.numpy(), [1 - math.cos(0.1)] * 2, atol=1e-6)
+    i, j, _ = near_pairs(emb, 0.0)
+    assert len(i) == 0
+    i, j, _ = near_pairs(torch.cat([emb, emb[:1]]), 0.0)  # an exact copy is at distance 0, included
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 4)]
+
+
+def test_groups_chain_through_neighbours():
+    emb = unit_angles(0.0, 1.5, 0.1, 3.0, 0.2, 1.5)
+    assert group_duplicates(emb, 0.006) == [[0, 2, 4], [1, 5]]
+
+
+def test_groups_match_brute_force_components(small_blocks):
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(40, 8, generator=g)
+    emb = torch.cat([base, base[:10] + 0.05 * torch.randn(10, 8, generator=g)])
+    dist = numpy_distances(emb.numpy(), emb.numpy())
+    threshold = 0.01
+    # Components by repeated relabelling (a different algorithm from union-find).
+    label = np.arange(len(emb))
+    adjacent = dist <= threshold
+    for _ in range(len(emb)):
+        label = np.array([label[adjacent[r]].min() for r in range(len(emb))])
+    expected = {}
+    for r, lab in enumerate(label):
+        expected.setdefault(lab, []).append(r)
+    expected = sorted(m for m in expected.values() if len(m) > 1)
+    assert len(expected) >= 5  # the planted copies are there to be found
+    assert group_duplicates(emb, threshold) == expected
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 2.5, "0.1"])
+def test_threshold_errors(threshold):
+    with pytest.raises(ValueError, match="Argument `threshold` must be a cosine distance in \\[0, 2\\]"):
+        group_duplicates(torch.eye(2), threshold)
+
+
+def test_find_near_flags_rows_close_to_the_reference():
+    train = unit_angles(0.0, 1.0, 2.0, 0.98)
+    protected = unit_angles(2.01, 1.0)
+    rows, ref, d = find_near(train, protected, 0.001)
+    assert rows.tolist() == [1, 2, 3] and ref.tolist() == [1, 0, 1]
+    np.testing.assert_allclose(d.numpy(), [0.0, 1 - math.cos(0.01), 1 - math.cos(0.02)], atol=1e-6)
+
+
+def test_knn_vote_rules():
+    assert knn_vote(["a", "b", "b"], [0.1, 0.2, 0.3]) == ("b", pytest.approx(2 / 3))
+    # distance weights 1/(d+1e-6): a gets 1/0.01 = 100, b gets 1/0.2 + 1/0.3 = 8.33
+    label, score = knn_vote(["a", "b", "b"], [0.01, 0.2, 0.3], vote="distance")
+    assert label == "a" and score == pytest.approx(100 / (100 + 5 + 10 / 3), rel=1e-4)
+    assert knn_vote(["b", "a", "a", "b"], [0.1, 0.2, 0.3, 0.4]) == ("b", 0.5)  # tie: the nearer label
+
+
+def test_knn_vote_errors():
+    with pytest.raises(ValueError, match=r"Argument `vote` must be one of \('majority', 'distance'\), but got 'max'"):
+        knn_vote(["a"], [0.1], vote="max")
+    with pytest.raises(ValueError, match="at least one neighbour"):
+        knn_vote([], [])
+
+
+def test_knn_classify_hand_worked():
+    ref = unit_angles(0.0, 0.2, 0.4, 2.0, 2.1)
+    labels = ["cat", "cat", "cat", "dog", "dog"]
+    preds = knn_classify(ref, labels, unit_angles(0.1, 2.05, 1.3), k=3)
+    assert [p.label for p in preds] == ["cat", "dog", "dog"]
+    assert preds[0].neighbours[:2] in ([0, 1], [1, 0]) and preds[0].score == 1.0
+    assert preds[1].score == pytest.approx(2 / 3)
+    # angle 1.3: neighbours 2.0 (0.7), 2.1 (0.8), 0.4 (0.9): two dogs, one cat
+    assert preds[2].neighbours == [3, 4, 2]
+    with pytest.raises(ValueError, match=r"Argument `labels` must give one label per reference row \(5\), but got 2"):
+        knn_classify(ref, ["a", "b"], unit_angles(0.0))

@@ -1,0 +1,250 @@
+"""Embedding stores: contents against an independent embedding path, bad files, resume, settings checks."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import rpmetric
+from rpmetric import store as store_mod
+from rpmetric.store import EmbeddingStore, build_store, embed_images, list_files
+
+ORIGINALS = [f"img{i}.png" for i in range(8)]
+PLANTED = {"copy_noise.png": "img0.png", "copy_jpeg.jpg": "img3.png"}  # copy -> original
+BAD = {"broken.png", "notes.txt"}
+
+
+def make_image_folder(folder: Path, seed: int = 0) -> Path:
+    """8 smooth random images of different sizes, 2 planted near-copies, a corrupt PNG and a text file."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for i, name in enumerate(ORIGINALS):
+        small = Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8))
+        arrays[name] = np.asarray(small.resize((56 - 2 * i, 40 + 4 * i), Image.BICUBIC))
+        Image.fromarray(arrays[name]).save(folder / name)
+    noisy = arrays["img0.png"].astype(int) + rng.integers(-2, 3, arrays["img0.png"].shape)
+    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(folder / "copy_noise.png")
+    Image.fromarray(arrays["img3.png"]).save(folder / "copy_jpeg.jpg", quality=95)
+    buf = io.BytesIO()
+    Image.fromarray(arrays["img1.png"]).save(buf, "PNG")
+    (folder / "broken.png").write_bytes(buf.getvalue()[:60])  # truncated: header only
+    (folder / "notes.txt").write_text("not an image\n")
+    (folder / ".hidden.png").write_bytes(buf.getvalue())  # hidden files are not walked
+    return folder
+
+
+def pil_tensor(path: Path) -> torch.Tensor:
+    """[1, 3, H, W] in [0, 1] straight from PIL: a decoding path independent of rpmetric.images."""
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images") / "imgs")
+
+
+@pytest.fixture(scope="module")
+def store32(images, tiny_metric, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stores") / "s32"
+    return build_store(images, out, tiny_metric, dtype="float32", shard_size=4, batch_size=3, num_workers=0,
+                       progress=False)
+
+
+def good_names():
+    return sorted(ORIGINALS + list(PLANTED))
+
+
+def test_store_holds_every_readable_file_in_sorted_order(store32, images):
+    assert store32.paths == good_names()
+    assert store32.files == [str(images.resolve() / p) for p in good_names()]
+    assert len(store32) == 10 and store32.dim == 24 and store32.dtype == "float32"
+
+
+def test_unreadable_files_are_listed_with_reasons(store32):
+    skipped = {s["path"]: s["reason"] for s in store32.skipped}
+    assert set(skipped) == BAD
+    assert "cannot be read as an image" in skipped["notes.txt"]
+    assert "broken.png" in skipped["broken.png"]
+
+
+def test_embeddings_match_the_metric_on_each_image(store32, images, tiny_metric):
+    emb = store32.embeddings()
+    with torch.no_grad():
+        expected = torch.cat([tiny_metric.embed(pil_tensor(images / p)) for p in store32.paths])
+    torch.testing.assert_close(emb, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5, rtol=0)
+
+
+def test_manifest_records_model_version_and_shards(store32):
+    manifest = json.loads((store32.path / "manifest.json").read_text())
+    assert manifest["rpmetric_version"] == rpmetric.__version__
+    assert manifest["model"]["local_path"] == store32.model_ref
+    # 12 walked files in shards of 4: 3 shards; the readable ones split 3 + 4 + 3.
+    assert [s["count"] for s in manifest["shards"]] == [3, 4, 3]
+    assert np.load(store32.path / "emb-00001.npy").dtype == np.float32
+
+
+def test_float16_store_is_close_to_float32(images, tiny_metric, store32, tmp_path):
+    half = build_store(images, tmp_path / "s16", tiny_metric, dtype="float16", num_workers=1, progress=False)
+    assert np.load(half.path / "emb-00000.npy").dtype == np.float16
+    assert half.paths == store32.paths
+    torch.testing.assert_close(half.embeddings(), store32.embeddings(), atol=2e-3, rtol=0)
+
+
+def test_interrupted_build_resumes_and_loses_nothing(images, tiny_metric, store32, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    real_write = store_mod._write_shard
+    calls = []
+
+    def write_then_die(*args):
+        if calls:  # the process is killed while the second shard is pending
+            raise KeyboardInterrupt
+        calls.append(args[1])
+        real_write(*args)
+
+    monkeypatch.setattr(store_mod, "_write_shard", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(images, out, tiny_metric, dtype="float32", shard_size=4, batch_size=3, num_workers=0,
+                    progress=False)
+    assert sorted(p.name for p in out.glob("shard-*.json")) == ["shard-00000.json"]
+    with pytest.raises(ValueError, match="unfinished"):
+        EmbeddingStore(out)
+    first_shard_time = (out / "emb-00000.npy").stat().st_mtime_ns
+
+    monkeypatch.setattr(store_mod, "_write_shard", real_write)
+    resumed = build_store(images, out, tiny_metric, dtype="float32", shard_size=4, batch_size=3, num_workers=0,
+                          progress=False)
+    assert (out / "emb-00000.npy").stat().st_mtime_ns == first_shard_time  # kept, not redone
+    assert resumed.paths == store32.paths
+    assert resumed.skipped == store32.skipped
+    torch.testing.assert_close(resumed.embeddings(), store32.embeddings(), atol=1e-6, rtol=0)
+
+
+def test_max_shards_stops_early_and_a_finished_store_is_not_rebuilt(images, tiny_metric, tmp_path):
+    out = tmp_path / "s"
+    kwargs = dict(dtype="float32", shard_size=5, num_workers=0, progress=False)
+    assert build_store(images, out, tiny_metric, max_shards=2, **kwargs) is None
+    assert len(list(out.glob("shard-*.json"))) == 2
+    done = build_store(images, out, tiny_metric, **kwargs)
+    assert len(done) == 10
+    stamp = (out / "manifest.json").stat().st_mtime_ns
+    again = build_store(images, out, tiny_metric, **kwargs)
+    assert again.paths == done.paths and (out / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_changed_settings_refuse_to_resume_unless_overwrite(images, tiny_metric, tmp_path):
+    out = tmp_path / "s"
+    build_store(images, out, tiny_metric, dtype="float32", shard_size=5, num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="different dtype, shard_size; .* --overwrite"):
+        build_store(images, out, tiny_metric, dtype="float16", shard_size=4, num_workers=0, progress=False)
+    (out / "keep-me.txt").write_text("unrelated")
+    rebuilt = build_store(images, out, tiny_metric, dtype="float16", shard_size=4, num_workers=0, progress=False,
+                          overwrite=True)
+    assert rebuilt.dtype == "float16" and len(list(out.glob("shard-*.json"))) == 3
+    assert (out / "keep-me.txt").exists()  # overwrite only removes the store's own files
+
+
+def test_output_folder_errors(images, tiny_metric, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty and holds no manifest.json"):
+        build_store(images, tmp_path / "full", tiny_metric, num_workers=0, progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        build_store(images, tmp_path / "afile", tiny_metric, num_workers=0, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dtype": "float64"}, r"Argument `dtype` must be one of \('float16', 'float32'\), but got 'float64'"),
+    ({"shard_size": 0}, r"Argument `shard_size` must be an integer >= 1, but got 0"),
+    ({"batch_size": -1}, r"Argument `batch_size` must be an integer >= 1, but got -1"),
+    ({"num_workers": -1}, r"Argument `num_workers` must be an integer >= 0, but got -1"),
+])
+def test_build_argument_errors(images, tiny_metric, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_store(images, tmp_path / "s", tiny_metric, progress=False, **kwargs)
+
+
+def test_store_inside_its_source_folder_is_not_walked(tmp_path, tiny_metric):
+    src = make_image_folder(tmp_path / "src")
+    first = build_store(src, src / "store", tiny_metric, num_workers=0, progress=False)
+    root, files = list_files(src, exclude=src / "store")
+    assert not any(f.startswith("store/") for f in files) and len(first) == 10
+
+
+def test_file_list_source(images, tiny_metric, tmp_path):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# two images\n{images / 'img1.png'}\n\n{images / 'broken.png'}\n")
+    root, files = list_files(listing)
+    assert root == tmp_path.resolve() and files == [str(images / "img1.png"), str(images / "broken.png")]
+    s = build_store(listing, tmp_path / "s", tiny_metric, num_workers=0, progress=False)
+    assert s.files == [str(images / "img1.png")] and [x["path"] for x in s.skipped] == [str(images / "broken.png")]
+
+
+def test_list_files_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="names no files"):
+        list_files(tmp_path / "empty.txt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_files(tmp_path / "missing")
+
+
+def test_empty_folder_is_an_error(tmp_path, tiny_metric):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no files to embed"):
+        build_store(tmp_path / "empty", tmp_path / "s", tiny_metric, progress=False)
+
+
+def test_embed_images_reports_unreadable_files(images, tiny_metric, store32):
+    emb, names, skipped = embed_images(tiny_metric, [images / "img2.png", images / "notes.txt"], num_workers=0)
+    assert names == [str(images / "img2.png")] and [s["path"] for s in skipped] == [str(images / "notes.txt")]
+    torch.testing.assert_close(emb[0], store32.embeddings()[store32.paths.index("img2.png")], atol=1e-6, rtol=0)
+
+
+def test_opening_errors(tmp_path, store32):
+    with pytest.raises(FileNotFoundError, match="is not an embedding store"):
+        EmbeddingStore(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ValueError, match="is not an rpmetric embedding manifest"):
+        EmbeddingStore(tmp_path)
+
+
+def test_read_labels(store32, images, tmp_path):
+    csv_path = tmp_path / "labels.csv"
+    relative_to_csv = os.path.relpath(images / "img1.png", tmp_path)
+    csv_path.write_text(f"path,label\n{relative_to_csv},x\n"
+                        "img2.png,y\n"  # as the store records it
+                        f"{images / 'broken.png'},z\n")  # skipped by the store: ignored
+    labels = store32.read_labels(csv_path)
+    assert labels[store32.paths.index("img1.png")] == "x"
+    assert labels[store32.paths.index("img2.png")] == "y"
+    assert sum(label is not None for label in labels) == 2
+    csv_path.write_text("path,label\nnope.png,a\n")
+    with pytest.raises(ValueError, match="names 1 file\\(s\\) that store .* does not hold, e.g. 'nope.png'"):
+        store32.read_labels(csv_path)
+    csv_path.write_text("file,class\nimg1.png,a\n")
+    with pytest.raises(ValueError, match="must have a header with columns path,label"):
+        store32.read_labels(csv_path)
+    with pytest.raises(FileNotFoundError, match="Labels file not found"):
+        store32.read_labels(tmp_path / "missing.csv")
+
+
+def test_a_different_model_warns_or_refuses(store32, tmp_path, images, tiny_metric):
+    import tinymodels
+
+    other_folder = tinymodels.save_open_clip(tmp_path / "other-vit", tinymodels.TINY_VIT_CFG, seed=1)
+    with pytest.warns(UserWarning, match="differs from the model that built store"):
+        store32.load_metric(str(other_folder), device="cpu")
+    other_metric = rpmetric.RobustDistance(str(other_folder), device="cpu")
+    other = build_store(images, tmp_path / "other", other_metric, num_workers=0, progress=False)
+    with pytest.raises(ValueError, match="were built with different models"):
+        store32.check_same_model(other)
