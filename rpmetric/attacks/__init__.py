@@ -1,0 +1,28 @@
+"""Adversarial evaluation of 2AFC agreement: APGD on the reference image of each triplet.
+
+- :func:`evaluate_attack`: clean and robust binary accuracy of a metric on a dataset, optionally
+  with a test-time counterattack judged non-adaptively and adaptively.
+- :class:`TwoAFCLogits`: the 2AFC decision as a 2-class classifier, for any classification attack.
+- :func:`run_apgd`: pyautoattack's APGD-CE on a batch of references.
+- :func:`add_attack_options` / :func:`attack_config_from_args`: the command-line options.
+"""
+
+from .apgd import ApgdResult, perturbation_norms, run_apgd
+from .cli import add_attack_options, attack_config_from_args
+from .config import AttackConfig, Norm
+from .evaluate import AttackResult, evaluate_attack
+from .logits import TwoAFCLogits, human_labels
+
+__all__ = [
+    "evaluate_attack",
+    "AttackResult",
+    "AttackConfig",
+    "Norm",
+    "TwoAFCLogits",
+    "human_labels",
+    "run_apgd",
+    "ApgdResult",
+    "perturbation_norms",
+    "add_attack_options",
+    "attack_config_from_args",
+]

@@ -1,0 +1,319 @@
+"""Robust 2AFC accuracy: the share of triplets still judged like the humans after APGD attacks the
+reference image (the protocol of Croce et al., SaTML 2025), batched and resumable."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from ..datasets import Triplet, TripletImages, collate_images
+from ..preprocess import resize_and_crop
+from ..runlog import RunLog
+from ..scoring import binary_accuracy
+from .apgd import perturbation_norms, run_apgd
+from .config import AttackConfig
+from .features import DefendedFeatures, Embedder, EOTDefendedFeatures, PlainFeatures, as_embedder, eot_seeds
+from .logits import TwoAFCLogits, human_labels
+
+__all__ = ["AttackResult", "evaluate_attack"]
+
+# float32 rounding of APGD's projection (x + eps is rounded) may exceed the radius by an ulp.
+_BALL_TOLERANCE = 1e-6
+
+
+@dataclass
+class AttackResult:
+    """Clean and robust binary accuracy on the same triplets, with the per-triplet records.
+
+    Attributes:
+        n: number of triplets.
+        clean_accuracy: share judged like the humans (label ``p > 0.5``) on the clean images; a
+            tie counts half, as in :func:`rpmetric.scoring.binary_accuracy`.
+        robust_accuracy: share still judged correctly after the attack, re-checked with a fresh
+            forward pass on the returned images; a triplet wrong on the clean images counts wrong.
+        records: one dict per triplet (``key``, ``p``, ``label``, distances ``clean_d0/d1`` and
+            ``adv_d0/d1``, ``clean_correct``, ``robust_correct``, the perturbation's ``linf`` and
+            ``l2``; with a counterattack also ``defended_clean_correct``, ``nonadaptive_correct``,
+            ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``).
+        config: the attack configuration and what else defines the run.
+        defended_clean_accuracy: with a counterattack, clean accuracy of the defended metric.
+        nonadaptive_accuracy: the defended metric judging the images attacked through the plain
+            metric (the TTC paper's evaluation).
+        adaptive_accuracy: the defended metric judging images attacked through the defence itself.
+        worst_case_accuracy: per triplet the worse of the two: correct only if both attacks fail.
+    """
+
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float
+    records: List[dict] = field(repr=False)
+    config: dict = field(default_factory=dict)
+    defended_clean_accuracy: Optional[float] = None
+    nonadaptive_accuracy: Optional[float] = None
+    adaptive_accuracy: Optional[float] = None
+    worst_case_accuracy: Optional[float] = None
+
+    def to_dict(self) -> dict:
+        """The figures and the configuration as JSON-ready data (without the per-triplet records)."""
+        summary = {"n": self.n, "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
+                   "attack": self.config.get("attack")}
+        if self.defended_clean_accuracy is not None:
+            summary["counterattack"] = {
+                "config": self.config.get("counterattack"),
+                "clean_accuracy": self.defended_clean_accuracy,
+                "nonadaptive_accuracy": self.nonadaptive_accuracy,
+                "adaptive_accuracy": self.adaptive_accuracy,
+                "worst_case_accuracy": self.worst_case_accuracy,
+            }
+        return summary
+
+
+def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Dataset], *, norm: str = "linf",
+                    eps: Optional[float] = None, steps: int = 100, restarts: int = 1, seed: int = 0,
+                    counterattack=None, eot_samples: int = 4, batch_size: int = 16,
+                    n_samples: Optional[int] = None, workers: int = 0, device=None, runlog_path=None,
+                    resume: bool = False, progress: bool = True) -> AttackResult:
+    """Clean and robust 2AFC binary accuracy of a metric under APGD-CE on the reference image.
+
+    Only the reference is perturbed. The left and right images are embedded once, clean, and held
+    fixed; the classifier's logits are ``[cos(f(ref + delta), e_left), cos(f(ref + delta), e_right)]``
+    (no temperature) and the label is the human choice, ``p > 0.5``. The reference is first
+    resized and cropped to the model's input size (its ``prepare``), then attacked in [0, 1].
+
+    Args:
+        metric: a :class:`~rpmetric.RobustDistance`, or any module with ``embed(x, normalize=False)``
+            mapping ``[N, 3, H, W]`` images in [0, 1] to raw ``[N, D]`` embeddings differentiably
+            (such as :class:`rpmetric.encoder.Encoder`); an optional ``prepare(x)`` method resizes
+            images to the model's input size. A RobustDistance is attacked through its encoder, on
+            [0, 1] images whatever its ``value_range``.
+        data: :class:`~rpmetric.datasets.Triplet` records (e.g. from ``read_nights``), or a dataset
+            yielding :class:`~rpmetric.datasets.TripletImages`-style items.
+        norm: ``"linf"`` or ``"l2"``.
+        eps: the radius on [0, 1] pixels; None gives the published one (4/255 for linf, 3 for l2).
+        steps: APGD iterations (100 as published).
+        restarts: random restarts (1 as published).
+        seed: APGD's seed; the same seed gives the same result.
+        counterattack: a test-time defence (:class:`rpmetric.Counterattack`), evaluated both
+            non-adaptively and adaptively (see :class:`AttackResult`); None takes the metric's own
+            hook, if it has one.
+        eot_samples: with a counterattack: gradient samples per adaptive step, each through a copy
+            of the defence with another seed.
+        batch_size: triplets per batch. A resumed run must use the same one.
+        n_samples: attack only the first ``n_samples`` triplets; None for all.
+        workers: DataLoader worker processes decoding images.
+        device: where to run; None for the model's device. The model is moved there.
+        runlog_path: a JSON-lines file that records every finished batch, so that an interrupted run
+            can continue with ``resume=True`` and give exactly the same result.
+        resume: continue the run recorded in ``runlog_path``.
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: a bad argument, an unreadable image, duplicate triplet ids, or a run log
+            written with another configuration.
+        FileExistsError: ``runlog_path`` exists and ``resume`` is False.
+
+    Example:
+        >>> import rpmetric
+        >>> from rpmetric.datasets import read_nights
+        >>> metric = rpmetric.RobustDistance("r-clip-t-convnext")  # doctest: +SKIP
+        >>> result = evaluate_attack(metric, read_nights("/data/nights", "test"), norm="l2")  # doctest: +SKIP
+        >>> result.clean_accuracy, result.robust_accuracy  # doctest: +SKIP
+    """
+    config = AttackConfig.create(norm, eps, steps, restarts, seed, eot_samples)
+    batch_size = _positive_int("batch_size", batch_size)
+    embedder = as_embedder(metric)
+    if counterattack is None:
+        counterattack = embedder.counterattack
+    if device is not None:
+        embedder = embedder._replace(device=torch.device(device))
+        embedder.module.to(embedder.device)
+    dataset, keys = _dataset_and_keys(data, _loader_transform(embedder))
+    n = len(keys) if n_samples is None else min(_positive_int("n_samples", n_samples), len(keys))
+    if n == 0:
+        raise ValueError("Argument `data` holds no triplets; pass at least one.")
+    keys = keys[:n]
+    run_config = _run_config(metric, config, counterattack, batch_size, keys)
+    log = RunLog(runlog_path, run_config, resume) if runlog_path is not None else None
+    done: Dict[str, dict] = dict(log.done) if log is not None else {}
+
+    # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
+    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
+    todo = [b for b in batches if not all(keys[i] in done for i in b)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=todo, num_workers=workers,
+                                         collate_fn=collate_images)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(loader, total=len(todo), desc=f"APGD-{config.norm.value}", unit="batch", disable=not progress)
+    for batch in bar:
+        _raise_on_bad_items(batch, keys)
+        records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], config, counterattack)
+        new = [r for r in records if r["key"] not in done]
+        if log is not None:
+            log.append(new)
+        done.update((r["key"], r) for r in new)
+        bar.set_postfix(clean=_mean(done.values(), "clean_correct"), robust=_mean(done.values(), "robust_correct"))
+    return _result([done[k] for k in keys], run_config)
+
+
+# -- one batch -------------------------------------------------------------------------------
+def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: AttackConfig, counterattack) -> List[dict]:
+    device = embedder.device
+    ref = _prepared(batch["ref"], embedder, device)
+    left = _prepared(batch["left"], embedder, device)
+    right = _prepared(batch["right"], embedder, device)
+    p = batch["p"].double()
+    y = human_labels(p).to(device)
+
+    plain = PlainFeatures(embedder)
+    with torch.no_grad():  # the left and right embeddings: once per triplet, outside the attack
+        e_left, e_right = plain(left), plain(right)
+    judge = TwoAFCLogits(plain, e_left, e_right)
+    clean = _distances(judge, ref)
+    clean_ok = _agreement(clean, p)
+    attacked = run_apgd(TwoAFCLogits(PlainFeatures(embedder, amp=True), e_left, e_right), ref, y, config,
+                        correct=torch.tensor(clean_ok, device=device) > 0).images
+    linf, l2 = _checked_norms(attacked, ref, config)
+    adv = _distances(judge, attacked)
+    robust_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(adv, p))]
+
+    records = [{"key": k, "p": float(pi), "label": int(yi), "clean_d0": c0, "clean_d1": c1, "adv_d0": a0,
+                "adv_d1": a1, "clean_correct": co, "robust_correct": ro, "linf": li, "l2": l2i}
+               for k, pi, yi, c0, c1, a0, a1, co, ro, li, l2i in zip(
+                   keys, p.tolist(), y.tolist(), *clean, *adv, clean_ok, robust_ok, linf, l2)]
+    if counterattack is not None:
+        for record, extra in zip(records, _defence_records(embedder, counterattack, ref, left, right, attacked,
+                                                           p, y, config)):
+            record.update(extra)
+    return records
+
+
+def _defence_records(embedder, counterattack, ref, left, right, attacked, p, y, config) -> List[dict]:
+    """Per triplet: the defended metric clean, against the transferred images (non-adaptive), and
+    against an attack through the defence (adaptive: BPDA with EOT over its random start)."""
+    defended = DefendedFeatures(embedder, counterattack)
+    with torch.no_grad():
+        e_left, e_right = defended(left), defended(right)
+    judge = TwoAFCLogits(defended, e_left, e_right)
+    clean_ok = _agreement(_distances(judge, ref), p)
+    transfer_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(_distances(judge, attacked), p))]
+    seeds = eot_seeds(counterattack, config.seed, config.eot_samples)
+    through = TwoAFCLogits(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), e_left, e_right)
+    adaptive_images = run_apgd(through, ref, y, config, correct=torch.tensor(clean_ok, device=ref.device) > 0,
+                               eot_iter=config.eot_samples).images
+    linf, l2 = _checked_norms(adaptive_images, ref, config)
+    adaptive_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(_distances(judge, adaptive_images), p))]
+    return [{"defended_clean_correct": c, "nonadaptive_correct": t, "adaptive_correct": a,
+             "adaptive_linf": li, "adaptive_l2": l2i}
+            for c, t, a, li, l2i in zip(clean_ok, transfer_ok, adaptive_ok, linf, l2)]
+
+
+def _distances(judge: TwoAFCLogits, images: torch.Tensor):
+    """``(d0, d1)`` lists: ``1 - cos`` to the left and right embeddings, a fresh full-precision pass."""
+    with torch.no_grad():
+        d = 1.0 - judge(images)
+    return d[:, 0].tolist(), d[:, 1].tolist()
+
+
+def _agreement(distances, p: torch.Tensor) -> List[float]:
+    """Per triplet 1, 0, or 0.5 for a tie: binary accuracy of one triplet, by the scoring module's rule."""
+    return [binary_accuracy([d0], [d1], [pi]) for d0, d1, pi in zip(*distances, p.tolist())]
+
+
+def _checked_norms(attacked: torch.Tensor, clean: torch.Tensor, config: AttackConfig):
+    """The perturbations' norms, after checking the promise of every attack: in the ball and in [0, 1]."""
+    linf, l2 = perturbation_norms(attacked, clean)
+    size = linf if config.norm.value == "linf" else l2
+    limit = config.eps * (1 + _BALL_TOLERANCE) + _BALL_TOLERANCE
+    if bool((size > limit).any()) or float(attacked.min()) < 0.0 or float(attacked.max()) > 1.0:
+        raise RuntimeError(f"APGD returned images outside the {config.norm.value} ball of radius {config.eps} or "
+                           f"outside [0, 1] (largest norm {float(size.max())}, values in "
+                           f"[{float(attacked.min())}, {float(attacked.max())}]); this is a bug, please report it.")
+    return linf.tolist(), l2.tolist()
+
+
+def _prepared(images, embedder: Embedder, device) -> torch.Tensor:
+    """A batch at the model's input size; images of different sizes are prepared one by one."""
+    if isinstance(images, torch.Tensor):
+        return embedder.prepare(images.to(device).float())
+    return torch.cat([embedder.prepare(im.to(device).float()[None]) for im in images])
+
+
+# -- data, config and result -----------------------------------------------------------------
+def _dataset_and_keys(data, transform=None):
+    if isinstance(data, torch.utils.data.Dataset):
+        records = getattr(data, "records", None)
+        keys = [str(r.id) for r in records] if records is not None else [str(i) for i in range(len(data))]
+        dataset = data
+    else:
+        triplets = list(data)
+        bad = next((t for t in triplets if not isinstance(t, Triplet)), None)
+        if bad is not None:
+            raise TypeError(f"Argument `data` must be rpmetric.datasets.Triplet records or a Dataset of triplet "
+                            f"images, but holds a {type(bad).__name__}.")
+        keys = [str(t.id) for t in triplets]
+        dataset = TripletImages(triplets, transform=transform)
+    seen = set()
+    duplicate = next((k for k in keys if k in seen or seen.add(k)), None)
+    if duplicate is not None:
+        raise ValueError(f"Triplet id {duplicate!r} occurs more than once in `data`; ids must be unique so that "
+                         "results can be recorded and resumed per triplet (evaluate one split or category at a time).")
+    return dataset, keys
+
+
+def _loader_transform(embedder: Embedder):
+    """The model's resize and crop, to run in the DataLoader workers (None when it has no
+    preprocessing spec; the batch is then prepared in this process)."""
+    module = embedder.module
+    pp = getattr(getattr(module, "spec", None), "preprocessing", None)
+    if pp is None or not getattr(module, "resize", False):
+        return None
+    return partial(resize_and_crop, pp=pp)
+
+
+def _raise_on_bad_items(batch: dict, keys: List[str]) -> None:
+    if batch.get("errors"):
+        index, message = batch["errors"][0]
+        raise ValueError(f"Triplet {keys[index]!r} cannot be loaded: {message} ({len(batch['errors'])} bad "
+                         "triplet(s) in this batch); fix or remove them from `data`.")
+
+
+def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, keys: List[str]) -> dict:
+    spec = getattr(metric, "spec", None) or getattr(getattr(metric, "encoder", None), "spec", None)
+    return {
+        "task": "robust-2afc",
+        "model": getattr(spec, "name", type(metric).__name__),
+        "attack": config.to_dict(),
+        "counterattack": None if counterattack is None else repr(counterattack),
+        "batch_size": batch_size,
+        "n": len(keys),
+        "ids_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+    }
+
+
+def _result(records: List[dict], run_config: dict) -> AttackResult:
+    result = AttackResult(n=len(records), clean_accuracy=_mean(records, "clean_correct"),
+                          robust_accuracy=_mean(records, "robust_correct"), records=records, config=run_config)
+    if records and "adaptive_correct" in records[0]:
+        result.defended_clean_accuracy = _mean(records, "defended_clean_correct")
+        result.nonadaptive_accuracy = _mean(records, "nonadaptive_correct")
+        result.adaptive_accuracy = _mean(records, "adaptive_correct")
+        result.worst_case_accuracy = sum(min(r["nonadaptive_correct"], r["adaptive_correct"])
+                                         for r in records) / len(records)
+    return result
+
+
+def _mean(records, field_name: str) -> float:
+    values = [r[field_name] for r in records]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Argument `{name}` must be an integer, but got {value!r}.")
+    if value < 1:
+        raise ValueError(f"Argument `{name}` must be at least 1, but got {value!r}.")
+    return value
