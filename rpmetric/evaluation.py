@@ -306,8 +306,9 @@ def _measure(spec: Task, distances, batch: dict, items, keys) -> List[dict]:
     errors = list(batch["errors"])
     index = list(batch["index"])
     images = [batch.get(f) for f in spec.images]
-    if distances.needs_equal_sizes and index and not isinstance(images[0], torch.Tensor):
+    if distances.needs_equal_sizes and index and not all(isinstance(im, torch.Tensor) for im in images):
         # Sizes vary across the batch: keep the items whose own images agree, report the others.
+        images = [list(im) for im in images]
         keep = [j for j in range(len(index)) if len({tuple(im[j].shape) for im in images}) == 1]
         errors += [(index[j], _size_error(spec, [im[j] for im in images])) for j in range(len(index)) if j not in keep]
         index = [index[j] for j in keep]

@@ -86,9 +86,12 @@ def run(args) -> int:
         log, default_log = _log_path(args, distances.name)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
                       "model_argument": args.model}
-        result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
-                          resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
-                          progress=True, max_batches=args.max_batches)
+        try:
+            result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
+                              resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
+                              progress=True, max_batches=args.max_batches)
+        except FileExistsError as err:  # an existing run log: a user error with a one-line fix
+            raise ValueError(str(err)) from None
     finally:
         distributed.shutdown()
     if rank != 0:

@@ -1,0 +1,208 @@
+"""``rpmetric eval`` end to end: tables, JSON, per-sample CSV, errors, --resume, --skip-bad, torchrun."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import datagen
+from rpmetric.cli import main
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "nights"
+    return root, datagen.nights_known(root, size=(40, 48))
+
+
+@pytest.fixture()
+def fresh_nights(tmp_path):
+    root = tmp_path / "nights"
+    datagen.nights_known(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default run logs land in the working directory
+
+
+def _table(stdout):
+    """``{row label: (n, percent)}`` from the printed table."""
+    lines = stdout.strip().splitlines()
+    return {cells[0]: (int(cells[1]), float(cells[2])) for cells in (line.split() for line in lines[2:])}
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_nights_with_the_tiny_model(nights, vit_folder, tmp_path, capsys):
+    root, expected = nights
+    out, per_sample = tmp_path / "res" / "nights.json", tmp_path / "samples.csv"
+    code = main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "val", "test",
+                 "--batch-size", "4", "--workers", "1", "--out", str(out), "--per-sample", str(per_sample)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.splitlines()[0].split() == ["split", "n", "2AFC", "(%)"]
+    assert _table(captured.out) == {"val": (2, 25.0), "test_imagenet": (4, 81.25), "test_no_imagenet": (2, 37.5),
+                                    "total": (6, 66.67)}
+    assert "2AFC" in captured.err  # the progress bar shows the running score
+    summary = json.loads(out.read_text())
+    assert summary["model"] == summary["spec"]["name"] and summary["model_argument"] == str(vit_folder)
+    assert summary["dataset"] == "nights" and summary["selection"] == {"splits": ["val", "test"]}
+    for group in ("val", "test_imagenet", "test_no_imagenet", "total"):
+        assert summary["results"][group] == {"n": expected[group]["n"],
+                                             "score": pytest.approx(expected[group]["score"])}
+    assert summary["spec"]["preprocessing"]["image_size"] == 32
+    assert summary["version"] and summary["timestamp"].startswith("20") and summary["skipped"] == {"n": 0, "items": []}
+    rows = _csv(per_sample)
+    assert list(rows[0]) == ["group", "id", "d0", "d1", "p"] and len(rows) == 8
+    by_id = {r["id"]: r for r in rows}
+    assert float(by_id["tn-left-q"]["d0"]) == 0.0 < float(by_id["tn-left-q"]["d1"])
+    assert by_id["tn-left-q"]["p"] == "0.25" and by_id["val-tie"]["d0"] == by_id["val-tie"]["d1"]
+    assert not (out.parent / "nights.json.log.jsonl").exists()  # the default log goes once complete
+
+
+def test_bapps_with_l2(tmp_path, capsys):
+    for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
+        datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
+    out = tmp_path / "bapps.json"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "traditional", "cnn",
+                 "--workers", "0", "--out", str(out)]) == 0
+    table = _table(capsys.readouterr().out)
+    assert table == {"traditional": (3, pytest.approx(63.33)), "cnn": (2, 80.0)}
+    summary = json.loads(out.read_text())
+    assert summary["model"] == "l2" and summary["spec"] is None
+    assert summary["selection"] == {"categories": ["traditional", "cnn"], "subset": "val"}
+    assert summary["results"]["traditional"]["score"] == pytest.approx(1.9 / 3, abs=1e-6)
+
+
+def test_jnd_with_l2(tmp_path, capsys):
+    entries, expected = datagen.JND_KNOWN
+    datagen.write_bapps_jnd(tmp_path / "bapps", "cnn", entries)
+    per_sample = tmp_path / "jnd.csv"
+    assert main(["eval", "jnd", str(tmp_path / "bapps"), "--model", "l2", "--categories", "cnn", "--workers", "0",
+                 "--per-sample", str(per_sample)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["category", "n", "mAP", "(%)"]
+    assert _table(out) == {"cnn": (5, round(100 * expected, 2))}
+    rows = _csv(per_sample)
+    assert list(rows[0]) == ["group", "id", "d", "same"] and float(rows[1]["d"]) == 0.0
+
+
+def _run_bad(args, capsys):
+    code = main(["eval", *map(str, args), "--model", "l2", "--workers", "0"])
+    return code, capsys.readouterr().err
+
+
+def test_error_missing_image(fresh_nights, capsys):
+    (fresh_nights / "ref" / "002" / "009.png").unlink()  # val-tie's reference
+    code, err = _run_bad(["nights", fresh_nights, "--split", "val"], capsys)
+    assert code == 2
+    assert "rpmetric eval: error:" in err and "(id 'val-tie'): image file not found:" in err and "009.png" in err
+    assert "--skip-bad" in err
+
+
+def test_error_unreadable_image(fresh_nights, capsys):
+    (fresh_nights / "distort" / "002" / "008_1.png").write_bytes(b"GIF89a nonsense")
+    code, err = _run_bad(["nights", fresh_nights, "--split", "val"], capsys)
+    assert code == 2 and "bad triplet val/val-right-0:" in err and "008_1.png cannot be read as an image" in err
+
+
+def test_error_csv_without_columns(fresh_nights, capsys):
+    text = (fresh_nights / "data.csv").read_text().replace("right_vote", "rightvote", 1)
+    (fresh_nights / "data.csv").write_text(text)
+    code, err = _run_bad(["nights", fresh_nights], capsys)
+    assert code == 2 and "data.csv lacks the column(s) right_vote" in err
+
+
+def test_error_judge_count(tmp_path, capsys):
+    folder = datagen.write_bapps_2afc(tmp_path, "color", [("left", 0.2), ("tie", 0.4)])
+    (folder / "judge" / "000000.npy").unlink()
+    code, err = _run_bad(["bapps", tmp_path, "--categories", "color"], capsys)
+    assert code == 2 and "judge count does not match the images (ref/ 2, p0/ 2, p1/ 2, judge/ 1 files)" in err
+
+
+def test_error_empty_split(fresh_nights, capsys):
+    lines = (fresh_nights / "data.csv").read_text().splitlines()
+    (fresh_nights / "data.csv").write_text("\n".join(line for line in lines if ",train," not in line) + "\n")
+    code, err = _run_bad(["nights", fresh_nights, "--split", "train"], capsys)
+    assert code == 2 and "NIGHTS split 'train' is empty" in err
+
+
+def test_error_bad_options(fresh_nights, capsys):
+    code, err = _run_bad(["nights", fresh_nights, "--batch-size", "0"], capsys)
+    assert code == 2 and "--batch-size must be at least 1, but got 0" in err
+    code, err = _run_bad(["nights", fresh_nights.parent / "missing"], capsys)
+    assert code == 2 and "Dataset folder not found" in err
+    with pytest.raises(SystemExit):
+        main(["eval", "nights", str(fresh_nights), "--split", "testing"])
+    assert "invalid choice: 'testing'" in capsys.readouterr().err
+
+
+def test_skip_bad_reports_and_goes_on(fresh_nights, tmp_path, capsys):
+    (fresh_nights / "distort" / "002" / "008_1.png").write_bytes(b"broken")  # val-right-0: unreadable
+    (fresh_nights / "ref" / "002" / "009.png").unlink()  # val-tie: missing
+    lines = (fresh_nights / "data.csv").read_text().splitlines()
+    extra = lines[-1].replace("train-left", "train-extra").replace("/011", "/099")  # a row without images
+    (fresh_nights / "data.csv").write_text("\n".join(lines + [extra]) + "\n")
+    out = tmp_path / "r.json"
+    code, err = _run_bad(["nights", fresh_nights, "--split", "train", "val", "--skip-bad", "--out", out], capsys)
+    assert code == 2 and "no triplets left after skipping" in err  # all of val was bad
+    code, err = _run_bad(["nights", fresh_nights, "--split", "train", "test", "--skip-bad"], capsys)
+    assert code == 0 and "skipped 1 bad triplet(s):" in err and "train/train-extra:" in err
+    (fresh_nights / "distort" / "000" / "002_0.png").unlink()  # tn-left-1, row 2
+    out = tmp_path / "test.json"
+    code, err = _run_bad(["nights", fresh_nights, "--split", "test", "--skip-bad", "--out", out], capsys)
+    summary = json.loads(out.read_text())
+    assert code == 0 and summary["skipped"]["n"] == 1 and summary["skipped"]["items"][0]["id"] == "tn-left-1"
+    assert summary["results"]["test_no_imagenet"] == {"n": 1, "score": 0.75}  # only tn-left-q is left
+    assert "test_no_imagenet/tn-left-1:" in err
+
+
+def test_resume_gives_the_uninterrupted_result(nights, vit_folder, tmp_path, capsys):
+    root, _ = nights
+    common = ["eval", "nights", str(root), "--model", str(vit_folder), "--split", "train", "val", "test",
+              "--batch-size", "2", "--workers", "0"]
+    assert main(common + ["--out", str(tmp_path / "full.json"), "--per-sample", str(tmp_path / "full.csv")]) == 0
+    out, log = tmp_path / "part.json", tmp_path / "part.json.log.jsonl"
+    assert main(common + ["--out", str(out), "--max-batches", "2"]) == 3
+    err = capsys.readouterr().err
+    assert "4 of 9 done" in err and "--resume" in err and log.exists() and not out.exists()
+    assert main(common + ["--out", str(out)]) == 2
+    assert "already exists; pass --resume" in capsys.readouterr().err
+    assert main(common + ["--out", str(out), "--batch-size", "3", "--resume"]) == 2
+    assert "batch_size: log has 2, this run has 3" in capsys.readouterr().err
+    assert main(common + ["--out", str(out), "--resume", "--per-sample", str(tmp_path / "part.csv")]) == 0
+    assert json.loads(out.read_text())["results"] == json.loads((tmp_path / "full.json").read_text())["results"]
+    assert _csv(tmp_path / "part.csv") == _csv(tmp_path / "full.csv")  # bit-identical distances
+    assert not log.exists()
+
+
+def test_explicit_log_is_kept(fresh_nights, tmp_path, capsys):
+    log = tmp_path / "keep.jsonl"
+    assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0", "--log", str(log)]) == 0
+    assert len(log.read_text().splitlines()) == 1 + 6
+
+
+def test_torchrun_two_processes_match_one(nights, vit_folder, tmp_path):
+    root, _ = nights
+    args = ["eval", "nights", str(root), "--model", str(vit_folder), "--split", "train", "val", "test",
+            "--batch-size", "2", "--workers", "0"]
+    assert main(args + ["--out", str(tmp_path / "one.json"), "--per-sample", str(tmp_path / "one.csv")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "rpmetric",
+         *args, "--out", str(tmp_path / "two.json"), "--per-sample", str(tmp_path / "two.csv")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("total") == 1  # only rank 0 prints
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
+    assert two["results"] == one["results"]
+    assert _csv(tmp_path / "two.csv") == _csv(tmp_path / "one.csv")
