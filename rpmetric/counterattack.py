@@ -1,0 +1,423 @@
+"""Test-time counterattack (TTC), a training-free defence applied to each image before embedding.
+
+Xing, Zhao and Sebe, "CLIP is Strong Enough to Fight Back" (CVPR 2025): adversarial images are
+"falsely stable", their embedding hardly moves under small random noise. Such images are detected
+by the relative shift ``tau`` of the embedding under noise and pushed away from where the attacker
+put them by a few PGD steps, before the metric embeds them.
+
+All noise and PGD steps act on the image at the model's input resolution (after the encoder's
+``prepare``, its resize and crop), so ``eps`` is measured in the model's own pixel space, as in the
+paper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import numbers
+from typing import Callable, Iterable, NamedTuple, Optional, Tuple, Union
+
+import torch
+
+from .validation import check_images
+
+__all__ = [
+    "Counterattack",
+    "CounterattackResult",
+    "add_counterattack_options",
+    "counterattack_from_args",
+]
+
+Embed = Callable[[torch.Tensor], torch.Tensor]
+
+
+class CounterattackResult(NamedTuple):
+    """What :meth:`Counterattack.__call__` returns, for inspection.
+
+    Attributes:
+        images: ``[N, 3, S, S]`` counterattacked images ``x + Delta`` in [0, 1], at the model's
+            input size ``S``; detached.
+        tau: ``[N]`` float32 relative embedding shift under the random start,
+            ``||f(x + delta0) - f(x)|| / ||f(x)||``.
+        flagged: ``[N]`` bool, True for "falsely stable" images (``tau < tau_threshold``), the
+            ones that were counterattacked.
+    """
+
+    images: torch.Tensor
+    tau: torch.Tensor
+    flagged: torch.Tensor
+
+
+class Counterattack:
+    """Test-time counterattack, usable alone or as the ``counterattack`` hook of RobustDistance.
+
+    For images ``x`` in [0, 1] and ``f`` the encoder's projected embedding before L2 normalisation:
+
+    1. ``delta0 ~ U(-eps, eps)`` per pixel, clamped so that ``x + delta0`` stays in [0, 1];
+    2. ``tau = ||f(x + delta0) - f(x)|| / ||f(x)||`` (by ``tau_encoder`` when given);
+    3. images with ``tau < tau_threshold`` are "falsely stable": ``steps`` steps of l-inf sign-PGD
+       with step ``step_size`` ascend ``||f(x + delta) - f(x)||^2`` from ``delta0``, each projected
+       into the ``eps``-ball and [0, 1];
+    4. they get ``Delta = sum_k w_k delta_k`` with ``w = softmax(beta * k)``, ``k = 0..steps``; every
+       other image gets ``Delta = delta0``;
+    5. the defended embedding is ``f(x + Delta)``.
+
+    Args:
+        eps: l-inf radius of the noise and of the counterattack, as a fraction of the [0, 1] pixel
+            range (``4/255``, not 4).
+        step_size: PGD step ``alpha``.
+        steps: number of PGD steps ``N`` (0 keeps ``Delta = delta0`` for every image).
+        tau_threshold: images with ``tau`` below it are counterattacked. 0.2 was tuned for the
+            OpenAI CLIP; robust encoders move less under noise, so choose it with :meth:`calibrate`.
+        beta: temperature of the step weights; larger favours the last steps.
+        seed: seed of the random start (see "Determinism" below).
+        skip_stable: run the PGD steps on the flagged images only. The result is identical to
+            the official code, which computes the steps for every image and then discards them.
+        tau_encoder: optional separate encoder for ``tau`` (the paper uses the original CLIP for
+            fine-tuned models); same kinds as accepted for ``encoder`` below.
+
+    Encoders: every method takes ``encoder`` as one of
+
+    - a :class:`~rpmetric.RobustDistance`: its ``.encoder`` is used, and inputs are checked against
+      (and mapped from) its ``value_range``;
+    - any object with an ``embed(x, normalize=False)`` method (such as
+      :class:`rpmetric.encoder.Encoder`), or else any callable, mapping ``[N, 3, H, W]`` images in
+      [0, 1] to raw ``[N, D]`` embeddings. Its ``prepare(x)`` method, when present, brings images to
+      the model's input size first; without one, images are used at the size given.
+
+    Determinism: the random start of each image comes from a generator seeded by ``seed`` and a
+    hash of the image's own pixels. So the same image gets the same result wherever it stands in a
+    batch and however often it is called, and the two sides of ``metric(x, x)`` get identical
+    ``Delta``, so ``d(x, x) = 0`` under the defence. (A per-call counter would break both.)
+
+    Gradients: ``Delta`` is detached, so for a caller that differentiates through the metric the
+    counterattack acts as the identity in the backward pass (the gradient is that of ``f`` at
+    ``x + Delta``). This is what an adaptive attacker would use (BPDA), and is how the defence is
+    meant to be evaluated. The PGD steps run on a private copy of the input, with gradients enabled
+    for that copy only, so the defence works inside ``torch.no_grad()`` and
+    ``torch.inference_mode()``; parameters' ``requires_grad`` is never touched, so metrics can run
+    in parallel threads.
+
+    Cost in encoder passes per image (as the benchmark in ``evals/bench_counterattack.py`` measures
+    it): 2 forwards for images that are not flagged (``f(x)`` and ``f(x + delta0)``, which is also
+    their defended embedding), and ``steps`` forward+backward passes plus one forward more for
+    flagged images.
+
+    Example:
+        >>> import torch
+        >>> encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+        >>> ttc = Counterattack(tau_threshold=float("inf"))  # counterattack every image
+        >>> result = ttc(encoder, torch.rand(2, 3, 8, 8))
+        >>> result.flagged.tolist()
+        [True, True]
+        >>> bool((result.images - result.images.clamp(0, 1)).abs().max() == 0)
+        True
+        >>> [round(w, 4) for w in ttc.step_weights().tolist()]
+        [0.0159, 0.1173, 0.8668]
+    """
+
+    def __init__(self, eps: float = 4 / 255, step_size: float = 1 / 255, steps: int = 2,
+                 tau_threshold: float = 0.2, beta: float = 2.0, seed: int = 0, skip_stable: bool = True,
+                 tau_encoder=None):
+        self.eps = _check_real("eps", eps, 0.0, 1.0, " It is a fraction of the [0, 1] range: pass e.g. 4/255.")
+        self.step_size = _check_real("step_size", step_size, 0.0, 1.0, " Pass e.g. 1/255.")
+        self.steps = _check_int("steps", steps, 0)
+        self.tau_threshold = _check_real("tau_threshold", tau_threshold, 0.0, math.inf, "")
+        self.beta = _check_real("beta", beta, -math.inf, math.inf, "")
+        self.seed = _check_int("seed", seed, None)
+        if not isinstance(skip_stable, bool):
+            raise TypeError(f"Argument `skip_stable` must be True or False, but got {skip_stable!r}.")
+        self.skip_stable = skip_stable
+        if tau_encoder is not None:
+            _embedder(tau_encoder)  # fail now, not at the first batch
+        self.tau_encoder = tau_encoder
+
+    def __repr__(self) -> str:
+        tau_encoder = None if self.tau_encoder is None else type(self.tau_encoder).__name__
+        return (f"Counterattack(eps={self.eps:.6g}, step_size={self.step_size:.6g}, steps={self.steps}, "
+                f"tau_threshold={self.tau_threshold:.6g}, beta={self.beta:g}, seed={self.seed}, "
+                f"skip_stable={self.skip_stable}, tau_encoder={tau_encoder})")
+
+    # -- public API ------------------------------------------------------------------------
+    def step_weights(self) -> torch.Tensor:
+        """The weights ``softmax(beta * k)`` of ``delta_0 .. delta_steps``, float32 ``[steps + 1]``."""
+        k = torch.arange(self.steps + 1, dtype=torch.float64)
+        return torch.softmax(self.beta * k, dim=0).float()
+
+    def __call__(self, encoder, x: torch.Tensor) -> CounterattackResult:
+        """Counterattack ``x`` and return the images, ``tau`` and the flags (see the class doc)."""
+        embed, x = _inputs(encoder, x)
+        with torch.no_grad():
+            delta, tau, flagged, _ = self._run(embed, x, keep_noisy=False)
+            images = (x + delta).clamp(0.0, 1.0)
+        return CounterattackResult(images, tau, flagged)
+
+    def defended_features(self, encoder, x: torch.Tensor) -> torch.Tensor:
+        """Defended raw embeddings ``f(x + Delta)`` ``[N, D]`` (float32) of images ``x`` in [0, 1].
+
+        The hook :class:`~rpmetric.RobustDistance` calls; ``x`` is not checked. ``Delta`` is
+        detached, so gradients reach ``x`` as if the counterattack were the identity.
+        """
+        embed, prepare = _embedder(encoder)
+        x = prepare(x)
+        delta, _, flagged, noisy = self._run(embed, x, keep_noisy=True)
+        if noisy is None:  # tau came from tau_encoder: f(x + delta0) is still to compute
+            return embed(x + delta)
+        rows = flagged.nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return noisy
+        # Stable images keep f(x + delta0) from the tau pass; only flagged ones need a new forward.
+        return noisy.index_copy(0, rows, embed(x[rows] + delta[rows]))
+
+    def tau(self, encoder, x: torch.Tensor) -> torch.Tensor:
+        """Per-image ``tau`` ``[N]`` (float32) of images ``x``, without counterattacking them."""
+        embed, x = _inputs(encoder, x)
+        with torch.no_grad():
+            embed_tau = embed if self.tau_encoder is None else _embedder(self.tau_encoder)[0]
+            return _relative_shift(embed_tau(x + self._random_start(x)), embed_tau(x))
+
+    def calibrate(self, encoder, clean_images: Union[torch.Tensor, Iterable[torch.Tensor]], target_rate: float,
+                  batch_size: int = 64, progress: bool = False) -> float:
+        """Choose and set ``tau_threshold`` so that a share ``target_rate`` of clean images is flagged.
+
+        The threshold lies halfway between the ``k``-th and ``k+1``-th smallest ``tau``, with
+        ``k = round(target_rate * n)``, so exactly ``k`` of the ``n`` images are flagged unless
+        several share that ``tau``.
+
+        Args:
+            encoder: as for the other methods (see the class doc).
+            clean_images: ``[n, 3, H, W]`` tensor, or an iterable of such batches (e.g. a DataLoader
+                yielding tensors).
+            target_rate: the share of clean images to flag, in [0, 1].
+            batch_size: images per encoder call when ``clean_images`` is a tensor.
+            progress: show a progress bar.
+
+        Returns:
+            The new ``tau_threshold`` (also set on this object, so a metric using it follows).
+
+        Example:
+            >>> import torch
+            >>> encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+            >>> ttc = Counterattack()
+            >>> clean = torch.rand(10, 3, 8, 8)
+            >>> threshold = ttc.calibrate(encoder, clean, target_rate=0.3)
+            >>> int(ttc(encoder, clean).flagged.sum())
+            3
+        """
+        rate = _check_real("target_rate", target_rate, 0.0, 1.0, " It is a share: pass e.g. 0.05 for 5%.")
+        batch_size = _check_int("batch_size", batch_size, 1)
+        if isinstance(clean_images, torch.Tensor):
+            clean_images = clean_images.split(batch_size)
+        from tqdm.auto import tqdm
+
+        taus = [self.tau(encoder, batch).cpu() for batch in tqdm(clean_images, desc="calibrating tau",
+                                                                 unit="batch", disable=not progress)]
+        if not taus:
+            raise ValueError("Argument `clean_images` holds no images; pass at least one clean image.")
+        self.tau_threshold = _threshold_for_rate(torch.cat(taus), rate)
+        return self.tau_threshold
+
+    # -- the algorithm ---------------------------------------------------------------------
+    def _run(self, embed: Embed, x: torch.Tensor, keep_noisy: bool):
+        """``(Delta, tau, flagged, f(x + delta0) or None)`` for prepared images ``x`` in [0, 1].
+
+        With ``keep_noisy`` (and no ``tau_encoder``), ``f(x + delta0)`` is computed in the caller's
+        autograd mode, so it can serve as the defended embedding of the stable images.
+        """
+        x0 = x.detach()
+        delta0 = self._random_start(x0)
+        embed_tau = embed if self.tau_encoder is None else _embedder(self.tau_encoder)[0]
+        noisy = None
+        with torch.no_grad():
+            z_tau = embed_tau(x0)
+        if keep_noisy and self.tau_encoder is None:
+            noisy = embed(x + delta0)
+            noisy_tau = noisy.detach()
+        else:
+            with torch.no_grad():
+                noisy_tau = embed_tau(x0 + delta0)
+        tau = _relative_shift(noisy_tau, z_tau)
+        flagged = tau < self.tau_threshold
+        rows = flagged.nonzero().squeeze(1) if self.skip_stable else torch.arange(len(x0), device=x0.device)
+        delta = delta0
+        if self.steps > 0 and rows.numel() > 0:
+            if self.tau_encoder is None:
+                z = z_tau[rows]
+            else:
+                with torch.no_grad():
+                    z = embed(x0[rows])
+            weighted = torch.einsum("k,kn...->n...", self.step_weights().to(x0),
+                                    self._pgd_steps(embed, x0[rows], delta0[rows], z))
+            keep = flagged[rows]  # with skip_stable=False, stable rows discard their steps here
+            delta = delta0.index_copy(0, rows[keep], weighted[keep])
+        return delta, tau, flagged, noisy
+
+    def _random_start(self, x: torch.Tensor) -> torch.Tensor:
+        """``delta0``: per-image uniform noise in [-eps, eps], seeded by the image's own pixels."""
+        pixels = x.detach().to("cpu", torch.float32).contiguous()
+        noise = torch.empty(pixels.shape, dtype=torch.float32)
+        for i, image in enumerate(pixels):
+            generator = torch.Generator().manual_seed(_image_seed(self.seed, image))
+            torch.rand(image.shape, generator=generator, out=noise[i])
+        noise = noise.to(x.device, x.dtype).mul_(2 * self.eps).sub_(self.eps)
+        return (x + noise).clamp(0.0, 1.0) - x
+
+    def _pgd_steps(self, embed: Embed, x: torch.Tensor, delta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``[steps + 1, n, 3, S, S]``: delta_0 .. delta_N of l-inf sign-PGD ascending ``||f(x + d) - z||^2``."""
+        # Inputs may be inference tensors (caller in inference_mode), which autograd cannot use:
+        # leave inference mode and work on plain copies. Only our own delta requires grad.
+        with torch.inference_mode(False), torch.enable_grad():
+            x, z, delta = x.clone(), z.clone(), delta.clone()
+            deltas = [delta]
+            for _ in range(self.steps):
+                delta = delta.detach().requires_grad_(True)
+                loss = (embed(x + delta).float() - z).pow(2).sum()  # images are independent: sum = per-image
+                (grad,) = torch.autograd.grad(loss, delta)
+                delta = (delta.detach() + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
+                delta = (x + delta).clamp(0.0, 1.0) - x
+                deltas.append(delta)
+            return torch.stack(deltas)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _relative_shift(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``tau = ||noisy - clean|| / ||clean||`` per row, float32 (a zero embedding gives inf: not flagged)."""
+    clean, noisy = clean.float(), noisy.float()
+    return (noisy - clean).norm(dim=-1) / clean.norm(dim=-1)
+
+
+def _image_seed(seed: int, image: torch.Tensor) -> int:
+    digest = hashlib.blake2b(image.numpy().tobytes(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _threshold_for_rate(taus: torch.Tensor, rate: float) -> float:
+    """A threshold below which (strictly) ``round(rate * n)`` of the sorted ``taus`` fall."""
+    # In float32 like tau itself: the flags compare float32 tau with the threshold cast to float32.
+    ordered = taus.float().sort().values
+    n = len(ordered)
+    k = int(round(rate * n))
+    if k == 0:
+        return float(ordered[0])
+    if k == n:
+        return float(torch.nextafter(ordered[-1], torch.tensor(math.inf)))
+    below, above = ordered[k - 1], ordered[k]
+    middle = (below + above) / 2
+    return float(middle if middle > below else above)  # adjacent floats: the midpoint rounds down
+
+
+def _embedder(encoder) -> Tuple[Embed, Callable[[torch.Tensor], torch.Tensor]]:
+    """``(embed, prepare)`` for the kinds of encoder the class doc lists."""
+    from .metric import RobustDistance
+
+    if isinstance(encoder, RobustDistance):
+        encoder = encoder.encoder
+    embed = getattr(encoder, "embed", None)
+    if callable(embed):
+        def raw(x, _embed=embed):
+            return _embed(x, normalize=False)
+    elif callable(encoder):
+        raw = encoder
+    else:
+        raise TypeError(
+            "Argument `encoder` must be a RobustDistance, an object with an `embed(x, normalize=False)` method, "
+            f"or a callable mapping [N, 3, H, W] images in [0, 1] to [N, D] embeddings, but got {type(encoder).__name__}."
+        )
+    prepare = getattr(encoder, "prepare", None)
+    return raw, prepare if callable(prepare) else _identity
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _inputs(encoder, x) -> Tuple[Embed, torch.Tensor]:
+    """Checked, [0, 1], prepared images and the embed function, for the public entry points."""
+    from .metric import RobustDistance
+
+    embed, prepare = _embedder(encoder)
+    if isinstance(encoder, RobustDistance):
+        check_images(x, "x", encoder.value_range)
+        x = encoder._to_unit(x)
+    else:
+        check_images(x, "x", (0.0, 1.0))
+        x = x.clamp(0.0, 1.0)  # removes the rounding overshoot check_images tolerates
+    return embed, prepare(x)
+
+
+def _check_real(name: str, value, low: float, high: float, hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise TypeError(f"Argument `{name}` must be a real number, but got {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(f"Argument `{name}` must be in [{low:g}, {high:g}], but got {value!r}.{hint}")
+    return float(value)
+
+
+def _check_int(name: str, value, low: Optional[int]) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Argument `{name}` must be an integer, but got {value!r}.")
+    if low is not None and value < low:
+        raise ValueError(f"Argument `{name}` must be at least {low}, but got {value!r}.")
+    return int(value)
+
+
+# -- command-line options ------------------------------------------------------------------
+_PIXEL_UNIT = 255.0  # the CLI takes eps and step size in 1/255 units, as the papers state them
+
+
+def add_counterattack_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--counterattack`` and its knobs to a command's parser.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> add_counterattack_options(parser)
+        >>> counterattack_from_args(parser.parse_args(["--counterattack", "--tau-threshold", "0.05"]))
+        Counterattack(eps=0.0156863, step_size=0.00392157, steps=2, tau_threshold=0.05, beta=2, seed=0, skip_stable=True, tau_encoder=None)
+    """
+    group = parser.add_argument_group("test-time counterattack (TTC)")
+    group.add_argument("--counterattack", action="store_true",
+                       help="counterattack every image before embedding it (Xing et al., CVPR 2025)")
+    group.add_argument("--tau-threshold", type=float, default=None, metavar="T",
+                       help="counterattack images whose embedding shift under noise is below T (default: 0.2, "
+                            "tuned for the OpenAI CLIP; robust models need a lower one, see Counterattack.calibrate)")
+    group.add_argument("--counterattack-eps", type=float, default=None, metavar="E",
+                       help="l-inf radius of noise and counterattack, in 1/255 units (default: 4)")
+    group.add_argument("--counterattack-steps", type=int, default=None, metavar="N",
+                       help="PGD steps of the counterattack (default: 2)")
+    group.add_argument("--counterattack-step-size", type=float, default=None, metavar="A",
+                       help="PGD step, in 1/255 units (default: 1)")
+    group.add_argument("--counterattack-beta", type=float, default=None, metavar="B",
+                       help="weight temperature of the steps (default: 2)")
+    group.add_argument("--counterattack-seed", type=int, default=None, metavar="S",
+                       help="seed of the random start (default: 0)")
+
+
+_KNOBS = {  # option dest -> (Counterattack argument, whether the option is in 1/255 units)
+    "tau_threshold": ("tau_threshold", False),
+    "counterattack_eps": ("eps", True),
+    "counterattack_steps": ("steps", False),
+    "counterattack_step_size": ("step_size", True),
+    "counterattack_beta": ("beta", False),
+    "counterattack_seed": ("seed", False),
+}
+
+
+def counterattack_from_args(args: argparse.Namespace) -> Optional[Counterattack]:
+    """The :class:`Counterattack` the parsed options ask for, or None without ``--counterattack``.
+
+    Raises:
+        ValueError: a counterattack knob without ``--counterattack``, or a value out of range.
+    """
+    given = {dest: getattr(args, dest) for dest in _KNOBS if getattr(args, dest, None) is not None}
+    if not args.counterattack:
+        if given:
+            options = ", ".join("--" + dest.replace("_", "-") for dest in given)
+            raise ValueError(f"{options} only apply with --counterattack; add --counterattack or drop them.")
+        return None
+    kwargs = {_KNOBS[dest][0]: value / _PIXEL_UNIT if _KNOBS[dest][1] else value for dest, value in given.items()}
+    try:
+        return Counterattack(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"Invalid counterattack option: {err} (--counterattack-eps and "
+                         "--counterattack-step-size are in 1/255 units).") from None
