@@ -51,6 +51,7 @@ class PixelL2:
     """
 
     name = "l2"
+    device = torch.device("cpu")
     transform = None  # compares the pixels as loaded
     needs_equal_sizes = True
 
@@ -93,6 +94,10 @@ class EncoderDistances:
     @property
     def name(self) -> str:
         return self.metric.spec.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.metric.device
 
     def describe(self) -> dict:
         counter = self.metric.counterattack
@@ -257,9 +262,10 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
     dataset = spec.dataset([record for _, record in items], transform=distances.transform)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=mine, num_workers=workers, collate_fn=collate_images,
-        pin_memory=getattr(getattr(distances, "metric", None), "device", torch.device("cpu")).type == "cuda",
+        pin_memory=distances.device.type == "cuda",
     )
-    finished = {k: r for k, r in done.items() if k in set(keys)}
+    key_set = set(keys)
+    finished = {k: r for k, r in done.items() if k in key_set}
     bar = _progress_bar(progress and rank == 0, len(keys), len(finished), spec.unit)
     try:
         batch_iter = iter(loader)
@@ -274,9 +280,7 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
                 raise ValueError(f"{bad[0]['error']}; pass --skip-bad (skip_bad=True) to skip bad {spec.unit}s")
             finished.update((r["key"], r) for r in new)
             bar.update(len(new))
-            scored = [r for r in finished.values() if "error" not in r]
-            if scored and (task == "2afc" or len(scored) > 1 or step == steps - 1):
-                _set_postfix(bar, spec, scored)
+            _show_running_score(bar, spec, finished)
     finally:
         bar.close()
 
@@ -361,8 +365,11 @@ def _progress_bar(enabled: bool, total: int, initial: int, unit: str):
     return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def _set_postfix(bar, spec: Task, scored: List[dict]) -> None:
+def _show_running_score(bar, spec: Task, finished: Dict[str, dict]) -> None:
     if bar.disable:
+        return
+    scored = [r for r in finished.values() if "error" not in r]
+    if not scored:
         return
     try:
         bar.set_postfix_str(f"{'2AFC' if spec.name == '2afc' else 'mAP'} {100 * spec.score(scored):.2f}%")

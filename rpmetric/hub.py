@@ -198,7 +198,8 @@ class _HubSource:
             f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached{offline}. Either\n"
             f"  - prefetch them where there is a network: `rpmetric download {name}` "
             "(then copy the cache folder, or set HF_HOME to it), or\n"
-            "  - download the repo's files yourself and pass the folder: RobustDistance(model='/path/to/folder')."
+            "  - copy the repo's files into a local folder and pass it: RobustDistance(model='/path/to/folder') "
+            "or --model /path/to/folder."
         )
 
 

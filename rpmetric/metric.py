@@ -80,16 +80,15 @@ class RobustDistance(nn.Module):
             normalize: L2-normalise (the default); False gives the projected embedding ``f``
                 before normalisation, as used by the counterattack.
         """
-        check_images(x, "x", self.value_range)
-        f = self._features(self._to_unit(x))
+        f = self._features(self._to_unit(x, check_images(x, "x", self.value_range)))
         return nn.functional.normalize(f, dim=-1) if normalize else f
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distances ``[N]`` between ``x`` and ``y`` (a batch of 1 on either side broadcasts)."""
-        check_images(x, "x", self.value_range)
-        check_images(y, "y", self.value_range)
+        x_range = check_images(x, "x", self.value_range)
+        y_range = check_images(y, "y", self.value_range)
         check_batches(x, y)
-        x, y = self._to_unit(x), self._to_unit(y)
+        x, y = self._to_unit(x, x_range), self._to_unit(y, y_range)
         if x.shape == y.shape:
             # One pass over both batches: fewer, larger matmuls than two calls.
             fx, fy = self._features(torch.cat([x, y])).chunk(2)
@@ -98,12 +97,15 @@ class RobustDistance(nn.Module):
         return cosine_distance(fx, fy)
 
     # -- internals -------------------------------------------------------------------------
-    def _to_unit(self, x: torch.Tensor) -> torch.Tensor:
+    def _to_unit(self, x: torch.Tensor, observed) -> torch.Tensor:
+        """Map ``value_range`` to [0, 1]; ``observed`` is the (min, max) validation found."""
         low, high = self.value_range
         x = x.to(self.device)
         if (low, high) != (0.0, 1.0):
             x = (x - low) / (high - low)
-        return x.clamp(0.0, 1.0)  # removes the tolerated rounding overshoot only
+        if observed[0] < low or observed[1] > high:
+            x = x.clamp(0.0, 1.0)  # removes the tolerated rounding overshoot only
+        return x
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         if self.counterattack is not None:

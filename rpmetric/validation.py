@@ -20,8 +20,12 @@ def check_value_range(value_range) -> Tuple[float, float]:
     return lo, hi
 
 
-def check_images(x, name: str, value_range: Tuple[float, float]) -> None:
-    """Raise TypeError/ValueError unless ``x`` is a float ``[N, 3, H, W]`` batch within ``value_range``."""
+def check_images(x, name: str, value_range: Tuple[float, float]) -> Tuple[float, float]:
+    """Raise TypeError/ValueError unless ``x`` is a float ``[N, 3, H, W]`` batch within ``value_range``.
+
+    Returns:
+        The batch's (min, max), so callers need no second pass over the pixels.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(
             f"`{name}` must be a torch.Tensor of shape [N, 3, H, W], but got {type(x).__name__}; "
@@ -60,6 +64,7 @@ def check_images(x, name: str, value_range: Tuple[float, float]) -> None:
             f"`{name}` has values in [{lo_val:.4g}, {hi_val:.4g}], outside value_range=({low:g}, {high:g})."
             + _range_hint(lo_val, hi_val, (low, high))
         )
+    return lo_val, hi_val
 
 
 def _range_hint(lo_val: float, hi_val: float, value_range) -> str:

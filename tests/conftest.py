@@ -52,3 +52,19 @@ def tiny_metric(vit_folder):
     import rpmetric
 
     return rpmetric.RobustDistance(str(vit_folder), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory):
+    """An HF_HOME whose cache holds a tiny 224-px ViT under the real Hub id of `r-clip-f-vitb32`.
+
+    Returns (hf_home, folder): loading the zoo name with HF_HUB_OFFLINE=1 and HF_HOME=hf_home goes
+    through the real Hub code path and finds these files.
+    """
+    import rpmetric
+
+    folder = tinymodels.save_open_clip(tmp_path_factory.mktemp("models") / "tiny-vit224", tinymodels.TINY_VIT224_CFG)
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    tinymodels.fill_hf_cache(hf_home, rpmetric.get_spec("r-clip-f-vitb32").hub_id, folder)
+    return hf_home, folder
+

@@ -21,6 +21,12 @@ TINY_VIT_CFG = {
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
 }
+# At the zoo's 224 px, so a tiny model can stand in for a zoo entry in a pre-filled Hub cache.
+TINY_VIT224_CFG = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 224, "layers": 1, "width": 32, "head_width": 16, "patch_size": 32},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
 TINY_CONVNEXT_CFG = {
     "embed_dim": 24,
     "vision_cfg": {"timm_model_name": "test_convnext", "timm_model_pretrained": False, "timm_pool": "",

@@ -27,9 +27,10 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors come in many types; all mean the same here
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(
-                f"{path} could not be read with torch.load(weights_only=True): {err}. rpmetric never unpickles "
-                "arbitrary objects; convert the checkpoint to safetensors."
+                f"{path} could not be read with torch.load(weights_only=True); rpmetric never unpickles "
+                f"arbitrary objects, so convert the checkpoint to safetensors. ({reason})"
             ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -1,0 +1,140 @@
+import pickle
+
+import pytest
+import torch
+
+import rpmetric
+import tinymodels
+from rpmetric import hub
+from rpmetric.errors import CheckpointError
+from rpmetric.spec import Family
+from subproc import run_cli
+
+
+def test_resolve_hub_reference_with_revision():
+    spec = hub.resolve("hf-hub:org/model-1.0@v2")
+    assert (spec.hub_id, spec.revision, spec.family) == ("org/model-1.0", "v2", None)
+    assert spec.source == "hf-hub:org/model-1.0@v2"
+
+
+def test_resolve_zoo_name_and_folder(vit_folder):
+    assert hub.resolve("r-clip-t-convnext").hub_id == "chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg"
+    spec = hub.resolve(vit_folder)  # os.PathLike accepted
+    assert spec.local_path == str(vit_folder.resolve())
+
+
+@pytest.mark.parametrize("arg,exc,match", [
+    ("chs20/unknown-model", ValueError, r"looks like a Hub repo id.*use 'hf-hub:chs20/unknown-model'"),
+    ("hf-hub:not a repo", ValueError, r"not a valid Hub reference"),
+    ("r-clip-x", ValueError, r"Unknown model 'r-clip-x'"),
+    (3.5, TypeError, r"Argument `model` must be a zoo name"),
+])
+def test_resolve_errors(arg, exc, match):
+    with pytest.raises(exc, match=match):
+        hub.resolve(arg)
+
+
+def test_resolve_rejects_a_file(tmp_path):
+    f = tmp_path / "weights.safetensors"
+    f.write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file; a local model must be a folder"):
+        hub.resolve(str(f))
+
+
+@pytest.mark.parametrize("fixture,family", [
+    ("vit_folder", Family.OPEN_CLIP), ("convnext_folder", Family.OPEN_CLIP), ("timm_folder", Family.TIMM),
+])
+def test_fetch_detects_layout(request, fixture, family):
+    files = hub.fetch(hub.resolve(str(request.getfixturevalue(fixture))))
+    assert files.family is family and files.weights.suffix == ".safetensors"
+
+
+def test_fetch_detects_transformers_vit(hf_vit):
+    files = hub.fetch(hub.resolve(str(hf_vit[0])))
+    assert files.family is Family.HF_VIT and files.config["model_type"] == "vit"
+
+
+def test_folder_without_weights_names_what_it_holds(tmp_path, vit_folder):
+    (tmp_path / "open_clip_config.json").write_text((vit_folder / "open_clip_config.json").read_text())
+    with pytest.raises(FileNotFoundError, match=r"has no open_clip_model.safetensors or open_clip_pytorch_model.bin.*open_clip_config.json"):
+        hub.fetch(hub.resolve(str(tmp_path)))
+
+
+def test_unknown_config_layout(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match=r"model_type 'bert'.*supported layouts"):
+        hub.fetch(hub.resolve(str(tmp_path)))
+
+
+def test_pickled_bin_loads_with_weights_only(tmp_path, vit_folder):
+    folder = tinymodels.save_open_clip(tmp_path / "bin", tinymodels.TINY_VIT_CFG, safetensors=False)
+    assert not list(folder.glob("*.safetensors"))
+    x = torch.rand(2, 3, 32, 32)
+    a = rpmetric.RobustDistance(str(folder), device="cpu").embed(x)
+    b = rpmetric.RobustDistance(str(vit_folder), device="cpu").embed(x)  # same seed, safetensors
+    torch.testing.assert_close(a, b)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_arbitrary_pickles_are_refused(tmp_path, vit_folder):
+    (tmp_path / "open_clip_config.json").write_text((vit_folder / "open_clip_config.json").read_text())
+    with open(tmp_path / "open_clip_pytorch_model.bin", "wb") as f:
+        pickle.dump({"visual.x": _Payload()}, f)
+    with pytest.raises(CheckpointError, match=r"weights_only=True.*never unpickles"):
+        rpmetric.RobustDistance(str(tmp_path), device="cpu")
+
+
+def test_mismatched_weights_name_the_keys(tmp_path, vit_folder):
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "open_clip_config.json").write_text((vit_folder / "open_clip_config.json").read_text())
+    state = load_file(str(vit_folder / "open_clip_model.safetensors"))
+    del state["visual.proj"]
+    state["visual.extra"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "open_clip_model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"missing \(1\): proj.*unexpected \(1\): extra"):
+        rpmetric.RobustDistance(str(tmp_path), device="cpu")
+
+
+def test_zoo_name_loads_from_prefilled_cache_offline(zoo_cache, tmp_path):
+    """`rpmetric distance` with a zoo name, HF_HUB_OFFLINE=1 and a pre-filled HF_HOME: the real Hub path."""
+    from PIL import Image
+
+    hf_home, folder = zoo_cache
+    gen = torch.Generator().manual_seed(0)
+    arrays = [(torch.rand(224, 224, 3, generator=gen) * 255).to(torch.uint8).numpy() for _ in range(2)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(tmp_path / f"{i}.png")
+    out = run_cli(["distance", tmp_path / "0.png", tmp_path / "1.png", "--model", "r-clip-f-vitb32", "--device", "cpu"],
+                  env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    # Independent computation: open_clip's own loader and encode_image on the same files.
+    ref = tinymodels.load_reference_open_clip(folder)
+    x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
+    mean = torch.tensor(tinymodels.CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(tinymodels.CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        e = ref.encode_image((x - mean) / std, normalize=True)
+    assert float(out.stdout) == pytest.approx(1 - float(e[0] @ e[1]), abs=1e-5)
+
+
+def test_missing_weights_offline_give_one_clear_error(tmp_path):
+    out = run_cli(["distance", "a.png", "b.png", "--model", "r-clip-t-vitb16"],
+                  env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert out.returncode == 2
+    err = out.stderr
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 3
+    for needle in ("'r-clip-t-vitb16'", "chs20/TeCoA4-ViT-B-16-laion2B-s34B-b88K", "HF_HUB_OFFLINE",
+                   "rpmetric download r-clip-t-vitb16", "local folder"):
+        assert needle in err
+
+
+def test_download_reports_cached_files(zoo_cache):
+    hf_home, _ = zoo_cache
+    out = run_cli(["download", "r-clip-f-vitb32"], env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    assert "open_clip weights at" in out.stdout and str(hf_home) in out.stdout

@@ -1,0 +1,125 @@
+import pytest
+import torch
+
+import rpmetric
+from rpmetric import functional
+
+
+def test_forward_shape_and_range(tiny_metric):
+    d = tiny_metric(torch.rand(5, 3, 32, 32), torch.rand(5, 3, 32, 32))
+    assert d.shape == (5,) and d.dtype == torch.float32
+    assert (d >= 0).all() and (d <= 2).all()
+
+
+def test_batch_of_one_keeps_its_dimension(tiny_metric):
+    assert tiny_metric(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)).shape == (1,)
+
+
+def test_identical_images_have_distance_exactly_zero(tiny_metric):
+    x = torch.rand(3, 3, 40, 48)
+    assert torch.equal(tiny_metric(x, x.clone()), torch.zeros(3))
+
+
+def test_a_batch_of_one_broadcasts_on_either_side(tiny_metric):
+    x, y = torch.rand(4, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    expected = torch.stack([tiny_metric(x[i:i + 1], y)[0] for i in range(4)])
+    torch.testing.assert_close(tiny_metric(x, y), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(tiny_metric(y, x), expected, atol=1e-6, rtol=0)
+
+
+def test_batch_invariance(tiny_metric):
+    x, y = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)
+    full = tiny_metric(x, y)
+    for idx in ([3], [0, 5], [7, 1, 2]):
+        torch.testing.assert_close(tiny_metric(x[idx], y[idx]), full[idx], atol=1e-5, rtol=0)
+
+
+def test_inputs_of_different_sizes(tiny_metric):
+    x, y = torch.rand(2, 3, 64, 48), torch.rand(2, 3, 32, 32)
+    d = tiny_metric(x, y)
+    prepared = tiny_metric.encoder.prepare(x)
+    torch.testing.assert_close(d, tiny_metric(prepared, y), atol=1e-6, rtol=0)
+
+
+def test_embed_is_unit_norm_and_raw_is_not(tiny_metric):
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(tiny_metric.embed(x).norm(dim=-1), torch.ones(3))
+    raw = tiny_metric.embed(x, normalize=False)
+    torch.testing.assert_close(torch.nn.functional.normalize(raw, dim=-1), tiny_metric.embed(x))
+
+
+def test_gradients_reach_input_not_weights(tiny_metric):
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    y = x.detach().clone()
+    y[1] = torch.rand(3, 32, 32)
+    tiny_metric(x, y).mean().backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[1].abs().sum() > 0  # differing pair pulls the input
+    assert all(p.grad is None and not p.requires_grad for p in tiny_metric.parameters())
+
+
+def test_gradient_is_finite_at_identical_inputs(tiny_metric):
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    tiny_metric(x, x.detach().clone()).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_stays_in_eval_mode(tiny_metric):
+    tiny_metric.train()
+    assert not any(m.training for m in tiny_metric.modules())
+
+
+def test_value_range_minus_one_to_one(vit_folder, tiny_metric):
+    metric = rpmetric.RobustDistance(str(vit_folder), device="cpu", value_range=(-1, 1))
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(metric(x * 2 - 1, y * 2 - 1), tiny_metric(x, y), atol=1e-6, rtol=0)
+
+
+def test_resize_false_requires_model_size(vit_folder):
+    metric = rpmetric.RobustDistance(str(vit_folder), device="cpu", resize=False)
+    assert metric(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)).shape == (1,)
+    with pytest.raises(ValueError, match=r"With resize=False the images must be 32x32, but got \(40, 40\).*resize=True"):
+        metric(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40))
+
+
+def test_autocast_bfloat16_close_to_float32(tiny_metric):
+    x, y = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d16 = tiny_metric(x, y)
+    assert d16.dtype == torch.float32
+    torch.testing.assert_close(d16, tiny_metric(x, y), atol=2e-2, rtol=0)
+
+
+def test_half_precision_inputs_accepted(tiny_metric):
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(tiny_metric(x.bfloat16(), y.bfloat16()), tiny_metric(x.bfloat16().float(), y.bfloat16().float()))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(vit_folder, tiny_metric):
+    gpu = rpmetric.RobustDistance(str(vit_folder), device="cuda")
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.autocast("cuda", dtype=torch.float16):
+        d = gpu(x.cuda(), y.cuda())
+    torch.testing.assert_close(d.cpu(), tiny_metric(x, y), atol=1e-2, rtol=0)
+
+
+def test_functional_distance_caches_the_model(vit_folder, tiny_metric):
+    functional._CACHE.clear()
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    d1 = rpmetric.distance(x, y, model=str(vit_folder))
+    cached = list(functional._CACHE.values())
+    d2 = rpmetric.distance(x, y, model=str(vit_folder))
+    assert len(functional._CACHE) == 1 and list(functional._CACHE.values())[0] is cached[0]
+    torch.testing.assert_close(d1, tiny_metric(x, y))
+    torch.testing.assert_close(d1, d2)
+
+
+def test_cosine_distance_hand_values():
+    a = torch.tensor([[1.0, 0.0], [3.0, 4.0], [1.0, 1.0]])
+    b = torch.tensor([[0.0, 5.0], [6.0, 8.0], [-2.0, -2.0]])
+    torch.testing.assert_close(rpmetric.cosine_distance(a, b), torch.tensor([1.0, 0.0, 2.0]))
+
+
+def test_repr_names_model(tiny_metric):
+    assert "value_range=(0.0, 1.0)" in repr(tiny_metric)

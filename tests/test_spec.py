@@ -1,0 +1,101 @@
+import re
+from pathlib import Path
+
+import pytest
+
+import rpmetric
+from rpmetric.spec import Family, Preprocessing, default_model
+
+REQUIRED_HUB_IDS = {
+    "chs20/FARE4-ViT-B-32-laion2B-s34B-b79K", "chs20/FARE4-ViT-B-16-laion2B-s34B-b88K",
+    "chs20/FARE4-convnext_base_w-laion2B-s13B-b82K-augreg", "chs20/fare2-clip", "chs20/fare4-clip",
+    "chs20/TeCoA4-ViT-B-32-laion2B-s34B-b79K", "chs20/TeCoA4-ViT-B-16-laion2B-s34B-b88K",
+    "chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg", "chs20/tecoa2-clip", "chs20/tecoa4-clip",
+    "chs20/dino-vitb16-fare4", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+    "laion/CLIP-convnext_base_w-laion2B-s13B-b82K-augreg", "timm/vit_base_patch16_224.dino",
+}
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE.md"
+
+
+def test_zoo_has_every_published_checkpoint():
+    assert {rpmetric.get_spec(n).hub_id for n in rpmetric.list_models()} == REQUIRED_HUB_IDS
+
+
+def test_default_is_documented_model():
+    assert default_model() == "r-clip-f-convnext"
+    assert rpmetric.get_spec(default_model()).training == {"method": "FARE", "eps": "4/255"}
+
+
+@pytest.mark.parametrize("name", rpmetric.list_models())
+def test_every_spec_is_complete(name):
+    spec = rpmetric.get_spec(name)
+    assert spec.name == name and spec.hub_id and spec.architecture and spec.role
+    assert isinstance(spec.family, Family)
+    pp = spec.preprocessing
+    assert pp.image_size == 224 and pp.interpolation == "bicubic" and len(pp.mean) == len(pp.std) == 3
+    if spec.training is not None:
+        assert spec.training["method"] in ("FARE", "TeCoA") and spec.training["eps"] in ("2/255", "4/255")
+
+
+@pytest.mark.parametrize("name,family,resize,mean0", [
+    ("r-clip-f-convnext", Family.OPEN_CLIP, 256, 0.48145466),
+    ("r-clip-t-vitb16", Family.OPEN_CLIP, 224, 0.48145466),
+    ("r-dino-vitb16", Family.HF_VIT, 256, 0.485),
+    ("dino-vitb16", Family.TIMM, 256, 0.485),
+])
+def test_preprocessing_follows_the_authors(name, family, resize, mean0):
+    spec = rpmetric.get_spec(name)
+    assert spec.family is family
+    assert spec.preprocessing.resize_size == resize
+    assert spec.preprocessing.mean[0] == mean0
+
+
+def _reference_rows():
+    """(hub id, [clean, linf, l2]) rows of the model table in ../shared/REFERENCE.md."""
+    rows = {}
+    for line in REFERENCE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and "/" in cells[2] and re.search(r"\d+\.\d", cells[3]):
+            nums = [None if v.strip() in ("–", "-") else float(v) for v in cells[3].split("(")[0].split("/")]
+            rows[cells[2]] = nums + [None] * (3 - len(nums))
+    return rows
+
+
+@pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/REFERENCE.md is not beside this checkout")
+def test_published_numbers_match_reference_table():
+    rows = _reference_rows()
+    assert len(rows) >= 6
+    for hub_id, (clean, linf, l2) in rows.items():
+        spec = next(rpmetric.get_spec(n) for n in rpmetric.list_models() if rpmetric.get_spec(n).hub_id == hub_id)
+        pub = spec.published[0]
+        assert (pub.clean, pub.linf, pub.l2) == (clean, linf, l2), hub_id
+        assert pub.source
+
+
+def test_get_spec_is_case_insensitive():
+    assert rpmetric.get_spec(" R-DINO-VITB16 ").name == "r-dino-vitb16"
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(ValueError, match=r"Unknown model 'r-clip-f-convnex'.*Did you mean 'r-clip-f-convnext'"):
+        rpmetric.get_spec("r-clip-f-convnex")
+
+
+def test_get_spec_rejects_non_string():
+    with pytest.raises(TypeError, match="must be a string"):
+        rpmetric.get_spec(3)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"interpolation": "lanczos"}, r"`interpolation` must be one of .*'lanczos'"),
+    ({"resize_mode": "pad"}, r"`resize_mode` must be one of .*'pad'"),
+    ({"image_size": 224, "resize_size": 200}, r"`resize_size` \(200\) must be at least `image_size` \(224\)"),
+])
+def test_preprocessing_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Preprocessing(**kwargs)
+
+
+def test_family_parse_error():
+    with pytest.raises(ValueError, match=r"`family` must be one of .*'onnx'"):
+        Family.parse("onnx")
