@@ -1,0 +1,358 @@
+"""Trainable heads on a frozen backbone: an MLP on the embedding, or LoRA inside the backbone.
+
+A *head folder* holds ``rpmetric_config.json`` (the base model, the head's type and
+hyperparameters, how it was trained) and ``head.safetensors`` (only the head's tensors). Loading
+one builds the base encoder through the usual spec -> hub -> backbone path and wraps its
+backbone, so :class:`~rpmetric.encoder.Encoder` still returns the ``[N, D]`` embedding before
+L2 normalisation and evaluation, attacks and counterattacks work unchanged.
+
+- MLP: ``fc2(relu(fc1(e))) + e`` on the backbone's embedding ``e`` (DreamSim's head). ``fc2``
+  starts at zero, so an untrained head is the identity and the metric starts as the base one.
+- LoRA: ``W x + (alpha / r) B A dropout(x)`` on the attention in-projection of ViTs (timm's
+  ``attn.qkv`` Linear and open_clip's fused ``nn.MultiheadAttention`` in-projection) or, for
+  ConvNeXt, on the MLP ``fc1``/``fc2``. ``B`` starts at zero, so an untrained adapter changes
+  nothing. Linear layers get peft's LoRA layers; ``nn.MultiheadAttention`` gets
+  :class:`LoRAMultiheadAttention` (see there why peft does not fit it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = [
+    "HEAD_TYPES",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "HeadConfig",
+    "MLPHead",
+    "WithMLPHead",
+    "LoRAMultiheadAttention",
+    "lora_targets",
+    "attach_head",
+    "head_state_dict",
+    "load_head_state",
+    "head_dropouts",
+    "save_head_folder",
+    "load_headed_encoder",
+]
+
+HEAD_TYPES = ("mlp", "lora")
+CONFIG_NAME = "rpmetric_config.json"
+WEIGHTS_NAME = "head.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """A head's type and hyperparameters, as written to ``rpmetric_config.json``.
+
+    Attributes:
+        type: ``"mlp"`` or ``"lora"``.
+        dim: embedding size the MLP acts on (set when the head is attached).
+        hidden: MLP hidden size.
+        r, alpha, dropout: LoRA rank, scale numerator (the update is scaled by ``alpha / r``, as
+            in peft) and dropout on the adapter's input.
+        targets: names of the backbone modules that carry LoRA (set when the head is attached;
+            empty means choose them automatically, see :func:`lora_targets`).
+
+    Example:
+        >>> HeadConfig("lora").r, HeadConfig("lora").alpha
+        (16, 0.5)
+        >>> HeadConfig("linear")
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `type` must be one of ('mlp', 'lora'), but got 'linear'.
+    """
+
+    type: str
+    dim: Optional[int] = None
+    hidden: int = 512
+    r: int = 16
+    alpha: float = 0.5
+    dropout: float = 0.3
+    targets: Tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.type not in HEAD_TYPES:
+            raise ValueError(f"Argument `type` must be one of {HEAD_TYPES}, but got {self.type!r}.")
+        for name in ("hidden", "r"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Argument `{name}` must be a positive integer, but got {value!r}.")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"Argument `dropout` must be in [0, 1), but got {self.dropout!r}.")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["targets"] = list(self.targets)
+        if self.type == "mlp":
+            for name in ("r", "alpha", "dropout", "targets"):
+                out.pop(name)
+        else:
+            for name in ("dim", "hidden"):
+                out.pop(name)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HeadConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown head setting(s) {unknown}; a head config has {sorted(known)}.")
+        return cls(**data)
+
+
+# -- MLP --------------------------------------------------------------------------------------
+class MLPHead(nn.Module):
+    """``fc2(relu(fc1(e))) + e``: a residual MLP on the embedding.
+
+    Example:
+        >>> head = MLPHead(4, hidden=8)
+        >>> e = torch.randn(2, 4)
+        >>> torch.equal(head(e), e)  # fc2 starts at zero: the untrained head is the identity
+        True
+    """
+
+    def __init__(self, dim: int, hidden: int = 512):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(e))) + e
+
+
+class WithMLPHead(nn.Module):
+    """A backbone followed by an :class:`MLPHead` on its embedding."""
+
+    def __init__(self, backbone: nn.Module, head: MLPHead):
+        super().__init__()
+        self.backbone = backbone
+        self.mlp_head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp_head(self.backbone(x))
+
+
+# -- LoRA -------------------------------------------------------------------------------------
+class LoRAMultiheadAttention(nn.Module):
+    """Self-attention of an ``nn.MultiheadAttention`` with LoRA on its fused q/k/v in-projection.
+
+    Why not peft: ``nn.MultiheadAttention`` keeps the in-projection as a bare ``in_proj_weight``
+    Parameter used inside ``F.multi_head_attention_forward``, so there is no Linear to wrap. peft's
+    own MultiheadAttention layer merges the update into the weights around each call, which also
+    adapts ``out_proj`` (not what the recipe adapts) and cannot apply LoRA dropout to the input as
+    peft does for Linear layers. So this module computes the projection itself,
+    ``x W^T + b + (alpha / r) dropout(x) A^T B^T``, and then attends like the wrapped module
+    (``scaled_dot_product_attention``, then ``out_proj``). With ``B == 0`` the output equals
+    the wrapped module's.
+
+    Only what vision towers use is supported: self-attention (query, key and value the same
+    tensor), fused projection weights, no ``key_padding_mask``, ``need_weights=False``.
+    """
+
+    def __init__(self, base_layer: nn.MultiheadAttention, r: int, alpha: float, dropout: float):
+        super().__init__()
+        if not base_layer._qkv_same_embed_dim or base_layer.bias_k is not None or base_layer.add_zero_attn:
+            raise ValueError("LoRA supports nn.MultiheadAttention with a fused in-projection only "
+                             "(kdim == vdim == embed_dim, add_bias_kv=False, add_zero_attn=False).")
+        width = base_layer.embed_dim
+        self.base_layer = base_layer
+        self.scaling = alpha / r
+        self.lora_dropout = nn.Dropout(dropout)
+        self.lora_A = nn.Parameter(torch.empty(r, width, dtype=base_layer.in_proj_weight.dtype))
+        self.lora_B = nn.Parameter(torch.zeros(3 * width, r, dtype=base_layer.in_proj_weight.dtype))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear (and peft) initialise A
+
+    def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=False, attn_mask=None,
+                **kwargs):
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ValueError("LoRAMultiheadAttention supports self-attention only (key and value must be the query).")
+        if key_padding_mask is not None or need_weights:
+            raise ValueError("LoRAMultiheadAttention supports key_padding_mask=None and need_weights=False only.")
+        base = self.base_layer
+        x = query if base.batch_first else query.transpose(0, 1)  # [B, L, E]
+        batch, length, width = x.shape
+        qkv = F.linear(x, base.in_proj_weight, base.in_proj_bias)
+        qkv = qkv + self.scaling * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+        heads = base.num_heads
+        q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask  # MultiheadAttention masks where True; SDPA attends where True
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=base.dropout if self.training else 0.0)
+        out = base.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        return (out if base.batch_first else out.transpose(0, 1)), None
+
+
+def lora_targets(backbone: nn.Module) -> List[str]:
+    """The modules LoRA adapts by default, by name.
+
+    Every ``nn.MultiheadAttention`` (open_clip ViT) and every Linear named ``...attn.qkv`` (timm
+    ViT, R-DINO); a backbone without attention (ConvNeXt) gets its MLP ``...mlp.fc1``/``...mlp.fc2``.
+
+    Raises:
+        ValueError: the backbone has none of these.
+    """
+    names = [n for n, m in backbone.named_modules()
+             if isinstance(m, nn.MultiheadAttention) or (n.endswith("attn.qkv") and isinstance(m, nn.Linear))]
+    if not names:
+        names = [n for n, m in backbone.named_modules()
+                 if n.endswith(("mlp.fc1", "mlp.fc2")) and isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not names:
+        raise ValueError(f"Found no LoRA target in a {type(backbone).__name__}: LoRA adapts nn.MultiheadAttention, "
+                         "Linear '...attn.qkv' (ViTs) or '...mlp.fc1'/'...mlp.fc2' (ConvNeXt); use --head mlp instead.")
+    return names
+
+
+def _add_lora(backbone: nn.Module, config: HeadConfig) -> Tuple[nn.Module, HeadConfig]:
+    targets = list(config.targets) or lora_targets(backbone)
+    modules = dict(backbone.named_modules())
+    missing = [t for t in targets if t not in modules]
+    if missing:
+        raise ValueError(f"LoRA target(s) {missing} are not modules of the backbone; valid defaults: "
+                         f"{lora_targets(backbone)}.")
+    attention = [t for t in targets if isinstance(modules[t], nn.MultiheadAttention)]
+    for name in attention:
+        parent, _, child = name.rpartition(".")
+        holder = modules[parent] if parent else backbone
+        setattr(holder, child, LoRAMultiheadAttention(modules[name], config.r, config.alpha, config.dropout))
+    linear = [t for t in targets if t not in attention]
+    if linear:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        # A string is matched by peft with re.fullmatch: exactly these modules, no namesakes.
+        pattern = "(?:" + "|".join(re.escape(n) for n in linear) + ")"
+        peft_config = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                                 target_modules=pattern)
+        inject_adapter_in_model(peft_config, backbone)
+    return backbone, replace(config, targets=tuple(targets))
+
+
+def attach_head(backbone: nn.Module, config: HeadConfig, dim: Optional[int] = None) -> Tuple[nn.Module, HeadConfig]:
+    """Wrap (MLP) or adapt in place (LoRA) a backbone; returns the module and the completed config.
+
+    Args:
+        backbone: maps normalised images to ``[N, D]`` embeddings.
+        config: the head's settings.
+        dim: the embedding size ``D`` (MLP only; taken from ``config.dim`` when None).
+
+    Example:
+        >>> module, cfg = attach_head(nn.Linear(3, 4), HeadConfig("mlp", hidden=8), dim=4)
+        >>> cfg.dim, sorted(head_state_dict(module))
+        (4, ['mlp_head.fc1.bias', 'mlp_head.fc1.weight', 'mlp_head.fc2.bias', 'mlp_head.fc2.weight'])
+    """
+    if config.type == "mlp":
+        dim = dim or config.dim
+        if not dim:
+            raise ValueError("An MLP head needs the embedding size: pass `dim` or set HeadConfig.dim.")
+        return WithMLPHead(backbone, MLPHead(dim, config.hidden)), replace(config, dim=int(dim))
+    return _add_lora(backbone, config)
+
+
+def _is_head_tensor(name: str) -> bool:
+    return name.startswith("mlp_head.") or ".lora_" in name or name.startswith("lora_")
+
+
+def head_state_dict(module: nn.Module) -> Dict[str, torch.Tensor]:
+    """The head's tensors only (MLP weights or LoRA A/B), detached, by name in ``module``."""
+    return {k: v.detach() for k, v in module.state_dict().items() if _is_head_tensor(k)}
+
+
+def head_parameters(module: nn.Module) -> List[nn.Parameter]:
+    """The head's parameters (what training updates), in a fixed order."""
+    return [p for n, p in module.named_parameters() if _is_head_tensor(n)]
+
+
+def load_head_state(module: nn.Module, state: Dict[str, torch.Tensor], where: str = "head weights") -> None:
+    """Copy head tensors into ``module``; names and shapes must match exactly.
+
+    Raises:
+        ValueError: names missing or unexpected, or a shape differs.
+    """
+    own = head_state_dict(module)
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{where} do not fit the head: missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+                         f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}.")
+    bad = [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        raise ValueError(f"{where}: shape of {bad[0]!r} is {tuple(state[bad[0]].shape)}, "
+                         f"expected {tuple(own[bad[0]].shape)}.")
+    params = dict(module.named_parameters())
+    buffers = dict(module.named_buffers())
+    with torch.no_grad():
+        for name, value in state.items():
+            (params.get(name) if name in params else buffers[name]).copy_(value)
+
+
+def head_dropouts(module: nn.Module) -> List[nn.Module]:
+    """The head's dropout modules: the trainer switches them to train mode, nothing else."""
+    return [m for n, m in module.named_modules() if n.endswith("lora_dropout") or ".lora_dropout." in n]
+
+
+# -- head folders -----------------------------------------------------------------------------
+def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[str, torch.Tensor],
+                     training: Optional[dict] = None) -> Path:
+    """Write ``rpmetric_config.json`` and ``head.safetensors`` into ``folder``.
+
+    Args:
+        base_model: how to load the backbone (zoo name, ``hf-hub:ORG/NAME`` or a folder).
+        config: the head's settings (as returned by :func:`attach_head`).
+        state: the head's tensors (:func:`head_state_dict`).
+        training: what produced the weights (data, epochs, scores), for provenance.
+    """
+    from safetensors.torch import save_file
+
+    from ._version import __version__
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT_VERSION, "base_model": base_model, "head": config.to_dict(),
+            "training": training or {}, "rpmetric_version": __version__}
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_NAME))
+    # The config last: a folder with a config always has its weights.
+    tmp = folder / (CONFIG_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    tmp.replace(folder / CONFIG_NAME)
+    return folder
+
+
+def load_headed_encoder(spec, head_files, *, resize: bool = True):
+    """The base model's encoder with the head of a head folder (used by ``load_encoder``).
+
+    Args:
+        spec: the resolved spec of the head folder or Hub repo.
+        head_files: ``(config dict, path of head.safetensors)`` from :func:`rpmetric.hub.fetch_head`.
+    """
+    from safetensors.torch import load_file
+
+    from . import hub
+    from .encoder import Encoder, load_encoder
+
+    meta, weights = head_files
+    where = f"{spec.source}/{CONFIG_NAME}"
+    base_model = meta.get("base_model")
+    if not isinstance(base_model, str) or not isinstance(meta.get("head"), dict):
+        raise ValueError(f"{where} must name a 'base_model' (string) and a 'head' (object).")
+    if hub.fetch_head(hub.resolve(base_model)) is not None:
+        raise ValueError(f"{where}: base_model {base_model!r} is itself a head folder; heads do not stack.")
+    config = HeadConfig.from_dict(meta["head"])
+    base = load_encoder(base_model, resize=resize)
+    module, _ = attach_head(base.backbone, config)
+    load_head_state(module, load_file(str(weights)), where=str(weights))
+    headed_spec = replace(spec, preprocessing=base.spec.preprocessing, architecture=base.spec.architecture,
+                          training=base.spec.training, notes=f"{config.type} head on {base_model}")
+    return Encoder(module, headed_spec, resize=resize)
