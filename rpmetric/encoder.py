@@ -81,6 +81,7 @@ def load_encoder(model=None, *, resize: bool = True) -> Encoder:
 
     Args:
         model: zoo name, ``hf-hub:ORG/NAME[@REV]``, local folder, or ModelSpec; None for the default.
+            A folder or Hub repo with ``rpmetric_config.json`` is a trained head on a base model.
 
     Example:
         >>> enc = load_encoder("r-clip-f-convnext")  # doctest: +SKIP
@@ -88,6 +89,11 @@ def load_encoder(model=None, *, resize: bool = True) -> Encoder:
     from .spec import default_model
 
     spec = hub.resolve(default_model() if model is None else model)
+    head = hub.fetch_head(spec)
+    if head is not None:  # a trained head: its base encoder, wrapped (see rpmetric.heads)
+        from .heads import load_headed_encoder
+
+        return load_headed_encoder(spec, head, resize=resize)
     files = hub.fetch(spec)
     spec = hub.with_family(spec, files)
     if spec.preprocessing is None:

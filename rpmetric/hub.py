@@ -19,7 +19,7 @@ from ._version import __version__
 from .errors import ModelNotAvailableError
 from .spec import Family, ModelSpec, get_spec
 
-__all__ = ["ModelFiles", "resolve", "fetch", "HUB_PREFIX"]
+__all__ = ["ModelFiles", "resolve", "fetch", "fetch_head", "HUB_PREFIX"]
 
 HUB_PREFIX = "hf-hub:"
 
@@ -118,6 +118,30 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
         if path is not None:
             extras[name] = json.loads(Path(path).read_text())
     return ModelFiles(family=family, config=config, weights=Path(weights), extras=extras)
+
+
+def fetch_head(spec: ModelSpec):
+    """``(config dict, path of head.safetensors)`` when the source is a head folder (see
+    :mod:`rpmetric.heads`), else None. Zoo entries are plain checkpoints and are not probed.
+
+    A Hub repo is probed cache-first; when the Hub cannot be reached and the cache does not hold
+    ``rpmetric_config.json``, the repo is taken as a plain checkpoint.
+    """
+    from .heads import CONFIG_NAME, WEIGHTS_NAME
+
+    if spec.family is not None:
+        return None
+    source = _FolderSource(Path(spec.local_path)) if spec.local_path else _HubSource(spec, force_check=False)
+    try:
+        config_path = source.get(CONFIG_NAME)
+    except ModelNotAvailableError:
+        return None
+    if config_path is None:
+        return None
+    weights = source.get(WEIGHTS_NAME)
+    if weights is None:
+        raise source.missing(WEIGHTS_NAME)
+    return json.loads(Path(config_path).read_text()), Path(weights)
 
 
 def _detect_family(source) -> Family:
