@@ -56,6 +56,19 @@ def test_each_image_is_embedded_once(nights, vit_folder):
     assert seen == [12, 6]  # 6 triplets in batches of 4 and 2: one pass each, 3 images per triplet
 
 
+@pytest.mark.gpu
+def test_mixed_precision_on_gpu_agrees_with_float32(nights, vit_folder):
+    root, expected = nights
+    task, groups, _ = load_groups("nights", root, SPLITS)
+    gpu = EncoderDistances(rpmetric.RobustDistance(str(vit_folder), device="cuda"))
+    assert gpu.amp and gpu.describe()["precision"] == "float16-autocast"
+    half = evaluate(gpu, task, groups, batch_size=3)
+    full = evaluate(EncoderDistances(rpmetric.RobustDistance(str(vit_folder), device="cpu")), task, groups, batch_size=3)
+    _check_known(half, expected)
+    for a, b in zip(half.records, full.records):
+        assert a["d1"] == pytest.approx(b["d1"], abs=2e-3)
+
+
 def test_bapps_known_scores(tmp_path, encoder_distances):
     for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
         datagen.write_bapps_2afc(tmp_path, category, entries)

@@ -160,7 +160,7 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "skipped": {"n": len(result.skipped), "items": result.skipped},
         "spec": metric.spec.to_dict() if metric is not None else None,
         "settings": {"batch_size": args.batch_size, "workers": args.workers, "processes": world,
-                     "device": str(metric.device) if metric is not None else "cpu",
+                     "device": str(distances.device),
                      "precision": described.get("precision", "float32")},
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
