@@ -338,8 +338,7 @@ def _inputs(encoder, x) -> Tuple[Embed, torch.Tensor]:
 
     embed, prepare = _embedder(encoder)
     if isinstance(encoder, RobustDistance):
-        check_images(x, "x", encoder.value_range)
-        x = encoder._to_unit(x)
+        x = encoder.to_unit(x)
     else:
         check_images(x, "x", (0.0, 1.0))
         x = x.clamp(0.0, 1.0)  # removes the rounding overshoot check_images tolerates

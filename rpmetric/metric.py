@@ -96,6 +96,14 @@ class RobustDistance(nn.Module):
             fx, fy = self._features(x), self._features(y)
         return cosine_distance(fx, fy)
 
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Check images in ``value_range`` and map them to [0, 1] on the metric's device.
+
+        This is what ``forward`` and ``embed`` do first; tools that work in pixel space
+        (attacks, the counterattack) use it to accept the same inputs as the metric.
+        """
+        return self._to_unit(x, check_images(x, "x", self.value_range))
+
     # -- internals -------------------------------------------------------------------------
     def _to_unit(self, x: torch.Tensor, observed) -> torch.Tensor:
         """Map ``value_range`` to [0, 1]; ``observed`` is the (min, max) validation found."""
