@@ -1,0 +1,378 @@
+"""Fine-tuning a head on NIGHTS with DreamSim's hinge loss; selection on val, scores on test.
+
+Two ways through the data:
+
+- *cached*: an MLP head without adversarial training acts on the embedding only, so every image
+  goes through the frozen backbone once, up front, and the epochs run on those embeddings;
+- *images*: LoRA (it changes the backbone's output) and adversarial training (the attacked
+  reference must go through the backbone) run the backbone on every batch.
+
+The encoder stays frozen and in eval mode as everywhere in rpmetric; the trainer opts in only the
+head: its parameters get ``requires_grad`` and its own dropout modules (LoRA's) go to train mode.
+
+A checkpoint (head, optimiser, RNG state, history) is written after every epoch into the output
+folder, so ``resume=True`` continues exactly: the final weights equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attacks.logits import TwoAFCLogits, human_labels
+from .datasets import TripletImages, collate_images, read_nights
+from .encoder import Encoder, load_encoder
+from .evaluation import nights_total
+from .functional import cosine_distance
+from .heads import (HeadConfig, attach_head, head_dropouts, head_parameters, head_state_dict, load_head_state,
+                    save_head_folder)
+from .preprocess import resize_and_crop
+from .scoring import twoafc_score
+
+__all__ = ["TrainConfig", "TrainResult", "hinge_loss", "train_nights", "CHECKPOINT_NAME", "ADVERSARIAL_NORMS"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+ADVERSARIAL_NORMS = ("linf",)
+TEST_SPLITS = ("test_imagenet", "test_no_imagenet")
+DEFAULT_BATCH = {"mlp": 512, "lora": 32}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (DreamSim's recipe by default).
+
+    Attributes:
+        head: the head to train.
+        epochs: passes over the train split.
+        batch_size: None gives 512 for an MLP and 32 for LoRA.
+        lr, weight_decay: Adam's settings.
+        margin: of the hinge loss.
+        seed: seeds the head's initialisation, the shuffling and dropout.
+        adversarial: None, or ``"linf"`` to train on PGD-attacked references.
+        eps: the attack radius in 1/255 units of [0, 1] pixels (4 means 4/255).
+        attack_steps: PGD steps per batch (step size ``2.5 * eps / attack_steps``).
+        workers: DataLoader worker processes for decoding images.
+    """
+
+    head: HeadConfig
+    epochs: int = 8
+    batch_size: Optional[int] = None
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    margin: float = 0.05
+    seed: int = 0
+    adversarial: Optional[str] = None
+    eps: float = 4.0
+    attack_steps: int = 10
+    workers: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "attack_steps"):
+            _positive_int(name, getattr(self, name))
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        if self.adversarial is not None and self.adversarial not in ADVERSARIAL_NORMS:
+            raise ValueError(f"Argument `adversarial` must be one of {ADVERSARIAL_NORMS} or None, "
+                             f"but got {self.adversarial!r}.")
+        if not self.eps > 0:
+            raise ValueError(f"Argument `eps` must be positive (in 1/255 units), but got {self.eps!r}.")
+
+    @property
+    def batch(self) -> int:
+        return self.batch_size or DEFAULT_BATCH[self.head.type]
+
+    @property
+    def cached(self) -> bool:
+        """Train on embeddings computed once (an MLP without adversarial training)."""
+        return self.head.type == "mlp" and self.adversarial is None
+
+    def describe(self) -> dict:
+        out = asdict(self)
+        out["head"] = self.head.to_dict()
+        out["batch_size"] = self.batch
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_nights` returns.
+
+    Attributes:
+        out: the head folder (loadable with ``RobustDistance(model=str(out))``).
+        val_history: val 2AFC score after each epoch; entry 0 is the untrained head.
+        best_epoch: the epoch whose head was kept (0: none beat the untrained head).
+        test: ``{"test_imagenet", "test_no_imagenet", "total": {"n", "score"}}`` of the kept head.
+    """
+
+    out: Path
+    val_history: List[float] = field(default_factory=list)
+    best_epoch: int = 0
+    test: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+
+def hinge_loss(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor, margin: float = 0.05) -> torch.Tensor:
+    """DreamSim's hinge loss on ``d0 - d1``: the image people preferred must be closer by ``margin``.
+
+    With ``p`` the share preferring the right image, the target is ``+1`` when ``p > 0.5``
+    (``d1`` should be smaller) and ``-1`` otherwise; the loss is ``mean(max(0, margin - target * (d0 - d1)))``.
+
+    Example:
+        >>> hinge_loss(torch.tensor([0.5, 0.5]), torch.tensor([0.2, 0.2]), torch.tensor([1.0, 0.0]), margin=0.05)
+        tensor(0.1750)
+    """
+    target = 2.0 * human_labels(p).to(d0.dtype) - 1.0
+    return torch.clamp(margin - target * (d0 - d1), min=0.0).mean()
+
+
+# -- the training run -------------------------------------------------------------------------
+def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: bool = False, device=None,
+                 progress: bool = True) -> TrainResult:
+    """Train a head on NIGHTS' train split, keep the best on val, score it on test, save it.
+
+    Args:
+        root: NIGHTS folder (``data.csv``, ``ref/``, ``distort/``).
+        base_model: the backbone (zoo name, ``hf-hub:ORG/NAME`` or a folder); written into the
+            head folder, so use a portable name to share the head.
+        out: the head folder to write (``rpmetric_config.json``, ``head.safetensors``,
+            ``checkpoint.pt``).
+        config: the recipe.
+        resume: continue the run whose checkpoint is in ``out``.
+        device: None picks CUDA when available.
+
+    Raises:
+        ValueError: ``out`` holds a checkpoint and ``resume`` is False, or a checkpoint of a
+            different run; ``resume`` without a checkpoint.
+
+    Example:
+        >>> result = train_nights("/data/nights", "r-clip-f-vitb16", "heads/mlp",
+        ...                       TrainConfig(HeadConfig("mlp")))  # doctest: +SKIP
+        >>> result.test["total"]["score"]  # doctest: +SKIP
+        0.93
+    """
+    out = Path(out)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    checkpoint_path = out / CHECKPOINT_NAME
+    if checkpoint_path.exists() and not resume:
+        raise ValueError(f"{out} already holds a training run ({CHECKPOINT_NAME}); pass --resume (resume=True) to "
+                         "continue it, or choose another output folder.")
+    if resume and not checkpoint_path.exists():
+        raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; run without --resume to start.")
+    splits = {name: read_nights(root, name) for name in ("train", "val") + TEST_SPLITS}
+
+    base = load_encoder(base_model).to(device)
+    torch.manual_seed(config.seed)
+    run = _Run(config, splits, device, progress)
+    if config.cached:
+        run.cache = {name: run.embed(base, triplets, f"embedding {name}") for name, triplets in splits.items()}
+        dim = run.cache["train"][0].shape[1]
+    elif config.head.type == "mlp":
+        with torch.no_grad():
+            dim = base(torch.zeros(1, 3, base.image_size, base.image_size, device=device)).shape[1]
+    else:
+        dim = None
+    module, head_config = attach_head(base.backbone, config.head, dim=dim)
+    config = replace(config, head=head_config)
+    run.config = config
+    model = Encoder(module, base.spec).to(device)
+    params = head_parameters(module)
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    # What a resumed run must share with the saved one; `epochs` may grow (train longer).
+    recipe = {k: v for k, v in config.describe().items() if k not in ("epochs", "workers")}
+    settings = {"base_model": base_model, "config": recipe, "sizes": {name: len(t) for name, t in splits.items()}}
+
+    if resume:
+        state = _read_checkpoint(checkpoint_path, settings)
+        load_head_state(module, state["head"], where=str(checkpoint_path))
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history, best_epoch, best_state = state["history"], state["best_epoch"], state["best_head"]
+    else:
+        history, best_epoch, best_state = [run.val_score(model)], 0, head_state_dict(module)
+    out.mkdir(parents=True, exist_ok=True)
+
+    for epoch in range(len(history), config.epochs + 1):
+        with _head_training(params, head_dropouts(module)):
+            run.train_epoch(model, optimizer, epoch)
+        history.append(run.val_score(model))
+        if history[-1] > history[best_epoch]:
+            best_epoch, best_state = epoch, {k: v.clone() for k, v in head_state_dict(module).items()}
+        _write_checkpoint(checkpoint_path, {"settings": settings, "head": head_state_dict(module),
+                                            "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                                            "history": history, "best_epoch": best_epoch, "best_head": best_state})
+
+    load_head_state(module, best_state)
+    test = {name: {"n": len(splits[name]), "score": run.score(model, name)} for name in TEST_SPLITS}
+    test["total"] = nights_total(test)
+    training = {"dataset": "nights", "root": str(Path(root).resolve()), **config.describe(),
+                "loss": "hinge on d0 - d1", "best_epoch": best_epoch, "val_history": history,
+                "val_2afc": history[best_epoch], "test": test}
+    training.pop("head")
+    save_head_folder(out, base_model, config.head, best_state, training)
+    return TrainResult(out=out, val_history=history, best_epoch=best_epoch, test=test)
+
+
+class _Run:
+    """The data side of one run: loaders, embeddings, epochs and scores."""
+
+    def __init__(self, config: TrainConfig, splits: Dict[str, list], device: torch.device, progress: bool):
+        self.config = config
+        self.splits = splits
+        self.device = device
+        self.progress = progress
+        self.cache: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None
+        self.p = {name: torch.tensor([t.p for t in triplets], dtype=torch.float64) for name, triplets in splits.items()}
+
+    # -- data ---------------------------------------------------------------------------------
+    def loader(self, model: Encoder, triplets: Sequence, order: Optional[List[int]], batch_size: int):
+        dataset = TripletImages(triplets, transform=partial(resize_and_crop, pp=model.spec.preprocessing))
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, shuffle=False,
+                                           num_workers=self.config.workers, collate_fn=collate_images)
+
+    def batches(self, model: Encoder, triplets: Sequence, order: Optional[List[int]], batch_size: int, desc: str):
+        for batch in tqdm(self.loader(model, triplets, order, batch_size), desc=desc, leave=False,
+                          disable=not self.progress):
+            if batch["errors"]:
+                index, message = batch["errors"][0]
+                raise ValueError(f"Triplet {triplets[index].id!r}: {message}")
+            yield batch
+
+    @torch.no_grad()
+    def embed(self, model: Encoder, triplets: Sequence, desc: str) -> Tuple[torch.Tensor, ...]:
+        """``(ref, left, right)`` embeddings ``[N, D]`` in dataset order; one encoder pass per batch."""
+        parts = []
+        for batch in self.batches(model, triplets, None, 64, desc):
+            images = torch.cat([batch["ref"], batch["left"], batch["right"]]).to(self.device)
+            parts.append(model(images).chunk(3))
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
+
+    # -- scores -------------------------------------------------------------------------------
+    def distances(self, model: Encoder, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None:
+            with torch.no_grad():
+                ref, left, right = (model.backbone.mlp_head(e) for e in self.cache[name])
+        else:
+            ref, left, right = self.embed(model, self.splits[name], f"scoring {name}")
+        return cosine_distance(ref, left), cosine_distance(ref, right)
+
+    def score(self, model: Encoder, name: str) -> float:
+        d0, d1 = self.distances(model, name)
+        return twoafc_score(d0.cpu().numpy(), d1.cpu().numpy(), self.p[name].numpy())
+
+    def val_score(self, model: Encoder) -> float:
+        return self.score(model, "val")
+
+    # -- training -----------------------------------------------------------------------------
+    def train_epoch(self, model: Encoder, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+        n = len(self.splits["train"])
+        # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)).tolist()
+        desc = f"epoch {epoch}/{self.config.epochs}"
+        if self.cache is not None:
+            train = self.cache["train"]
+            chunks = [order[i:i + self.config.batch] for i in range(0, n, self.config.batch)]
+            for rows in tqdm(chunks, desc=desc, leave=False, disable=not self.progress):
+                ref, left, right = (model.backbone.mlp_head(e[rows]) for e in train)
+                self.step(optimizer, ref, left, right, self.p["train"][rows])
+            return
+        for batch in self.batches(model, self.splits["train"], order, self.config.batch, desc):
+            ref, left, right = (batch[k].to(self.device) for k in ("ref", "left", "right"))
+            p = batch["p"]
+            if self.config.adversarial:
+                ref = self.attack(model, ref, left, right, p)
+            f_ref, f_left, f_right = model(torch.cat([ref, left, right])).chunk(3)
+            self.step(optimizer, f_ref, f_left, f_right, p)
+
+    def step(self, optimizer, ref, left, right, p) -> None:
+        loss = hinge_loss(cosine_distance(ref, left), cosine_distance(ref, right), p.to(ref.device, ref.dtype),
+                          self.config.margin)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def attack(self, model: Encoder, ref, left, right, p) -> torch.Tensor:
+        """PGD in pixel space on the reference, maximising the 2AFC cross-entropy of the human choice.
+
+        A plain fixed-budget PGD rather than the evaluators' APGD: APGD's adaptive step size,
+        restarts and per-sample bookkeeping are built to find the worst case for evaluation; in a
+        training loop a cheap, fixed number of steps drawn from the run's own seeded RNG (so
+        resume stays exact) is what adversarial training uses.
+        """
+        eps = self.config.eps / 255.0
+        step = 2.5 * eps / self.config.attack_steps
+        labels = human_labels(p).to(self.device)
+        with torch.no_grad(), _dropout_off(model):
+            f_left, f_right = model(torch.cat([left, right])).chunk(2)
+        logits = TwoAFCLogits(model, f_left, f_right)
+        x = (ref + torch.empty_like(ref).uniform_(-eps, eps)).clamp(0.0, 1.0)
+        with _dropout_off(model):
+            for _ in range(self.config.attack_steps):
+                x.requires_grad_(True)
+                loss = nn.functional.cross_entropy(logits(x), labels)
+                (grad,) = torch.autograd.grad(loss, x)
+                x = (ref + (x.detach() + step * grad.sign() - ref).clamp(-eps, eps)).clamp(0.0, 1.0)
+        return x.detach()
+
+
+@contextmanager
+def _head_training(params: List[nn.Parameter], dropouts: List[nn.Module]):
+    """Only the head learns: its parameters get gradients and its dropout is active.
+
+    ``Encoder.train()`` keeps the whole encoder in eval mode on purpose, so the head's dropout
+    modules are switched directly; base weights keep ``requires_grad=False`` throughout.
+    """
+    for p in params:
+        p.requires_grad_(True)
+    for m in dropouts:
+        m.train(True)
+    try:
+        yield
+    finally:
+        for m in dropouts:
+            m.train(False)
+        for p in params:
+            p.requires_grad_(False)
+
+
+@contextmanager
+def _dropout_off(model: nn.Module):
+    active = [m for m in model.modules() if isinstance(m, nn.Dropout) and m.training]
+    for m in active:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in active:
+            m.train(True)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def _write_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interruption leaves the previous checkpoint intact
+
+
+def _read_checkpoint(path: Path, settings: dict) -> dict:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(json.dumps(state["settings"]))
+    now = json.loads(json.dumps(settings))
+    if saved != now:
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        raise ValueError(f"{path} is from a different run (it differs in {', '.join(changed)}): "
+                         f"saved {{{', '.join(f'{k}: {saved.get(k)}' for k in changed)}}}; resume with the same "
+                         "options, or choose another output folder.")
+    return state
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Argument `{name}` must be a positive integer, but got {value!r}.")
