@@ -14,7 +14,7 @@ reports the ratio extrapolated to the protocol's 100 steps.
 The triplets' labels are the model's own clean decisions, so APGD attacks every row of every
 batch (a row already wrong would be skipped and make the attack look cheaper than it is).
 
-    python evals/bench_attack.py [--arch ViT-B-32] [--batch 8] [--batches 1] [--steps 5 10] [--threads 2]
+    python evals/bench_attack.py [--arch ViT-B-32] [--batch 8] [--batches 1] [--steps 5 10] [--threads 1] [--clock cpu]
 """
 
 from __future__ import annotations
@@ -68,14 +68,14 @@ def triplets_judged_correctly(metric, folder: Path, n: int):
     return triplets
 
 
-def forward_backward_seconds(encoder, x: torch.Tensor, repeats: int) -> float:
+def forward_backward_seconds(encoder, x: torch.Tensor, repeats: int, clock) -> float:
     """Median seconds of one forward+backward pass w.r.t. the input (the unit APGD repeats)."""
     times = []
     for _ in range(repeats + 1):
         xi = x.clone().requires_grad_(True)
-        start = time.perf_counter()
-        (grad,) = torch.autograd.grad(encoder(xi).sum(), xi)
-        times.append(time.perf_counter() - start)
+        start = clock()
+        torch.autograd.grad(encoder(xi).sum(), xi)
+        times.append(clock() - start)
     return statistics.median(times[1:])  # the first call warms up
 
 
@@ -86,8 +86,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=1, help="batches attacked per step count")
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10], help="APGD step counts to time")
     parser.add_argument("--repeats", type=int, default=3, help="forward+backward repeats per baseline")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                        help="cpu: this process's CPU time, robust to other jobs on shared cores (use with "
+                             "--threads 1, where it is not inflated by threads waiting for each other); "
+                             "wall: elapsed time, for a quiet machine")
     args = parser.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
 
     from rpmetric.attacks import evaluate_attack
@@ -104,16 +109,17 @@ def main() -> None:
         rows = []
         for steps in args.steps:
             # Baseline before and after each attack run, so machine load hits both alike.
-            before = forward_backward_seconds(metric.encoder, x, args.repeats)
-            start = time.perf_counter()
+            before = forward_backward_seconds(metric.encoder, x, args.repeats, clock)
+            start = clock()
             result = evaluate_attack(metric, triplets, steps=steps, batch_size=args.batch, progress=False)
-            per_batch = (time.perf_counter() - start) / args.batches
-            fb = (before + forward_backward_seconds(metric.encoder, x, args.repeats)) / 2
+            per_batch = (clock() - start) / args.batches
+            fb = (before + forward_backward_seconds(metric.encoder, x, args.repeats, clock)) / 2
             rows.append({"steps": steps, "seconds_per_batch": per_batch, "seconds_per_triplet": per_batch / args.batch,
                          "forward_backward_seconds": fb, "ratio": per_batch / (steps * fb),
                          "clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy})
 
     report = {"arch": args.arch, "batch": args.batch, "batches": args.batches, "threads": args.threads,
+              "clock": args.clock,
               "target_ratio": 1.15, "runs": rows}
     if len(rows) >= 2:
         # Least squares fit of seconds per batch = fixed + steps * per_step, in forward+backward units.

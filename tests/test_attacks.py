@@ -363,6 +363,12 @@ def test_evaluate_attack_errors(tiny_metric, fooled_data, tmp_path, data, kwargs
         evaluate_attack(tiny_metric, triplets[data], steps=1, progress=False, **kwargs)
 
 
+def test_a_defence_without_the_hook_interface_is_rejected(tiny_metric, fooled_data):
+    with pytest.raises(TypeError, match=r"`counterattack` must have a `defended_features\(encoder, x\)` method and a "
+                                        r"`seed` attribute, like rpmetric.Counterattack, but got object"):
+        evaluate_attack(tiny_metric, fooled_data, counterattack=object(), progress=False)
+
+
 def test_a_module_without_embed_is_rejected(fooled_data):
     with pytest.raises(TypeError, match=r"must be a RobustDistance or a module with an `embed\(x, normalize=False\)`"):
         evaluate_attack(torch.nn.Linear(2, 2), fooled_data, progress=False)
@@ -480,3 +486,37 @@ def test_attack_option_help_states_the_eps_units(parser, capsys):
     assert "invalid choice" in capsys.readouterr().err
     text = parser.format_help()
     assert "units of 1/255 for linf" in text and "absolute for" in text
+
+
+def test_attack_groups_per_split_with_the_nights_total(tiny_metric, nights, tmp_path):
+    from rpmetric.attacks import attack_groups
+
+    groups = {g: read_nights(nights, g) for g in ("test_imagenet", "test_no_imagenet")}
+    options = attack_config_from_args(_parsed(["--attack", "linf", "--eps", "0", "--steps", "2"]))
+    log = tmp_path / "eval.log.jsonl"
+    results = attack_groups(tiny_metric, groups, options, batch_size=3, log=log, progress=False)
+    # eps = 0, so robust = clean; hand-worked: 3.5 / 4 and 1 / 2, total (3.5 + 1) / 6.
+    assert [results[g]["robust_accuracy"] for g in groups] == [3.5 / 4, 0.5]
+    assert results["total"]["n"] == 6 and results["total"]["clean_accuracy"] == pytest.approx(4.5 / 6)
+    assert results["total"]["attack"]["eps"] == 0.0
+    assert (tmp_path / "eval.log.jsonl.attack-test_imagenet.jsonl").exists()
+    again = attack_groups(tiny_metric, groups, options, batch_size=3, log=log, resume=True, progress=False)
+    assert again == results
+    partial = attack_groups(tiny_metric, groups, {**options, "n_samples": 1}, batch_size=3, progress=False)
+    assert "total" not in partial  # a total of partial splits would not be the NIGHTS total
+
+
+def test_attack_table_cells():
+    from rpmetric.attacks import attack_columns, attack_headers
+
+    summary = {"clean_accuracy": 0.875, "robust_accuracy": 0.125,
+               "counterattack": {"clean_accuracy": 0.75, "nonadaptive_accuracy": 0.5, "adaptive_accuracy": 0.0}}
+    assert attack_columns(summary, defended=False) == ["87.50", "12.50"]
+    assert attack_columns(summary, defended=True) == ["87.50", "12.50", "75.00", "50.00", "0.00"]
+    assert attack_columns(None, defended=True) == [""] * 5 == [""] * len(attack_headers(True))
+
+
+def _parsed(argv):
+    p = argparse.ArgumentParser()
+    add_attack_options(p)
+    return p.parse_args(argv)

@@ -8,7 +8,7 @@
 """
 
 from .apgd import ApgdResult, perturbation_norms, run_apgd
-from .cli import add_attack_options, attack_config_from_args
+from .cli import add_attack_options, attack_columns, attack_config_from_args, attack_groups, attack_headers
 from .config import AttackConfig, Norm
 from .evaluate import AttackResult, evaluate_attack
 from .logits import TwoAFCLogits, human_labels
@@ -25,4 +25,7 @@ __all__ = [
     "perturbation_norms",
     "add_attack_options",
     "attack_config_from_args",
+    "attack_groups",
+    "attack_columns",
+    "attack_headers",
 ]

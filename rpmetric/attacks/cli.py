@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from .config import AttackConfig, Norm
 
-__all__ = ["add_attack_options", "attack_config_from_args"]
+__all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_columns", "attack_headers"]
 
 _OPTIONS = ("eps", "steps", "restarts", "n_samples", "seed", "eot_samples")
 
@@ -76,3 +77,61 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
         raise ValueError(f"Argument `--n-samples` must be at least 1, but got {n_samples}.")
     return {"norm": config.norm.value, "eps": config.eps, "steps": config.steps, "restarts": config.restarts,
             "seed": config.seed, "eot_samples": config.eot_samples, "n_samples": n_samples}
+
+
+def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batch_size: int, workers: int = 0,
+                  log: Optional[Path] = None, resume: bool = False, progress: bool = True) -> Dict[str, dict]:
+    """Run :func:`~rpmetric.attacks.evaluate_attack` on each group (split or category) with the
+    options from :func:`attack_config_from_args`; ``{group: AttackResult.to_dict()}``.
+
+    Each group has its own run log, ``LOG.attack-GROUP.jsonl`` beside ``log``. When both NIGHTS test
+    parts were attacked in full, ``"total"`` holds their size-weighted mean, like the 2AFC total.
+
+    Example:
+        >>> results = attack_groups(metric, {"test_imagenet": triplets}, options, batch_size=16)  # doctest: +SKIP
+    """
+    from .evaluate import evaluate_attack
+
+    results = {}
+    for group, records in groups.items():
+        runlog = None if log is None else Path(log).with_name(f"{Path(log).name}.attack-{group}.jsonl")
+        result = evaluate_attack(metric, records, batch_size=batch_size, workers=workers, runlog_path=runlog,
+                                 resume=resume and runlog is not None and runlog.exists(), progress=progress,
+                                 **options)
+        results[group] = result.to_dict()
+    parts = [results.get("test_imagenet"), results.get("test_no_imagenet")]
+    if all(parts) and all(p["n"] == len(groups[g]) for p, g in zip(parts, ("test_imagenet", "test_no_imagenet"))):
+        results["total"] = _weighted_total(parts)
+    return results
+
+
+def attack_columns(summary: Optional[dict], defended: bool) -> List[str]:
+    """Table cells (percent) for one group's attack summary; ``attack_headers(defended)`` names them."""
+    if summary is None:
+        return [""] * len(attack_headers(defended))
+    cells = [summary["clean_accuracy"], summary["robust_accuracy"]]
+    if defended:
+        ca = summary.get("counterattack") or {}
+        cells += [ca.get("clean_accuracy"), ca.get("nonadaptive_accuracy"), ca.get("adaptive_accuracy")]
+    return ["" if v is None else f"{100 * v:.2f}" for v in cells]
+
+
+def attack_headers(defended: bool) -> List[str]:
+    headers = ["clean acc (%)", "robust acc (%)"]
+    return headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
+
+
+def _weighted_total(parts: List[dict]) -> dict:
+    n = sum(p["n"] for p in parts)
+
+    def mean(get):
+        values = [get(p) for p in parts]
+        return None if any(v is None for v in values) else sum(p["n"] * v for p, v in zip(parts, values)) / n
+
+    total = {"n": n, "clean_accuracy": mean(lambda p: p["clean_accuracy"]),
+             "robust_accuracy": mean(lambda p: p["robust_accuracy"]), "attack": parts[0]["attack"]}
+    if "counterattack" in parts[0]:
+        total["counterattack"] = {"config": parts[0]["counterattack"]["config"], **{
+            key: mean(lambda p, key=key: p["counterattack"][key])
+            for key in ("clean_accuracy", "nonadaptive_accuracy", "adaptive_accuracy", "worst_case_accuracy")}}
+    return total

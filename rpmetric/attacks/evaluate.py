@@ -16,7 +16,8 @@ from ..runlog import RunLog
 from ..scoring import binary_accuracy
 from .apgd import perturbation_norms, run_apgd
 from .config import AttackConfig
-from .features import DefendedFeatures, Embedder, EOTDefendedFeatures, PlainFeatures, as_embedder, eot_seeds
+from .features import (DefendedFeatures, Embedder, EOTDefendedFeatures, PlainFeatures, as_embedder, check_defence,
+                       eot_seeds)
 from .logits import TwoAFCLogits, human_labels
 
 __all__ = ["AttackResult", "evaluate_attack"]
@@ -128,6 +129,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     embedder = as_embedder(metric)
     if counterattack is None:
         counterattack = embedder.counterattack
+    if counterattack is not None:
+        check_defence(counterattack)
     if device is not None:
         embedder = embedder._replace(device=torch.device(device))
         embedder.module.to(embedder.device)

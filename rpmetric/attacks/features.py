@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 __all__ = ["Embedder", "as_embedder", "PlainFeatures", "DefendedFeatures", "EOTDefendedFeatures", "eot_seeds",
+           "check_defence",
            "autocast_for"]
 
 
@@ -140,10 +141,15 @@ def eot_seeds(counterattack, attack_seed: int, samples: int):
     return seeds
 
 
+def check_defence(counterattack) -> None:
+    """Raise TypeError unless ``counterattack`` has what both evaluations use: ``defended_features``
+    (to judge and to attack through) and a ``seed`` (to draw the EOT copies)."""
+    if not callable(getattr(counterattack, "defended_features", None)) or not hasattr(counterattack, "seed"):
+        raise TypeError("Argument `counterattack` must have a `defended_features(encoder, x)` method and a `seed` "
+                        f"attribute, like rpmetric.Counterattack, but got {type(counterattack).__name__}.")
+
+
 def _with_seed(counterattack, seed: int):
-    if not hasattr(counterattack, "seed"):
-        raise TypeError(f"The adaptive attack needs a counterattack with a `seed` attribute (like "
-                        f"rpmetric.Counterattack), but got {type(counterattack).__name__}.")
     twin = copy.copy(counterattack)
     twin.seed = seed
     return twin

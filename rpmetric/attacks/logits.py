@@ -26,10 +26,9 @@ class TwoAFCLogits(nn.Module):
             broadcasts to every row).
 
     Example:
-        >>> f = torch.nn.Flatten()
-        >>> logits = TwoAFCLogits(f, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]))
-        >>> logits(torch.tensor([[[[3.0]], [[1.0]]]]).expand(1, 2, 1, 1))  # doctest: +ELLIPSIS
-        tensor([[0.9487, 0.3162]])
+        >>> logits = TwoAFCLogits(torch.nn.Flatten(), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]))
+        >>> logits(torch.tensor([3.0, 4.0]).view(1, 2, 1, 1))  # cosines 3/5 and 4/5
+        tensor([[0.6000, 0.8000]])
     """
 
     def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], e_left: torch.Tensor,
