@@ -1,0 +1,117 @@
+"""Training speed of the heads against a plain forward+backward pass of the same backbone, same run.
+
+- Baseline: the open_clip visual tower (random weights of ``--arch``) at its input size, forward
+  on a batch of images and backward into all its weights: what one step of ordinary fine-tuning
+  costs. Reported as images/s.
+- LoRA: one training step of the trainer (``rpmetric.training``: LoRA forward of ref, left and right,
+  hinge loss, backward into the adapters only, Adam step), on ``--lora-batch`` triplets.
+  Reported as images/s (3 per triplet) and as a ratio to the baseline's images/s.
+- MLP: epochs of the trainer on cached embeddings (batch 512, as published), with a hook that
+  counts backbone calls (must be 0). Reported as steps/s, triplets/s, and how many times faster
+  than a step that would run the backbone forward+backward on the batch's images.
+
+    python evals/bench_train.py [--arch ViT-B-32] [--lora-batch 4] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import interleaved_timings, median, save_random_open_clip  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="ViT-B-32", help="open_clip architecture, random weights")
+    parser.add_argument("--lora-batch", type=int, default=4, help="triplets per LoRA step (published: 32)")
+    parser.add_argument("--mlp-triplets", type=int, default=4096, help="cached triplets per MLP epoch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from rpmetric.datasets import Triplet
+    from rpmetric.encoder import Encoder, load_encoder
+    from rpmetric.heads import HeadConfig, attach_head, head_dropouts, head_parameters
+    from rpmetric.training import TrainConfig, _head_training, _Run
+
+    with tempfile.TemporaryDirectory(prefix="rpmetric-bench-train-") as tmp:
+        folder, reference = save_random_open_clip(args.arch, Path(tmp) / "model")
+        plain = reference.visual.train(False)
+        plain.requires_grad_(True)
+        base = load_encoder(str(folder))
+        size = base.image_size
+        images = torch.rand(3 * args.lora_batch, 3, size, size)
+
+        def plain_step():
+            plain.zero_grad(set_to_none=True)
+            plain(images).sum().backward()
+
+        # LoRA through the trainer's own step.
+        lora_config = TrainConfig(HeadConfig("lora"), batch_size=args.lora_batch)
+        module, _ = attach_head(load_encoder(str(folder)).backbone, lora_config.head)
+        lora_model = Encoder(module, base.spec)
+        params = head_parameters(module)
+        lora_optimizer = torch.optim.Adam(params, lr=lora_config.lr)
+        lora_run = _Run(lora_config, {"train": []}, torch.device("cpu"), progress=False)
+        p = torch.randint(0, 2, (args.lora_batch,)).double()
+
+        def lora_step():
+            with _head_training(params, head_dropouts(module)):
+                ref, left, right = lora_model(images).chunk(3)
+                lora_run.step(lora_optimizer, ref, left, right, p)
+
+        times = interleaved_timings({"plain_forward_backward": plain_step, "lora_step": lora_step},
+                                    repeats=args.repeats, warmup=1)
+        plain_s, lora_s = median(times["plain_forward_backward"]), median(times["lora_step"])
+
+        # MLP on cached embeddings, through the trainer's epoch loop.
+        mlp_config = TrainConfig(HeadConfig("mlp"), epochs=1)
+        dim = base(images[:1]).shape[1]
+        mlp_module, _ = attach_head(base.backbone, mlp_config.head, dim=dim)
+        mlp_model = Encoder(mlp_module, base.spec)
+        backbone_calls = []
+        base.backbone.register_forward_pre_hook(lambda m, a: backbone_calls.append(a[0].shape[0]))
+        n = args.mlp_triplets
+        # Records are never opened: the epoch reads only the cached embeddings and p.
+        records = [Triplet(str(i), Path("ref.png"), Path("left.png"), Path("right.png"), float(i % 2)) for i in range(n)]
+        mlp_run = _Run(mlp_config, {"train": records}, torch.device("cpu"), progress=False)
+        mlp_run.cache = {"train": tuple(torch.randn(n, dim) for _ in range(3))}
+        mlp_params = head_parameters(mlp_module)
+        mlp_optimizer = torch.optim.Adam(mlp_params, lr=mlp_config.lr)
+
+        def mlp_epoch():
+            with _head_training(mlp_params, []):
+                mlp_run.train_epoch(mlp_model, mlp_optimizer, epoch=1)
+
+        mlp_times = interleaved_timings({"mlp_epoch": mlp_epoch}, repeats=args.repeats, warmup=1)
+        steps = -(-n // mlp_config.batch)
+        mlp_step_s = median(mlp_times["mlp_epoch"]) / steps
+
+    plain_images_per_s = images.shape[0] / plain_s
+    lora_images_per_s = images.shape[0] / lora_s
+    batch_images = 3 * mlp_config.batch
+    report = {
+        "arch": args.arch, "threads": args.threads, "image_size": size,
+        "plain_forward_backward_images_per_s": round(plain_images_per_s, 2),
+        "lora_train_images_per_s": round(lora_images_per_s, 2),
+        "lora_over_plain": round(lora_images_per_s / plain_images_per_s, 3),
+        "mlp_batch": mlp_config.batch,
+        "mlp_steps_per_s": round(1.0 / mlp_step_s, 1),
+        "mlp_triplets_per_s": round(mlp_config.batch / mlp_step_s),
+        "mlp_backbone_calls": len(backbone_calls),
+        "mlp_speedup_vs_backbone_step": round((batch_images / plain_images_per_s) / mlp_step_s),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
