@@ -124,18 +124,21 @@ class EncoderDistances:
         return cosine_distance(f_ref, f_left).cpu(), cosine_distance(f_ref, f_right).cpu()
 
 
-def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None):
-    """``PixelL2()`` for ``model == "l2"``, else :class:`EncoderDistances` on ``RobustDistance(model)``.
+def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None, counterattack=None):
+    """``PixelL2()`` for ``model == "l2"``, else :class:`EncoderDistances` on ``RobustDistance(model)``
+    (with an optional test-time ``counterattack``, see :class:`rpmetric.Counterattack`).
 
     Example:
         >>> load_distances("l2").name
         'l2'
     """
     if model == "l2":
+        if counterattack is not None:
+            raise ValueError("A counterattack needs a model with an encoder, but model='l2' is the pixel baseline.")
         return PixelL2()
     from .metric import RobustDistance
 
-    return EncoderDistances(RobustDistance(model, device=device), amp=amp)
+    return EncoderDistances(RobustDistance(model, device=device, counterattack=counterattack), amp=amp)
 
 
 # -- tasks ------------------------------------------------------------------------------------

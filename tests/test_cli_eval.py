@@ -206,3 +206,49 @@ def test_torchrun_two_processes_match_one(nights, vit_folder, tmp_path):
     assert two["settings"]["processes"] == 2 and one["settings"]["processes"] == 1
     assert two["results"] == one["results"]
     assert _csv(tmp_path / "two.csv") == _csv(tmp_path / "one.csv")
+
+
+def test_attack_columns_and_json(nights, vit_folder, tmp_path, capsys):
+    root, _ = nights
+    out = tmp_path / "robust.json"
+    assert main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "test_no_imagenet",
+                 "--workers", "0", "--attack", "linf", "--steps", "2", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "clean acc (%)" in lines[0] and "robust acc (%)" in lines[0]
+    # binary accuracy by hand: tn-left-1 (p=1: people chose right, the metric left) wrong, tn-left-q right
+    assert lines[2].split()[:4] == ["test_no_imagenet", "2", "37.50", "50.00"]
+    attack = json.loads(out.read_text())["attack"]["test_no_imagenet"]
+    assert attack["n"] == 2 and attack["clean_accuracy"] == 0.5 and attack["attack"]["steps"] == 2
+    assert 0.0 <= attack["robust_accuracy"] <= 0.5
+
+
+def test_counterattack_in_the_clean_evaluation(nights, vit_folder, tmp_path, capsys):
+    root, expected = nights
+    log = tmp_path / "ca.jsonl"
+    assert main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "val", "--workers", "0",
+                 "--counterattack", "--tau-threshold", "0.05", "--log", str(log)]) == 0
+    assert _table(capsys.readouterr().out) == {"val": (2, 100 * expected["val"]["score"])}
+    config = json.loads(log.read_text().splitlines()[0])["config"]
+    assert config["counterattack"].startswith("Counterattack(") and "tau_threshold=0.05" in config["counterattack"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--counterattack"], "--counterattack needs a model with an encoder, but --model is the l2 pixel baseline"),
+    (["--attack", "linf"], "--attack needs a model with an encoder"),
+    (["--steps", "3"], "--steps only apply to a robust evaluation; add --attack"),
+])
+def test_robustness_option_errors(fresh_nights, extra, message, capsys):
+    code, err = _run_bad(["nights", fresh_nights, *extra], capsys)
+    assert code == 2 and message in err
+
+
+def test_attack_is_not_an_option_of_jnd(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "jnd", str(tmp_path), "--attack", "linf"])
+    assert "unrecognized arguments: --attack" in capsys.readouterr().err
+
+
+def test_attack_refuses_max_batches(fresh_nights, vit_folder, capsys):
+    code = main(["eval", "nights", str(fresh_nights), "--model", str(vit_folder), "--attack", "l2",
+                 "--max-batches", "1"])
+    assert code == 2 and "--max-batches applies to the clean evaluation only" in capsys.readouterr().err

@@ -24,6 +24,8 @@ DESCRIPTIONS = {
 
 
 def register(sub) -> None:
+    from ..attacks.cli import add_attack_options
+    from ..counterattack import add_counterattack_options
     from ..datasets import BAPPS_2AFC_CATEGORIES, BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, NIGHTS_SPLITS
 
     p = sub.add_parser("eval", help="score a metric against human judgements (NIGHTS, BAPPS 2AFC, BAPPS JND)",
@@ -44,6 +46,9 @@ def register(sub) -> None:
         if name == "bapps":
             q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS, help="2afc/train or 2afc/val (default: val)")
         _add_run_options(q)
+        add_counterattack_options(q)
+        if name != "jnd":  # the robust protocol is a 2AFC decision
+            add_attack_options(q)
         q.set_defaults(func=run)
 
 
@@ -71,18 +76,30 @@ def _add_run_options(q) -> None:
 
 def run(args) -> int:
     from .. import distributed
+    from ..attacks.cli import attack_config_from_args
+    from ..counterattack import counterattack_from_args
     from ..evaluation import evaluate, load_distances, load_groups, nights_total
 
     for option, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
                                ("--max-batches", args.max_batches, 1)):
         if value is not None and value < low:
             raise ValueError(f"{option} must be at least {low}, but got {value}")
+    counterattack = counterattack_from_args(args)
+    attack = attack_config_from_args(args) if hasattr(args, "attack") else None
+    for option, given in (("--counterattack", counterattack is not None), ("--attack", attack is not None)):
+        if given and args.model == "l2":
+            raise ValueError(f"{option} needs a model with an encoder, but --model is the l2 pixel baseline; "
+                             "choose a model (see `rpmetric models`).")
+    if attack is not None and args.max_batches is not None:
+        raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
     rank, world = distributed.init_from_env()
+    if attack is not None and world > 1:
+        raise ValueError("--attack runs in a single process; launch it without torchrun.")
     try:
         names = args.split if args.dataset == "nights" else args.categories
         subset = getattr(args, "subset", "val")
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
-        distances = load_distances(args.model, device=_device(args.device, world))
+        distances = load_distances(args.model, device=_device(args.device, world), counterattack=counterattack)
         log, default_log = _log_path(args, distances.name)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
                       "model_argument": args.model}
@@ -106,16 +123,37 @@ def run(args) -> int:
     total = nights_total(results) if args.dataset == "nights" else None
     if total is not None:
         results["total"] = total
+    attacked = _attack(args, distances, groups, result, attack, log) if attack is not None else None
     label = "split" if args.dataset == "nights" else "category"
-    score_name = "mAP (%)" if task == "jnd" else "2AFC (%)"
-    print(format_table([[g, r["n"], f"{100 * r['score']:.2f}"] for g, r in results.items()], [label, "n", score_name]))
+    headers = [label, "n", "mAP (%)" if task == "jnd" else "2AFC (%)"]
+    rows = [[g, r["n"], f"{100 * r['score']:.2f}"] for g, r in results.items()]
+    if attacked is not None:
+        from ..attacks.cli import attack_columns, attack_headers
+
+        headers += attack_headers(counterattack is not None)
+        rows = [row + attack_columns(attacked.get(row[0]), counterattack is not None) for row in rows]
+    print(format_table(rows, headers))
     if args.out is not None:
-        _write_json(args.out, _summary(args, distances, task, names, subset, results, result, world))
+        summary = _summary(args, distances, task, names, subset, results, result, world)
+        if attacked is not None:
+            summary["attack"] = attacked
+        _write_json(args.out, summary)
     if args.per_sample is not None:
         _write_per_sample(args.per_sample, result.records)
-    if default_log and log.exists():
-        log.unlink()  # complete: everything is in the outputs now
+    if default_log:  # complete: everything is in the outputs now
+        for path in [log, *(log.with_name(f"{log.name}.attack-{g}.jsonl") for g in groups)]:
+            path.unlink(missing_ok=True)
     return 0
+
+
+def _attack(args, distances, groups, result, options, log):
+    """Robust 2AFC accuracy per group (rpmetric.attacks), on the triplets the clean run did not skip."""
+    from ..attacks.cli import attack_groups
+
+    bad = {(item["group"], item["id"]) for item in result.skipped}
+    kept = {g: [t for t in records if (g, t.id) not in bad] for g, records in groups.items()}
+    return attack_groups(distances.metric, kept, options, batch_size=args.batch_size, workers=args.workers,
+                         log=log, resume=args.resume, progress=True)
 
 
 def _device(device, world: int):
