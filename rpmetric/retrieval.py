@@ -163,7 +163,7 @@ def _faiss_topk(database: torch.Tensor, queries: torch.Tensor, k: int, ivf: bool
     db = _unit32(database)
     dim = db.shape[1]
     if ivf:
-        nlist = max(1, min(int(4 * len(db) ** 0.5), len(db) // 39))  # FAISS wants ~39 training points per cell
+        nlist = max(1, min(int(len(db) ** 0.5), len(db) // 39))  # FAISS wants ~39 training points per cell
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(db)

@@ -313,8 +313,7 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
     mine = [k for k in distributed.shard(range(n_shards), rank, world) if not _shard_done(out, k)]
     if max_shards is not None:
         mine = mine[:max_shards]
-    _embed_shards(metric, out, root, files, mine, plan["dim"], dtype, shard_size, batch_size, num_workers,
-                  progress and rank == 0)
+    _embed_shards(metric, out, root, files, mine, dtype, shard_size, batch_size, num_workers, progress and rank == 0)
 
     distributed.barrier()
     if rank != 0:
@@ -334,7 +333,7 @@ def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite
         plan = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "rpmetric_version": __version__,
             "model": spec_dict(metric.spec), "model_ref": metric.spec.local_path or metric.spec.name,
-            "dim": _output_dim(metric), "dtype": dtype, "normalized": True, "shard_size": shard_size,
+            "dtype": dtype, "normalized": True, "shard_size": shard_size,
             "source": str(Path(source).expanduser().resolve()), "root": str(root), "complete": False,
             "files": files,
         }
@@ -345,31 +344,39 @@ def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite
         raise
 
 
-def _embed_shards(metric, out: Path, root: Path, files: List[str], shards: List[int], dim: int, dtype: str,
+def _embed_shards(metric, out: Path, root: Path, files: List[str], shards: List[int], dtype: str,
                   shard_size: int, batch_size: int, num_workers: int, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     spans = {k: range(k * shard_size, min((k + 1) * shard_size, len(files))) for k in shards}
-    # Batches never cross a shard boundary, so each shard can be written as soon as its last batch is in.
-    batches = [b for k in shards for b in _batches(spans[k], batch_size)]
-    if not batches:
+    if not shards:
         return
+    # Batches never cross a shard boundary, so each shard can be written as soon as its last batch is in.
+    # (Smaller first batches to start the encoder sooner were tried and lost: on a busy CPU every encoder
+    # call pays a large fixed cost in thread synchronisation.)
+    batches = [b for k in shards for b in _batches(spans[k], batch_size)]
     absolute = [str(root / f) for f in files]
     loader = _loader(absolute, batches, metric.spec.preprocessing, num_workers, metric.device.type == "cuda")
     bar = tqdm(total=sum(len(spans[k]) for k in shards), unit="img", desc="embed", disable=not progress)
     pending = iter(shards)
     k = next(pending)
+    dim = None  # known from the first embedded batch; a dummy forward only if a shard has no readable file
     got: dict = {}  # file index -> embedding row
     reasons: dict = {}  # file index -> why it was skipped
     with bar:
         for indices, emb, failed in _embed_loader(metric.encoder, loader, metric.device):
             got.update(zip(indices, emb))
+            dim = emb.shape[1] if len(indices) else dim
             reasons.update(failed)
             bar.update(len(indices) + len(failed))
             if len(got) + len(reasons) < len(spans[k]):
                 continue
             kept = [i for i in spans[k] if i in got]
-            rows = np.stack([got[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
+            if kept:
+                rows = np.stack([got[i] for i in kept])
+            else:
+                dim = _output_dim(metric) if dim is None else dim
+                rows = np.zeros((0, dim), np.float32)
             _write_shard(out, k, rows.astype(dtype), [files[i] for i in kept],
                          [{"path": files[i], "reason": reasons[i]} for i in spans[k] if i in reasons])
             got, reasons = {}, {}
@@ -384,8 +391,23 @@ def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
         shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"]})
         paths.extend(meta["paths"])
         skipped.extend(meta["skipped"])
-    manifest.update(shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
+    dim = np.load(out / shards[0]["embeddings"], mmap_mode="r").shape[1]  # every shard is written [n, dim]
+    manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
     _write_json(out / MANIFEST, manifest)
+
+
+def read_csv_columns(path: Union[str, Path], columns: Sequence[str]) -> List[dict]:
+    """Rows of a CSV file with a header that has at least ``columns``."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not set(columns) <= set(reader.fieldnames):
+            raise ValueError(f"{path} must have a header with columns {','.join(columns)} (found: {reader.fieldnames}).")
+        return list(reader)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -469,38 +491,41 @@ class EmbeddingStore:
     def read_labels(self, labels_csv: Union[str, Path]) -> List[Optional[str]]:
         """Per store row, its label from a CSV with columns ``path,label`` (None where unlabelled).
 
-        A CSV path may be relative to the CSV's folder, absolute, or as the store records it
-        (relative to the store's root). Rows naming files the store skipped as unreadable are
-        ignored; rows naming files the store does not hold are an error.
+        Paths are resolved by :meth:`locate` (relative to the CSV's folder, absolute, or as the
+        store records them); rows naming files the store skipped as unreadable are ignored.
         """
-        import csv
+        rows = read_csv_columns(labels_csv, ("path", "label"))
+        labels: List[Optional[str]] = [None] * len(self)
+        found = self.locate([r["path"] for r in rows], Path(labels_csv).resolve().parent, source=labels_csv)
+        for i, r in zip(found, rows):
+            if i is not None:
+                labels[i] = r["label"]
+        return labels
 
-        labels_csv = Path(labels_csv)
-        if not labels_csv.is_file():
-            raise FileNotFoundError(f"Labels file not found: {labels_csv}")
+    def locate(self, names: Sequence[str], base: Union[str, Path], source="the input") -> List[Optional[int]]:
+        """Store rows of file names: each relative to ``base``, absolute, or as the store records it
+        (relative to ``root``). None for files the store skipped as unreadable.
+
+        Raises:
+            ValueError: names of files the store does not hold (the first few are quoted).
+        """
         by_file = {os.path.normpath(f): i for i, f in enumerate(self.files)}
         by_file.update({p: i for i, p in enumerate(self.paths)})
-        skipped = {s["path"] for s in self.skipped} | {str(self.root / s["path"]) for s in self.skipped}
-        labels: List[Optional[str]] = [None] * len(self)
+        skipped = {s["path"] for s in self.skipped} | {os.path.normpath(self.root / s["path"]) for s in self.skipped}
+        rows: List[Optional[int]] = []
         unknown = []
-        with open(labels_csv, newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise ValueError(f"{labels_csv} must have a header with columns path,label (found: {reader.fieldnames}).")
-            for row in reader:
-                name = row["path"]
-                absolute = os.path.normpath(labels_csv.resolve().parent / name)
-                i = by_file.get(absolute, by_file.get(name))
-                if i is not None:
-                    labels[i] = row["label"]
-                elif absolute not in skipped and name not in skipped:
-                    unknown.append(name)
+        for name in names:
+            absolute = os.path.normpath(Path(base) / name)
+            i = by_file.get(absolute, by_file.get(name))
+            if i is None and absolute not in skipped and name not in skipped:
+                unknown.append(name)
+            rows.append(i)
         if unknown:
             raise ValueError(
-                f"{labels_csv} names {len(unknown)} file(s) that store {self.path} does not hold, e.g. "
-                f"{', '.join(repr(u) for u in unknown[:3])}; paths must be relative to the CSV's folder or to {self.root}."
+                f"{source} names {len(unknown)} file(s) that store {self.path} does not hold, e.g. "
+                f"{', '.join(repr(u) for u in unknown[:3])}; paths must be relative to {base} or to {self.root}."
             )
-        return labels
+        return rows
 
     def check_same_model(self, other: "EmbeddingStore") -> None:
         """Raise ValueError unless ``other`` was built with the same model (so distances compare)."""

@@ -149,7 +149,7 @@ def test_classify_votes_with_labelled_images_only(capsys, store, images, tmp_pat
     (["search", "{store}", "{images}/missing.png"], "Query .*missing.png does not exist"),
     (["search", "{images}", "--query-store", "{store}"], "is not an embedding store"),
     (["dedup", "{store}", "--threshold", "3"], "must be a cosine distance in \\[0, 2\\], but got 3.0"),
-    (["classify", "{store}", "{images}/img1.png", "--labels", "{images}/none.csv"], "Labels file not found"),
+    (["classify", "{store}", "{images}/img1.png", "--labels", "{images}/none.csv"], "CSV file not found"),
 ])
 def test_user_errors_exit_2_with_one_line(capsys, store, images, argv, message):
     code, _, err = run(capsys, *[a.format(store=store, images=images) for a in argv])
@@ -175,3 +175,44 @@ def test_torchrun_two_processes_write_the_same_store(store, images, vit_folder, 
     assert two.paths == one.paths and two.skipped == one.skipped
     torch.testing.assert_close(two.embeddings(), one.embeddings(), atol=1e-5, rtol=0)
     assert np.array_equal(np.load(out / "emb-00001.npy").shape, [4, 24])  # shard 1 came from rank 1
+
+
+def test_eval_retrieval_knn_and_duplicate(capsys, store, images, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{images / n},{n[3]}\n" for n in ORIGINALS))  # label = digit
+    queries = tmp_path / "queries.csv"
+    queries.write_text(f"path,label\n{images / 'copy_noise.png'},0\n{images / 'copy_jpeg.jpg'},3\n"
+                       f"{images / 'copy_jpeg.jpg'},5\n")
+    code, out, _ = run(capsys, "eval", "retrieval", store, "--queries", queries, "--labels", labels, "--k", "1",
+                       "--device", "cpu", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["clean_accuracy"] == pytest.approx(2 / 3) and result["robust_accuracy"] is None
+    dup = tmp_path / "dup.csv"
+    dup.write_text(f"path,match\n{images / 'copy_noise.png'},img0.png\n{images / 'copy_jpeg.jpg'},img3.png\n")
+    # Queries are copies; the store holds both copy and original, so the nearest is the copy itself,
+    # not the listed match: clean accuracy 0. Against the copies as matches it is 1.
+    code, out, _ = run(capsys, "eval", "retrieval", store, "--queries", dup, "--task", "duplicate",
+                       "--device", "cpu", "--json")
+    assert json.loads(out)["clean_accuracy"] == 0.0
+    dup.write_text(f"path,match\n{images / 'img5.png'},img5.png\n{images / 'img6.png'},img6.png\n")
+    out_json = tmp_path / "r.json"
+    code, out, _ = run(capsys, "eval", "retrieval", store, "--queries", dup, "--task", "duplicate", "--device", "cpu",
+                       "--attack", "linf", "--eps", "8", "--steps", "5", "--out", out_json)
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["task", "queries", "clean"]
+    result = json.loads(out_json.read_text())
+    assert result["clean_accuracy"] == 1.0 and result["attack"]["eps"] == pytest.approx(8 / 255)
+    assert result["records"][0]["truth"].endswith("img5.png")
+    assert result["robust_accuracy"] <= result["clean_accuracy"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--task", "knn"], "--labels is needed with --task knn"),
+    (["--task", "duplicate", "--eps", "4"], "--eps only apply to a robust evaluation; add --attack"),
+    (["--task", "duplicate", "--k", "0"], "--k must be at least 1"),
+])
+def test_eval_retrieval_errors(capsys, store, tmp_path, extra, message):
+    queries = tmp_path / "q.csv"
+    queries.write_text("path,match\nx.png,img0.png\n")
+    code, _, err = run(capsys, "eval", "retrieval", store, "--queries", queries, *extra)
+    assert code == 2 and message in err

@@ -177,3 +177,64 @@ def test_knn_classify_hand_worked():
     assert preds[2].neighbours == [3, 4, 2]
     with pytest.raises(ValueError, match=r"Argument `labels` must give one label per reference row \(5\), but got 2"):
         knn_classify(ref, ["a", "b"], unit_angles(0.0))
+
+
+# -- robustness of retrieval decisions (rpmetric.robust_retrieval) ------------------------------
+def test_nearest_class_logits_hand_worked_and_differentiable():
+    from rpmetric.robust_retrieval import NearestClassLogits
+
+    reference = torch.eye(3)
+    logits = NearestClassLogits(torch.nn.Flatten(), reference, torch.tensor([0, 1, 1]), 2)
+    x = torch.tensor([[3.0, 0.0, 4.0]]).view(1, 3, 1, 1).requires_grad_()
+    out = logits(x)
+    # unit query (0.6, 0, 0.8): class 0 holds e0 (cos 0.6), class 1 holds e1 and e2 (max cos 0.8)
+    torch.testing.assert_close(out, torch.tensor([[0.6, 0.8]]))
+    out[0, 1].backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_retrieval_attack_eps_zero_changes_nothing_and_eps_four_hurts(tiny_metric):
+    from rpmetric.attacks import AttackConfig
+    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        reference = tiny_metric.embed(images)
+    truth = list(range(6))  # duplicate task: each query's duplicate is its own stored row
+    clean = evaluate_retrieval_attack(tiny_metric, reference, images, truth, task="duplicate")
+    assert clean.clean_accuracy == 1.0 and clean.robust_accuracy is None
+    none = evaluate_retrieval_attack(tiny_metric, reference, images, truth, task="duplicate",
+                                     config=AttackConfig.create("linf", 0.0, steps=3))
+    assert none.robust_accuracy == 1.0
+    attacked = evaluate_retrieval_attack(tiny_metric, reference, images, truth, task="duplicate", batch_size=4,
+                                         config=AttackConfig.create("linf", 8 / 255, steps=10))
+    assert attacked.robust_accuracy < 1.0
+    assert [r["attacked"] for r in attacked.records] != truth
+
+
+def test_retrieval_attack_knn_labels(tiny_metric):
+    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(4, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        reference = tiny_metric.embed(images)
+    labels = ["a", "b", "a", "b"]
+    # Queries are the reference images themselves: with k=1 the vote is the image's own label.
+    result = evaluate_retrieval_attack(tiny_metric, reference, images, ["a", "b", "b", "b"], labels=labels, k=1)
+    assert result.clean_accuracy == 0.75 and [r["clean"] for r in result.records] == labels
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"task": "rank"}, r"Argument `task` must be one of \('knn', 'duplicate'\), but got 'rank'"),
+    ({"truth": ["a"]}, r"Argument `truth` must give one entry per query image \(2\), but got 1"),
+    ({"labels": None}, "task 'knn' needs `labels`"),
+    ({"truth": ["a", "zebra"]}, r"True labels \['zebra'\] do not occur in the reference labels"),
+])
+def test_retrieval_attack_errors(tiny_metric, kwargs, message):
+    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+
+    args = {"truth": ["a", "b"], "labels": ["a", "b"], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        evaluate_retrieval_attack(tiny_metric, torch.eye(2, 24), torch.rand(2, 3, 32, 32), **args)

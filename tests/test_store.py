@@ -234,7 +234,7 @@ def test_read_labels(store32, images, tmp_path):
     csv_path.write_text("file,class\nimg1.png,a\n")
     with pytest.raises(ValueError, match="must have a header with columns path,label"):
         store32.read_labels(csv_path)
-    with pytest.raises(FileNotFoundError, match="Labels file not found"):
+    with pytest.raises(FileNotFoundError, match="CSV file not found"):
         store32.read_labels(tmp_path / "missing.csv")
 
 

@@ -6,6 +6,7 @@ Query images are embedded with the store's own model, so distances compare.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -19,6 +20,49 @@ def register(sub) -> None:
     _register_search(sub)
     _register_dedup(sub)
     _register_classify(sub)
+    eval_parser = sub.choices.get("eval")  # registered by rpmetric.cli.evaluate, which loads first
+    if eval_parser is not None:
+        register_eval_retrieval(_subcommands(eval_parser))
+
+
+def _subcommands(parser: argparse.ArgumentParser):
+    """The sub-command action of a parser (argparse offers no public accessor for it)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise ValueError(f"parser {parser.prog!r} has no sub-commands")
+
+
+def register_eval_retrieval(datasets) -> None:
+    """Add ``retrieval`` under ``rpmetric eval`` (``datasets`` is eval's sub-command action)."""
+    from ..attacks import add_attack_options
+    from ..retrieval import VOTES
+    from ..robust_retrieval import TASKS
+
+    q = datasets.add_parser(
+        "retrieval", help="kNN label or duplicate retrieval accuracy, clean and under APGD",
+        description="Accuracy of retrieval decisions for query images listed in --queries, on clean images and, "
+                    "with --attack, on images perturbed by APGD-CE (at the model's input size, in [0, 1]) to "
+                    "change the decision. --task knn: the CSV has columns path,label and STORE's images are "
+                    "labelled by --labels; correct means the kNN vote gives the true label. --task duplicate: "
+                    "the CSV has columns path,match naming each query's true duplicate in STORE; correct means "
+                    "the nearest stored image is that duplicate.",
+    )
+    q.add_argument("store", type=Path, metavar="STORE", help="store folder written by `rpmetric embed`")
+    q.add_argument("--queries", type=Path, required=True, metavar="FILE.csv",
+                   help="query images with their truth: columns path,label (knn) or path,match (duplicate); "
+                        "paths relative to the CSV's folder")
+    q.add_argument("--task", choices=TASKS, default="knn", help="which decision to evaluate (default: knn)")
+    q.add_argument("--labels", type=Path, default=None, help="with --task knn: CSV path,label for STORE's images")
+    q.add_argument("--k", type=int, default=5, help="with --task knn: neighbours that vote (default: 5)")
+    q.add_argument("--vote", choices=VOTES, default="majority", help="with --task knn: the vote rule (default: majority)")
+    q.add_argument("--model", default=None, help="embed queries with this model instead of the store's; warns if it differs")
+    add_device_option(q)
+    q.add_argument("--batch-size", type=int, default=16, help="queries attacked at once (default: 16)")
+    q.add_argument("--json", action="store_true", help="print JSON (with one record per query) instead of a table")
+    q.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    add_attack_options(q)
+    q.set_defaults(func=run_eval_retrieval)
 
 
 # -- parsers -----------------------------------------------------------------------------------
@@ -272,4 +316,67 @@ def run_classify(args) -> int:
         print(json.dumps({"store": str(store.path), "k": args.k, "vote": args.vote, "results": results}, indent=1))
     else:
         print(format_table([(r["query"], r["label"], f"{r['score']:.3f}") for r in results], ["query", "label", "score"]))
+    return 0
+
+
+def run_eval_retrieval(args) -> int:
+    import torch
+
+    from ..attacks import AttackConfig, attack_config_from_args
+    from ..images import load_image
+    from ..robust_retrieval import evaluate_retrieval_attack
+    from ..store import EmbeddingStore, read_csv_columns
+
+    options = attack_config_from_args(args)  # checks the attack options before any work
+    _check_k(args.k)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, but got {args.batch_size}")
+    if (args.task == "knn") != (args.labels is not None):
+        raise ValueError("--labels is needed with --task knn, and only then")
+    store = EmbeddingStore(args.store)
+    truth_column = "label" if args.task == "knn" else "match"
+    rows = read_csv_columns(args.queries, ("path", truth_column))
+    if options is not None and options["n_samples"] is not None:
+        rows = rows[:options["n_samples"]]
+    if not rows:
+        raise ValueError(f"{args.queries} lists no queries")
+    base = args.queries.resolve().parent
+    reference, labels = store.embeddings(), None
+    if args.task == "knn":
+        all_labels = store.read_labels(args.labels)
+        labelled = [i for i, label in enumerate(all_labels) if label is not None]
+        if not labelled:
+            raise ValueError(f"{args.labels} labels none of the images of store {store.path}")
+        reference, labels = reference[labelled], [all_labels[i] for i in labelled]
+        truth = [r["label"] for r in rows]
+    else:
+        truth = store.locate([r["match"] for r in rows], base, source=args.queries)
+        if None in truth:
+            raise ValueError(f"{args.queries} names as a match a file that store {store.path} skipped as unreadable")
+    metric = store.load_metric(args.model, args.device)
+    pp = metric.spec.preprocessing
+    from ..preprocess import resize_and_crop
+
+    images = torch.cat([resize_and_crop(load_image(base / r["path"]), pp) for r in rows])
+    config = None
+    if options is not None:
+        config = AttackConfig.create(options["norm"], options["eps"], steps=options["steps"],
+                                     restarts=options["restarts"], seed=options["seed"])
+    result = evaluate_retrieval_attack(metric, reference, images, truth, task=args.task, labels=labels, k=args.k,
+                                       vote=args.vote, config=config, batch_size=args.batch_size,
+                                       names=[r["path"] for r in rows])
+    data = {"store": str(store.path), "queries": str(args.queries), **result.to_dict()}
+    if args.task == "duplicate":  # name stored images by path rather than by row
+        files = store.files
+        for record in data["records"]:
+            record.update({key: files[record[key]] for key in ("truth", "clean", "attacked") if key in record})
+    if args.out is not None:
+        args.out.write_text(json.dumps(data, indent=1))
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        attack = "-" if config is None else f"{config.norm.value} eps {config.eps:.6g}, {config.steps} steps"
+        robust = "-" if result.robust_accuracy is None else f"{100 * result.robust_accuracy:.1f}"
+        print(format_table([(args.task, result.n, f"{100 * result.clean_accuracy:.1f}", robust, attack)],
+                           ["task", "queries", "clean %", "attacked %", "attack"]))
     return 0

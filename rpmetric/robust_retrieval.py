@@ -1,0 +1,150 @@
+"""Robustness of retrieval decisions: APGD perturbs query images to change their kNN label or to
+push them away from their true duplicate; clean and attacked accuracy are reported.
+
+The decisions themselves (a kNN vote, a nearest neighbour) are not differentiable, so the attack
+runs on a surrogate classifier, :class:`NearestClassLogits`: per class, the highest cosine
+similarity between the query's embedding and the class's reference embeddings (for duplicates
+every stored image is its own class). The attack is the robust-evaluation issue's APGD-CE
+(:func:`rpmetric.attacks.run_apgd`), and the real decision is re-checked on the returned images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .retrieval import knn_classify, search
+
+__all__ = ["TASKS", "NearestClassLogits", "RetrievalAttackResult", "evaluate_retrieval_attack"]
+
+TASKS = ("knn", "duplicate")
+
+
+class NearestClassLogits(nn.Module):
+    """``logits[n, c] = max_{i: classes[i] = c} cos(f(x_n), reference_i)``: a 1-NN classifier as logits.
+
+    Args:
+        features: maps images ``[N, 3, S, S]`` in [0, 1] to embeddings, differentiably (an Encoder).
+        reference: ``[M, D]`` reference embeddings, held fixed.
+        classes: ``[M]`` class index of each reference row, in ``[0, n_classes)``.
+        n_classes: number of classes.
+
+    Example:
+        >>> logits = NearestClassLogits(nn.Flatten(), torch.eye(3), torch.tensor([0, 1, 1]), 2)
+        >>> logits(torch.tensor([[0.0, 3.0, 4.0]]).view(1, 3, 1, 1))
+        tensor([[0.0000, 0.8000]])
+    """
+
+    def __init__(self, features, reference: torch.Tensor, classes: torch.Tensor, n_classes: int):
+        super().__init__()
+        self.features = features
+        self.reference = F.normalize(reference.detach().float(), dim=-1)
+        self.classes = classes.long()
+        self.n_classes = n_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A matrix product ranks against every reference row at once; this is a similarity (a logit),
+        # not a reported distance.
+        sim = F.normalize(self.features(x).float(), dim=-1) @ self.reference.to(x.device).T
+        index = self.classes.to(x.device).expand(len(x), -1)
+        out = sim.new_zeros(len(x), self.n_classes)
+        return out.scatter_reduce(1, index, sim, reduce="amax", include_self=False)
+
+    def select(self, rows: torch.Tensor) -> "NearestClassLogits":
+        """The same classifier for a subset of rows (the reference is shared by all rows)."""
+        return self
+
+
+@dataclass
+class RetrievalAttackResult:
+    """Clean and attacked accuracy of a retrieval decision, with one record per query."""
+
+    task: str
+    n: int
+    clean_accuracy: float
+    robust_accuracy: Optional[float]
+    attack: Optional[dict]
+    records: List[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "n": self.n, "clean_accuracy": self.clean_accuracy,
+                "robust_accuracy": self.robust_accuracy, "attack": self.attack, "records": self.records}
+
+
+def _decide(task: str, reference: torch.Tensor, labels, emb: torch.Tensor, k: int, vote: str) -> List:
+    if task == "knn":
+        return [p.label for p in knn_classify(reference, labels, emb, k, vote=vote, index="exact")]
+    return search(reference, emb, 1, index="exact").indices[:, 0].tolist()
+
+
+def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Tensor, truth: Sequence, *,
+                              task: str = "knn", labels: Optional[Sequence[str]] = None, k: int = 5,
+                              vote: str = "majority", config=None, batch_size: int = 16,
+                              names: Optional[Sequence[str]] = None) -> RetrievalAttackResult:
+    """Accuracy of kNN labels or duplicate retrieval on clean and APGD-attacked query images.
+
+    Args:
+        metric: the :class:`~rpmetric.RobustDistance` that embedded ``reference``.
+        reference: ``[M, D]`` reference embeddings (a labelled store, or the store of originals).
+        images: ``[Q, 3, S, S]`` query images in [0, 1] at the model's input size.
+        truth: per query, its true label (``task="knn"``) or the reference row of its true
+            duplicate (``task="duplicate"``).
+        task: ``"knn"`` (attack pushes the kNN vote to another label) or ``"duplicate"`` (attack
+            pushes the query away from its duplicate: correct means its nearest neighbour is it).
+        labels: ``M`` reference labels (``task="knn"``).
+        k, vote: the kNN rule (see :func:`rpmetric.retrieval.knn_vote`).
+        config: an :class:`rpmetric.attacks.AttackConfig`; None reports clean accuracy only.
+        batch_size: queries attacked at once.
+        names: per query, a name for the records (e.g. its path).
+
+    Example:
+        >>> from rpmetric.attacks import AttackConfig
+        >>> result = evaluate_retrieval_attack(metric, store.embeddings(), x, ["cat", "dog"], labels=labels,
+        ...                                    config=AttackConfig.create("linf"))  # doctest: +SKIP
+    """
+    if task not in TASKS:
+        raise ValueError(f"Argument `task` must be one of {TASKS}, but got {task!r}.")
+    if len(truth) != len(images):
+        raise ValueError(f"Argument `truth` must give one entry per query image ({len(images)}), but got {len(truth)}.")
+    if task == "knn":
+        if labels is None or len(labels) != len(reference):
+            raise ValueError("task 'knn' needs `labels`, one per reference row.")
+        vocabulary = sorted(set(labels))
+        unknown = sorted({t for t in truth if t not in vocabulary})
+        if unknown:
+            raise ValueError(f"True labels {unknown[:3]} do not occur in the reference labels {vocabulary[:10]}; "
+                             "the kNN vote could never be right.")
+        classes = torch.tensor([vocabulary.index(label) for label in labels])
+        targets = torch.tensor([vocabulary.index(t) for t in truth])
+    else:
+        classes = torch.arange(len(reference))
+        targets = torch.tensor([int(t) for t in truth])
+        vocabulary = None
+    logits = NearestClassLogits(metric.encoder, reference, classes, len(vocabulary) if task == "knn" else len(reference))
+
+    clean_pred, attacked_pred = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(metric.device)
+        with torch.no_grad():
+            pred = _decide(task, reference, labels, metric.encoder(x).cpu(), k, vote)
+        clean_pred.extend(pred)
+        if config is None:
+            continue
+        from .attacks import run_apgd
+
+        want = list(truth[start:start + batch_size])
+        correct = torch.tensor([p == t for p, t in zip(pred, want)], device=x.device)
+        adv = run_apgd(logits, x, targets[start:start + batch_size].to(x.device), config, correct=correct).images
+        with torch.no_grad():
+            attacked_pred.extend(_decide(task, reference, labels, metric.encoder(adv).cpu(), k, vote))
+    names = list(names) if names is not None else [str(i) for i in range(len(images))]
+    records = [{"query": n, "truth": t, "clean": c, **({"attacked": a} if config is not None else {})}
+               for n, t, c, a in zip(names, truth, clean_pred, attacked_pred or [None] * len(clean_pred))]
+    n = len(images)
+    clean = sum(c == t for c, t in zip(clean_pred, truth)) / n if n else float("nan")
+    robust = sum(a == t for a, t in zip(attacked_pred, truth)) / n if config is not None and n else None
+    return RetrievalAttackResult(task, n, clean, robust, config.to_dict() if config is not None else None, records)
