@@ -15,7 +15,7 @@ from ..preprocess import resize_and_crop
 from ..runlog import RunLog
 from ..scoring import binary_accuracy
 from .apgd import perturbation_norms, run_apgd
-from .config import AttackConfig
+from .config import AttackConfig, Norm
 from .features import (DefendedFeatures, Embedder, EOTDefendedFeatures, PlainFeatures, as_embedder, check_defence,
                        eot_seeds)
 from .logits import TwoAFCLogits, human_labels
@@ -229,7 +229,7 @@ def _agreement(distances, p: torch.Tensor) -> List[float]:
 def _checked_norms(attacked: torch.Tensor, clean: torch.Tensor, config: AttackConfig):
     """The perturbations' norms, after checking the promise of every attack: in the ball and in [0, 1]."""
     linf, l2 = perturbation_norms(attacked, clean)
-    size = linf if config.norm.value == "linf" else l2
+    size = linf if config.norm is Norm.LINF else l2
     limit = config.eps * (1 + _BALL_TOLERANCE) + _BALL_TOLERANCE
     if bool((size > limit).any()) or float(attacked.min()) < 0.0 or float(attacked.max()) > 1.0:
         raise RuntimeError(f"APGD returned images outside the {config.norm.value} ball of radius {config.eps} or "
