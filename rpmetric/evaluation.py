@@ -112,7 +112,7 @@ class EncoderDistances:
         with grad, amp:
             # The images are [0, 1] pixels from disk, whatever value_range the metric was built for,
             # so they go to the feature hook directly (it applies the counterattack when one is set).
-            return self.metric._features(x).float()
+            return self.metric.features(x).float()
 
     def pair_distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         fa, fb = self._features(torch.cat([a, b])).chunk(2)

@@ -80,7 +80,7 @@ class RobustDistance(nn.Module):
             normalize: L2-normalise (the default); False gives the projected embedding ``f``
                 before normalisation, as used by the counterattack.
         """
-        f = self._features(self._to_unit(x, check_images(x, "x", self.value_range)))
+        f = self.features(self._to_unit(x, check_images(x, "x", self.value_range)))
         return nn.functional.normalize(f, dim=-1) if normalize else f
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -91,9 +91,9 @@ class RobustDistance(nn.Module):
         x, y = self._to_unit(x, x_range), self._to_unit(y, y_range)
         if x.shape == y.shape:
             # One pass over both batches: fewer, larger matmuls than two calls.
-            fx, fy = self._features(torch.cat([x, y])).chunk(2)
+            fx, fy = self.features(torch.cat([x, y])).chunk(2)
         else:
-            fx, fy = self._features(x), self._features(y)
+            fx, fy = self.features(x), self.features(y)
         return cosine_distance(fx, fy)
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,6 +103,13 @@ class RobustDistance(nn.Module):
         (attacks, the counterattack) use it to accept the same inputs as the metric.
         """
         return self._to_unit(x, check_images(x, "x", self.value_range))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw embeddings ``[N, D]`` of images already in [0, 1] (any size), through the counterattack
+        when one is set. No input checks: for tools that work in pixel space (evaluation, attacks)."""
+        if self.counterattack is not None:
+            return self.counterattack.defended_features(self.encoder, x)
+        return self.encoder(x)
 
     # -- internals -------------------------------------------------------------------------
     def _to_unit(self, x: torch.Tensor, observed) -> torch.Tensor:
@@ -114,9 +121,3 @@ class RobustDistance(nn.Module):
         if observed[0] < low or observed[1] > high:
             x = x.clamp(0.0, 1.0)  # removes the tolerated rounding overshoot only
         return x
-
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.counterattack is not None:
-            return self.counterattack.defended_features(self.encoder, x)
-        return self.encoder(x)
-

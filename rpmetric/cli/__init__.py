@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -41,8 +42,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        # Expected user-facing errors: one clear line, no traceback.
-        print(f"rpmetric {args.command}: error: {err}", file=sys.stderr)
+        # Expected user-facing errors: one clear line, no traceback (once, not once per torchrun process).
+        if os.environ.get("RANK", "0") == "0":
+            print(f"rpmetric {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rpmetric {args.command}: interrupted", file=sys.stderr)
