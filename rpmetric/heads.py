@@ -305,7 +305,7 @@ def head_dropouts(module: nn.Module) -> List[nn.Module]:
 
 # -- head folders -----------------------------------------------------------------------------
 def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[str, torch.Tensor],
-                     training: Optional[dict] = None) -> Path:
+                     training: Optional[dict] = None, preprocessing: Optional[dict] = None) -> Path:
     """Write ``rpmetric_config.json`` and ``head.safetensors`` into ``folder``.
 
     Args:
@@ -313,6 +313,9 @@ def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[st
         config: the head's settings (as returned by :func:`attach_head`).
         state: the head's tensors (:func:`head_state_dict`).
         training: what produced the weights (data, epochs, scores), for provenance.
+        preprocessing: fields of :class:`~rpmetric.spec.Preprocessing` that differ from the base
+            model's, e.g. ``{"resize_size": 224, "resize_mode": "squash"}`` for heads trained the
+            DreamSim way; None keeps the base model's.
     """
     from safetensors.torch import save_file
 
@@ -321,7 +324,7 @@ def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[st
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT_VERSION, "base_model": base_model, "head": config.to_dict(),
-            "training": training or {}, "rpmetric_version": __version__}
+            "preprocessing": preprocessing or {}, "training": training or {}, "rpmetric_version": __version__}
     save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_NAME))
     # The config last: a folder with a config always has its weights.
     tmp = folder / (CONFIG_NAME + ".tmp")
@@ -341,6 +344,7 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
 
     from . import hub
     from .encoder import Encoder, load_encoder
+    from .spec import Preprocessing
 
     meta, weights = head_files
     where = f"{spec.source}/{CONFIG_NAME}"
@@ -353,6 +357,12 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
     base = load_encoder(base_model, resize=resize)
     module, _ = attach_head(base.backbone, config)
     load_head_state(module, load_file(str(weights)), where=str(weights))
-    headed_spec = replace(spec, preprocessing=base.spec.preprocessing, architecture=base.spec.architecture,
+    overrides = meta.get("preprocessing") or {}
+    unknown = sorted(set(overrides) - set(Preprocessing.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{where}: unknown preprocessing field(s) {unknown}; valid: "
+                         f"{sorted(Preprocessing.__dataclass_fields__)}.")
+    preprocessing = replace(base.spec.preprocessing, **overrides)
+    headed_spec = replace(spec, preprocessing=preprocessing, architecture=base.spec.architecture,
                           training=base.spec.training, notes=f"{config.type} head on {base_model}")
     return Encoder(module, headed_spec, resize=resize)

@@ -181,3 +181,118 @@ def test_unknown_head_setting_and_missing_targets():
         lora_targets(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="needs the embedding size"):
         attach_head(nn.Linear(2, 2), HeadConfig("mlp"))
+
+
+# -- the converter of the authors' released heads (weights/convert_dreamsim_heads.py) -------------
+def _converter():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "weights" / "convert_dreamsim_heads.py"
+    spec = importlib.util.spec_from_file_location("convert_dreamsim_heads", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _squashed(x):
+    # The converted heads squash to the model's size (DreamSim style: bicubic, antialiased and
+    # clipped like PIL, no crop); the tiny model is 32 px.
+    squashed = torch.nn.functional.interpolate(x, size=(32, 32), mode="bicubic", align_corners=False, antialias=True)
+    return squashed.clamp(0.0, 1.0)
+
+
+def test_convert_mlp_checkpoint_with_the_authors_key_names(vit_folder, tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    tensors = {"fc1.weight": torch.randn(16, 24, generator=gen), "fc1.bias": torch.randn(16, generator=gen),
+               "fc2.weight": torch.randn(24, 16, generator=gen), "fc2.bias": torch.randn(24, generator=gen)}
+    # A PyTorch Lightning checkpoint as the authors' eval.py reads it.
+    torch.save({"state_dict": {f"perceptual_model.mlp.{k}": v for k, v in tensors.items()}, "epoch": 4},
+               tmp_path / "epoch=04.ckpt")
+    assert _converter().main(["mlp", str(tmp_path / "epoch=04.ckpt"), "--base-model", str(vit_folder),
+                              "--out", str(tmp_path / "head")]) == 0
+    metric = rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+    assert metric.spec.preprocessing.resize_mode == "squash"
+    plain = rpmetric.RobustDistance(str(vit_folder), device="cpu")
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        e = plain.embed(torch.cat([x, y]), normalize=False)
+        h = torch.relu(e @ tensors["fc1.weight"].T + tensors["fc1.bias"]) @ tensors["fc2.weight"].T + tensors["fc2.bias"] + e
+        expected = 1 - torch.nn.functional.cosine_similarity(h[:2], h[2:])
+        torch.testing.assert_close(metric(x, y), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_convert_vit_lora_adapter_onto_open_clip_in_projection(vit_folder, tmp_path):
+    """PEFT adapter keys of the authors' DINO-style ViT; checked against open_clip with W + (alpha/r) B A merged."""
+    from safetensors.torch import save_file
+
+    r, width = 4, 32
+    gen = torch.Generator().manual_seed(4)
+    state = {}
+    for i in range(2):
+        a, b = torch.randn(r, width, generator=gen), torch.randn(3 * width, r, generator=gen)
+        for prefix in ("base_model.model.model.", "base_model.model."):  # the wrapper's two aliases
+            state[f"{prefix}blocks.{i}.attn.qkv.lora_A.weight"] = a.clone()
+            state[f"{prefix}blocks.{i}.attn.qkv.lora_B.weight"] = b.clone()
+    adapter = tmp_path / "epoch_4_open_clip_vitb16"
+    adapter.mkdir()
+    save_file(state, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": 2.0, "lora_dropout": 0.3,
+                                                             "target_modules": ["qkv"], "peft_type": "LORA"}))
+    _converter().convert("lora", adapter, str(vit_folder), tmp_path / "head")
+    metric = rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+
+    reference = tinymodels.load_reference_open_clip(vit_folder)
+    with torch.no_grad():
+        for i, block in enumerate(reference.visual.transformer.resblocks):
+            a = state[f"base_model.model.blocks.{i}.attn.qkv.lora_A.weight"]
+            b = state[f"base_model.model.blocks.{i}.attn.qkv.lora_B.weight"]
+            block.attn.in_proj_weight += (2.0 / r) * b @ a
+        x, y = torch.rand(2, 3, 40, 30), torch.rand(2, 3, 40, 30)
+        mean = torch.tensor(tinymodels.CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(tinymodels.CLIP_STD).view(1, 3, 1, 1)
+        fx, fy = (reference.encode_image((_squashed(z) - mean) / std) for z in (x, y))
+        expected = 1 - torch.nn.functional.cosine_similarity(fx, fy)
+        torch.testing.assert_close(metric(x, y), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_convert_convnext_lora_keeps_module_names(convnext_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    targets = lora_targets(load_encoder(str(convnext_folder)).backbone)
+    state = {}
+    for name in targets:
+        state[f"base_model.model.model.{name}.lora_A.weight"] = torch.zeros(2, 1)
+    save_file(state, str(tmp_path / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="has no matching A/B partner"):
+        _converter().convert("lora", tmp_path, str(convnext_folder), tmp_path / "head")
+    headed, config = _headed(convnext_folder, HeadConfig("lora", r=2, alpha=0.5, dropout=0.3))
+    ours = head_state_dict(headed.backbone)
+    theirs = {f"base_model.model.model.{k.replace('.default', '')}": v for k, v in ours.items()}
+    save_file(theirs, str(tmp_path / "adapter_model.safetensors"))
+    _converter().convert("lora", tmp_path, str(convnext_folder), tmp_path / "head")
+    loaded = rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+    assert loaded.spec.preprocessing.resize_mode == "squash"
+    assert set(load_file_keys(tmp_path / "head")) == set(ours)
+    converted = dict(loaded.encoder.backbone.named_parameters())
+    assert all(torch.equal(converted[k], v) for k, v in ours.items())
+
+
+def load_file_keys(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / WEIGHTS_NAME)).keys()
+
+
+def test_converter_errors(tmp_path):
+    converter = _converter()
+    torch.save({"state_dict": {"perceptual_model.mlp.fc1.weight": torch.zeros(2, 2)}}, tmp_path / "a.ckpt")
+    with pytest.raises(ValueError, match="has no complete MLP head"):
+        converter.convert("mlp", tmp_path / "a.ckpt", "r-clip-f-vitb16", tmp_path / "out")
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "args": HeadConfig("mlp")}, tmp_path / "pickled.ckpt")
+    with pytest.raises(ValueError, match=r"cannot be read with torch.load\(weights_only=True\)"):
+        converter.convert("mlp", tmp_path / "pickled.ckpt", "r-clip-f-vitb16", tmp_path / "out")
+    with pytest.raises(ValueError, match="is not a folder"):
+        converter.convert("lora", tmp_path / "a.ckpt", "r-clip-f-vitb16", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="has no adapter_model.safetensors or adapter_model.bin"):
+        converter.convert("lora", tmp_path, "r-clip-f-vitb16", tmp_path / "out")
