@@ -11,6 +11,12 @@
   than a step that would run the backbone forward+backward on the batch's images.
 
     python evals/bench_train.py [--arch ViT-B-32] [--lora-batch 4] [--repeats 3] [--threads 2]
+
+With ``--adversarial-study`` it instead measures what ``--adversarial linf --eps 4`` does on the
+tiny test ViT and generated NIGHTS data (tests/test_training.py's learnable rule): clean val 2AFC
+and robust val accuracy (APGD-CE, l-inf 4/255) of heads trained with and without it.
+
+    python evals/bench_train.py --adversarial-study [--epochs 6] [--attack-steps 20]
 """
 
 from __future__ import annotations
@@ -35,8 +41,14 @@ def main() -> None:
     parser.add_argument("--mlp-triplets", type=int, default=4096, help="cached triplets per MLP epoch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adversarial-study", action="store_true", help="measure adversarial training instead")
+    parser.add_argument("--epochs", type=int, default=6, help="(study) training epochs")
+    parser.add_argument("--attack-steps", type=int, default=20, help="(study) APGD steps of the robust evaluation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.adversarial_study:
+        adversarial_study(args)
+        return
 
     from rpmetric.datasets import Triplet
     from rpmetric.encoder import Encoder, load_encoder
@@ -111,6 +123,41 @@ def main() -> None:
         "mlp_speedup_vs_backbone_step": round((batch_images / plain_images_per_s) / mlp_step_s),
     }
     print(json.dumps(report, indent=2))
+
+
+def adversarial_study(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_training
+    import tinymodels
+
+    import rpmetric
+    from rpmetric.attacks.evaluate import evaluate_attack
+    from rpmetric.datasets import read_nights
+    from rpmetric.heads import HeadConfig
+    from rpmetric.training import TrainConfig, train_nights
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rpmetric-adv-study-") as tmp:
+        tmp = Path(tmp)
+        test_training.SIZES.update(train=96, val=32, test=8)
+        root = test_training.write_learnable_nights(tmp / "nights")
+        model = str(tinymodels.save_open_clip(tmp / "vit", tinymodels.TINY_VIT_CFG))
+        val = read_nights(root, "val")
+
+        def measure(name, metric):
+            result = evaluate_attack(metric, val, steps=args.attack_steps, progress=False)
+            rows.append({"model": name, "clean_binary_acc": result.clean_accuracy,
+                         "robust_binary_acc_linf_4": result.robust_accuracy})
+
+        measure("base (no head)", rpmetric.RobustDistance(model, device="cpu"))
+        for head in ("mlp", "lora"):
+            for adversarial in (None, "linf"):
+                config = TrainConfig(HeadConfig(head, hidden=64, r=4, alpha=4.0), epochs=args.epochs,
+                                     batch_size=8, lr=1e-2, adversarial=adversarial)
+                out = tmp / f"{head}-{adversarial}"
+                train_nights(root, model, out, config, progress=False, device="cpu")
+                measure(f"{head}{' + adversarial' if adversarial else ''}", rpmetric.RobustDistance(str(out), device="cpu"))
+    print(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
