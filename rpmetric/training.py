@@ -194,19 +194,25 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
         load_head_state(module, state["head"], where=str(checkpoint_path))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         history, best_epoch, best_state = state["history"], state["best_epoch"], state["best_head"]
     else:
         history, best_epoch, best_state = [run.val_score(model)], 0, head_state_dict(module)
     out.mkdir(parents=True, exist_ok=True)
 
-    for epoch in range(len(history), config.epochs + 1):
+    epochs = tqdm(range(len(history), config.epochs + 1), desc="training", unit="epoch", disable=not progress,
+                  total=config.epochs, initial=len(history) - 1)
+    for epoch in epochs:
         with _head_training(params, head_dropouts(module)):
             run.train_epoch(model, optimizer, epoch)
         history.append(run.val_score(model))
+        epochs.set_postfix(val_2afc=f"{history[-1]:.4f}", best=f"{max(history):.4f}")
         if history[-1] > history[best_epoch]:
             best_epoch, best_state = epoch, {k: v.clone() for k, v in head_state_dict(module).items()}
         _write_checkpoint(checkpoint_path, {"settings": settings, "head": head_state_dict(module),
                                             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                                             "history": history, "best_epoch": best_epoch, "best_head": best_state})
 
     load_head_state(module, best_state)
