@@ -220,6 +220,15 @@ def test_works_in_any_autograd_context(encoder, context):
     assert all(p.grad is None for p in encoder.parameters())
 
 
+def test_inference_tensor_input_outside_inference_mode(encoder):
+    with torch.inference_mode():
+        x = images(2).clone()  # an inference tensor, later used in normal mode
+    ttc = Counterattack(tau_threshold=ALWAYS)
+    features = ttc.defended_features(encoder, x)
+    with torch.no_grad():
+        assert torch.allclose(features, encoder(ttc(encoder, images(2)).images), atol=1e-5)
+
+
 def test_metric_with_counterattack_in_inference_mode(vit_folder):
     metric = rpmetric.RobustDistance(str(vit_folder), device="cpu", counterattack=Counterattack(tau_threshold=ALWAYS))
     x, y = images(2), images(2, seed=1)
