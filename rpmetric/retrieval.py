@@ -23,9 +23,12 @@ __all__ = [
 
 INDEXES = ("auto", "exact", "faiss", "ivf")
 VOTES = ("majority", "distance")
-# Below this many stored vectors "auto" uses exact torch search, above it a FAISS IVF index
-# (evals/bench_retrieval.py: exact search of 100,000 x 512 answers 1,000 queries in about a second).
-AUTO_IVF_MIN = 1_000_000
+# "auto" builds a FAISS IVF index only when it pays for itself: search() builds its index per call,
+# and evals/bench_retrieval.py measured, for 100,000 x 512 vectors and 1,000 queries on 2 CPU cores,
+# exact torch 1-1.5 s, FAISS flat 4-6 s, IVF 7-15 s (mostly k-means training). Exact costs N*Q, an
+# IVF build about 25*N*sqrt(N) plus Q*N/8 for the queries, so IVF wins for very large N and Q.
+AUTO_IVF_MIN = 1_000_000  # stored vectors
+AUTO_IVF_MIN_QUERIES = 10_000
 _QUERY_BLOCK = 1024  # queries x database rows per matrix product stay near 64 MB of float32
 _DB_BLOCK = 16384
 _SLACK = 1e-4  # candidate margin on the similarity, before the exact distance decides
@@ -108,9 +111,9 @@ def search(database, queries, k: int = 10, *, index: str = "auto", nprobe: Optio
         queries: ``[Q, D]`` embeddings from the same model.
         k: neighbours per query (at most N are returned).
         index: ``"exact"`` (torch, matrix products in blocks), ``"faiss"`` (FAISS IndexFlatIP,
-            also exact), ``"ivf"`` (FAISS IndexIVFFlat, approximate and fast for large stores),
-            or ``"auto"``: exact below ``AUTO_IVF_MIN`` stored vectors, IVF above when FAISS is
-            installed.
+            also exact), ``"ivf"`` (FAISS IndexIVFFlat with sqrt(N) cells: approximate, built
+            per call), or ``"auto"``: IVF when FAISS is installed and there are at least
+            ``AUTO_IVF_MIN`` stored vectors and ``AUTO_IVF_MIN_QUERIES`` queries, else exact.
         nprobe: IVF cells visited per query (more: slower, higher recall); None picks 1/8 of them.
 
     Example:
@@ -123,8 +126,11 @@ def search(database, queries, k: int = 10, *, index: str = "auto", nprobe: Optio
     _check_dims(database, queries)
     _check_k(k)
     _check_choice("index", index, INDEXES)
+    if len(database) == 0:
+        raise ValueError("Argument `database` holds no embeddings; there is nothing to search.")
     if index == "auto":
-        index = "ivf" if len(database) >= AUTO_IVF_MIN and _faiss_available() else "exact"
+        large = len(database) >= AUTO_IVF_MIN and len(queries) >= AUTO_IVF_MIN_QUERIES
+        index = "ivf" if large and _faiss_available() else "exact"
     k = min(k, len(database))
     if index == "exact":
         idx = _exact_topk(database, queries, k)

@@ -67,8 +67,13 @@ def test_ivf_visiting_every_cell_is_exact_and_default_recall_is_high():
     assert recall >= 0.8
 
 
-def test_auto_is_exact_for_small_stores():
+def test_auto_is_exact_for_small_stores_and_ivf_for_large_searches(monkeypatch):
     assert search(torch.eye(3), torch.eye(3), k=1).index == "exact"
+    monkeypatch.setattr(retrieval, "AUTO_IVF_MIN", 100)
+    monkeypatch.setattr(retrieval, "AUTO_IVF_MIN_QUERIES", 20)
+    db = torch.randn(200, 8, generator=torch.Generator().manual_seed(4))
+    assert search(db, db[:19], k=1).index == "exact"
+    assert search(db, db[:20], k=1).index == "ivf"
 
 
 def test_k_larger_than_the_store_returns_every_row():
@@ -88,6 +93,8 @@ def test_search_argument_errors(kwargs, message):
 
 
 def test_search_shape_errors():
+    with pytest.raises(ValueError, match="Argument `database` holds no embeddings"):
+        search(torch.zeros(0, 3), torch.eye(3))
     with pytest.raises(ValueError, match=r"Embedding sizes differ \(3 vs 2\)"):
         search(torch.eye(3), torch.ones(1, 2))
     with pytest.raises(ValueError, match=r"Argument `queries` must be an \[N, D\] tensor .* but got \(3,\)"):

@@ -110,7 +110,7 @@ def _add_index_options(p) -> None:
 
     p.add_argument("--index", choices=INDEXES, default="auto",
                    help="exact: torch; faiss: FAISS flat (exact); ivf: FAISS IVF (approximate, fast); "
-                        "auto: exact below 1,000,000 stored vectors, else ivf (default: auto)")
+                        "auto: ivf for at least 1,000,000 stored vectors and 10,000 queries, else exact (default: auto)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF cells searched per query (default: 1/8 of them)")
 
 
