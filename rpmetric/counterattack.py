@@ -87,8 +87,8 @@ class Counterattack:
       the model's input size first; without one, images are used at the size given.
 
     Determinism: the random start of each image comes from a generator seeded by ``seed`` and a
-    hash of the image's own pixels. So the same image gets the same result wherever it stands in a
-    batch and however often it is called, and the two sides of ``metric(x, x)`` get identical
+    hash of the image's own pixels (their exact float32 values at the model's input size). So the
+    same image gets the same result wherever it stands in a batch and however often it is called, and the two sides of ``metric(x, x)`` get identical
     ``Delta``, so ``d(x, x) = 0`` under the defence. (A per-call counter would break both.)
 
     Gradients: ``Delta`` is detached, so for a caller that differentiates through the metric the
@@ -108,10 +108,11 @@ class Counterattack:
         >>> import torch
         >>> encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
         >>> ttc = Counterattack(tau_threshold=float("inf"))  # counterattack every image
-        >>> result = ttc(encoder, torch.rand(2, 3, 8, 8))
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> result = ttc(encoder, x)
         >>> result.flagged.tolist()
         [True, True]
-        >>> bool((result.images - result.images.clamp(0, 1)).abs().max() == 0)
+        >>> bool((result.images - x).abs().max() <= 4 / 255 + 1e-6)
         True
         >>> [round(w, 4) for w in ttc.step_weights().tolist()]
         [0.0159, 0.1173, 0.8668]
@@ -272,8 +273,11 @@ class Counterattack:
             deltas = [delta]
             for _ in range(self.steps):
                 delta = delta.detach().requires_grad_(True)
-                loss = (embed(x + delta).float() - z).pow(2).sum()  # images are independent: sum = per-image
-                (grad,) = torch.autograd.grad(loss, delta)
+                per_image = (embed(x + delta).float() - z).pow(2).sum(dim=-1)
+                # Sign-PGD ignores a positive scale, so bring each image's loss into [1, 2) by a power
+                # of two: exact in float32, and it keeps float16 gradients (autocast) from underflowing.
+                scale = torch.exp2(-torch.floor(torch.log2(per_image.detach().clamp_min(1e-30))))
+                (grad,) = torch.autograd.grad((per_image * scale).sum(), delta)  # images are independent
                 delta = (delta.detach() + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
                 delta = (x + delta).clamp(0.0, 1.0) - x
                 deltas.append(delta)

@@ -391,3 +391,16 @@ def test_cli_option_errors():
         parse(["--counterattack", "--counterattack-eps", "300"])
     with pytest.raises(ValueError, match=r"Argument `tau_threshold` must be in \[0, inf\], but got -1"):
         parse(["--counterattack", "--tau-threshold", "-1"])
+
+
+@pytest.mark.gpu
+def test_float16_autocast_on_gpu(vit_folder):
+    metric = rpmetric.RobustDistance(str(vit_folder), device="cuda", counterattack=Counterattack(tau_threshold=ALWAYS))
+    x = images(3).cuda()
+    with torch.autocast("cuda", dtype=torch.float16):
+        d_same, d_other = metric(x, x), metric(x, x.flip(0))
+        result = metric.counterattack(metric, x)
+    assert d_same.dtype == torch.float32 and torch.equal(d_same, torch.zeros_like(d_same))
+    assert torch.isfinite(d_other).all()
+    moved = (result.images - x).abs().amax(dim=(1, 2, 3))
+    assert (moved > 1 / 255).all() and (moved <= EPS + 1e-3).all()  # PGD steps were taken (no underflow)
