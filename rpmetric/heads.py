@@ -231,7 +231,11 @@ def _add_lora(backbone: nn.Module, config: HeadConfig) -> Tuple[nn.Module, HeadC
         setattr(holder, child, LoRAMultiheadAttention(modules[name], config.r, config.alpha, config.dropout))
     linear = [t for t in targets if t not in attention]
     if linear:
-        from peft import LoraConfig, inject_adapter_in_model
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError:
+            raise ModuleNotFoundError("LoRA on Linear layers (timm ViT qkv, ConvNeXt fc1/fc2) uses peft: "
+                                      "pip install peft (or rpmetric[train]).") from None
 
         # A string is matched by peft with re.fullmatch: exactly these modules, no namesakes.
         pattern = "(?:" + "|".join(re.escape(n) for n in linear) + ")"
