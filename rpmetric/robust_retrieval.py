@@ -2,9 +2,10 @@
 push them away from their true duplicate; clean and attacked accuracy are reported.
 
 The decisions themselves (a kNN vote, a nearest neighbour) are not differentiable, so the attack
-runs on a surrogate classifier, :class:`NearestClassLogits`: per class, the highest cosine
-similarity between the query's embedding and the class's reference embeddings (for duplicates
-every stored image is its own class). The attack is the robust-evaluation issue's APGD-CE
+runs on a surrogate classifier, :class:`NearestClassLogits`: per class, the mean of the k highest
+cosine similarities between the query's embedding and the class's reference embeddings (for
+duplicates every stored image is its own class and k = 1). A surrogate attack can only show an
+upper bound on robust accuracy. The attack is the robust-evaluation issue's APGD-CE
 (:func:`rpmetric.attacks.run_apgd`), and the real decision is re-checked on the returned images.
 """
 
@@ -25,34 +26,48 @@ TASKS = ("knn", "duplicate")
 
 
 class NearestClassLogits(nn.Module):
-    """``logits[n, c] = max_{i: classes[i] = c} cos(f(x_n), reference_i)``: a 1-NN classifier as logits.
+    """``logits[n, c]`` = mean of the ``k`` highest cosines between ``f(x_n)`` and class c's reference rows.
+
+    With ``k = 1`` this is a 1-NN classifier as logits; a larger ``k`` follows a k-NN vote more
+    closely (a class wins by having several close members, not one).
 
     Args:
         features: maps images ``[N, 3, S, S]`` in [0, 1] to embeddings, differentiably (an Encoder).
         reference: ``[M, D]`` reference embeddings, held fixed.
         classes: ``[M]`` class index of each reference row, in ``[0, n_classes)``.
         n_classes: number of classes.
+        k: members per class that count (fewer if the class is smaller).
 
     Example:
         >>> logits = NearestClassLogits(nn.Flatten(), torch.eye(3), torch.tensor([0, 1, 1]), 2)
         >>> logits(torch.tensor([[0.0, 3.0, 4.0]]).view(1, 3, 1, 1))
         tensor([[0.0000, 0.8000]])
+        >>> NearestClassLogits(nn.Flatten(), torch.eye(3), torch.tensor([0, 1, 1]), 2, k=2)(
+        ...     torch.tensor([[0.0, 3.0, 4.0]]).view(1, 3, 1, 1))
+        tensor([[0.0000, 0.7000]])
     """
 
-    def __init__(self, features, reference: torch.Tensor, classes: torch.Tensor, n_classes: int):
+    def __init__(self, features, reference: torch.Tensor, classes: torch.Tensor, n_classes: int, k: int = 1):
         super().__init__()
         self.features = features
         self.reference = F.normalize(reference.detach().float(), dim=-1)
         self.classes = classes.long()
         self.n_classes = n_classes
+        self.k = k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # A matrix product ranks against every reference row at once; this is a similarity (a logit),
         # not a reported distance.
         sim = F.normalize(self.features(x).float(), dim=-1) @ self.reference.to(x.device).T
-        index = self.classes.to(x.device).expand(len(x), -1)
-        out = sim.new_zeros(len(x), self.n_classes)
-        return out.scatter_reduce(1, index, sim, reduce="amax", include_self=False)
+        classes = self.classes.to(x.device)
+        if self.k == 1:
+            out = sim.new_zeros(len(x), self.n_classes)
+            return out.scatter_reduce(1, classes.expand(len(x), -1), sim, reduce="amax", include_self=False)
+        columns = []
+        for c in range(self.n_classes):  # kNN labels are few, so a loop over classes is cheap
+            members = sim[:, classes == c]
+            columns.append(members.topk(min(self.k, members.shape[1]), dim=1).values.mean(dim=1))
+        return torch.stack(columns, dim=1)
 
     def select(self, rows: torch.Tensor) -> "NearestClassLogits":
         """The same classifier for a subset of rows (the reference is shared by all rows)."""
@@ -124,7 +139,10 @@ def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Ten
         classes = torch.arange(len(reference))
         targets = torch.tensor([int(t) for t in truth])
         vocabulary = None
-    logits = NearestClassLogits(metric.encoder, reference, classes, len(vocabulary) if task == "knn" else len(reference))
+    if task == "knn":
+        logits = NearestClassLogits(metric.encoder, reference, classes, len(vocabulary), k=k)
+    else:
+        logits = NearestClassLogits(metric.encoder, reference, classes, len(reference))
 
     clean_pred, attacked_pred = [], []
     for start in range(0, len(images), batch_size):

@@ -231,6 +231,16 @@ def test_retrieval_attack_knn_labels(tiny_metric):
     # Queries are the reference images themselves: with k=1 the vote is the image's own label.
     result = evaluate_retrieval_attack(tiny_metric, reference, images, ["a", "b", "b", "b"], labels=labels, k=1)
     assert result.clean_accuracy == 0.75 and [r["clean"] for r in result.records] == labels
+    from rpmetric.attacks import AttackConfig
+
+    # k=3 over 2+2 references: the surrogate averages each class's top members; eps 0 can change nothing.
+    none = evaluate_retrieval_attack(tiny_metric, reference, images, labels, labels=labels, k=3,
+                                     config=AttackConfig.create("linf", 0.0, steps=2))
+    clean3 = evaluate_retrieval_attack(tiny_metric, reference, images, labels, labels=labels, k=3)
+    assert none.robust_accuracy == clean3.clean_accuracy
+    strong = evaluate_retrieval_attack(tiny_metric, reference, images, labels, labels=labels, k=1,
+                                       config=AttackConfig.create("linf", 16 / 255, steps=10))
+    assert strong.clean_accuracy == 1.0 and strong.robust_accuracy < 1.0
 
 
 @pytest.mark.parametrize("kwargs, message", [
