@@ -120,7 +120,7 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     return ModelFiles(family=family, config=config, weights=Path(weights), extras=extras)
 
 
-def fetch_head(spec: ModelSpec):
+def fetch_head(spec: ModelSpec, *, force_check: bool = False):
     """``(config dict, path of head.safetensors)`` when the source is a head folder (see
     :mod:`rpmetric.heads`), else None. Zoo entries are plain checkpoints and are not probed.
 
@@ -131,7 +131,7 @@ def fetch_head(spec: ModelSpec):
 
     if spec.family is not None:
         return None
-    source = _FolderSource(Path(spec.local_path)) if spec.local_path else _HubSource(spec, force_check=False)
+    source = _FolderSource(Path(spec.local_path)) if spec.local_path else _HubSource(spec, force_check=force_check)
     try:
         config_path = source.get(CONFIG_NAME)
     except ModelNotAvailableError:
@@ -227,13 +227,22 @@ class _HubSource:
         )
 
 
-def download(model, *, force_check: bool = True) -> ModelFiles:
+def download(model, *, force_check: bool = True) -> list:
     """Fetch a model's files into the Hugging Face cache (or check a local folder).
+
+    A head repo (``rpmetric_config.json``) brings its head weights and then its base model's.
+
+    Returns:
+        The local paths of the weight files, head first.
 
     Example:
         >>> download("r-clip-f-convnext")  # doctest: +SKIP
     """
-    return fetch(resolve(model), force_check=force_check)
+    spec = resolve(model)
+    head = fetch_head(spec, force_check=force_check)
+    if head is not None:
+        return [head[1]] + download(head[0]["base_model"], force_check=force_check)
+    return [fetch(spec, force_check=force_check).weights]
 
 
 def with_family(spec: ModelSpec, files: ModelFiles) -> ModelSpec:

@@ -89,4 +89,4 @@ def test_distance_missing_image(tmp_path, vit_folder, capsys):
 
 def test_download_local_folder(vit_folder, capsys):
     assert main(["download", str(vit_folder)]) == 0
-    assert "open_clip weights at" in capsys.readouterr().out
+    assert capsys.readouterr().out.strip() == f"{vit_folder}: {vit_folder / 'open_clip_model.safetensors'}"

@@ -137,4 +137,19 @@ def test_download_reports_cached_files(zoo_cache):
     hf_home, _ = zoo_cache
     out = run_cli(["download", "r-clip-f-vitb32"], env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
-    assert "open_clip weights at" in out.stdout and str(hf_home) in out.stdout
+    assert out.stdout.strip().endswith("open_clip_model.safetensors") and str(hf_home) in out.stdout
+
+
+def test_download_head_repo_brings_its_base(zoo_cache, tmp_path):
+    from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+
+    hf_home, base_folder = zoo_cache
+    encoder = rpmetric.RobustDistance(str(base_folder), device="cpu").encoder
+    module, config = attach_head(encoder.backbone, HeadConfig("mlp", dim=16))
+    head_dir = save_head_folder(tmp_path / "head", "r-clip-f-vitb32", config, head_state_dict(module))
+    tinymodels.fill_hf_cache(hf_home, "someone/tiny-head", head_dir)
+    out = run_cli(["download", "hf-hub:someone/tiny-head"], env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].endswith("head.safetensors") and "models--someone--tiny-head" in lines[0]
+    assert lines[1].endswith("open_clip_model.safetensors") and "FARE4-ViT-B-32" in lines[1]

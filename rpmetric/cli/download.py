@@ -8,12 +8,12 @@ from ..hub import download
 def register(sub) -> None:
     p = sub.add_parser("download", help="prefetch a model's weights into the Hugging Face cache",
                        description="Fetch a model's config and weights into the Hugging Face cache (HF_HOME), "
-                                   "so that later runs work offline (HF_HUB_OFFLINE=1).")
-    p.add_argument("name", help="zoo name or hf-hub:ORG/NAME[@REV]")
+                                   "so that later runs work offline (HF_HUB_OFFLINE=1). A head repo brings its base model too.")
+    p.add_argument("name", help="zoo name, hf-hub:ORG/NAME[@REV], or a local folder to check")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    files = download(args.name)
-    print(f"{args.name}: {files.family.value} weights at {files.weights}")
+    for path in download(args.name):
+        print(f"{args.name}: {path}")
     return 0

@@ -20,17 +20,6 @@ def register(sub) -> None:
     _register_search(sub)
     _register_dedup(sub)
     _register_classify(sub)
-    eval_parser = sub.choices.get("eval")  # registered by rpmetric.cli.evaluate, which loads first
-    if eval_parser is not None:
-        register_eval_retrieval(_subcommands(eval_parser))
-
-
-def _subcommands(parser: argparse.ArgumentParser):
-    """The sub-command action of a parser (argparse offers no public accessor for it)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action
-    raise ValueError(f"parser {parser.prog!r} has no sub-commands")
 
 
 def register_eval_retrieval(datasets) -> None:

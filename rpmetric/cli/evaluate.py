@@ -50,6 +50,9 @@ def register(sub) -> None:
         if name != "jnd":  # the robust protocol is a 2AFC decision
             add_attack_options(q)
         q.set_defaults(func=run)
+    from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
+
+    register_eval_retrieval(datasets)
 
 
 def _add_run_options(q) -> None:
