@@ -6,7 +6,6 @@ Query images are embedded with the store's own model, so distances compare.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
