@@ -7,6 +7,7 @@ Example:
 """
 
 from ._version import __version__
+from .counterattack import Counterattack, CounterattackResult
 from .errors import CheckpointError, ModelNotAvailableError
 from .functional import cosine_distance, distance
 from .images import load_image
@@ -16,6 +17,8 @@ from .spec import ModelSpec, Preprocessing, get_spec, list_models
 __all__ = [
     "__version__",
     "RobustDistance",
+    "Counterattack",
+    "CounterattackResult",
     "distance",
     "cosine_distance",
     "load_image",
