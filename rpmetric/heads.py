@@ -9,10 +9,10 @@ L2 normalisation and evaluation, attacks and counterattacks work unchanged.
 - MLP: ``fc2(relu(fc1(e))) + e`` on the backbone's embedding ``e`` (DreamSim's head). ``fc2``
   starts at zero, so an untrained head is the identity and the metric starts as the base one.
 - LoRA: ``W x + (alpha / r) B A dropout(x)`` on the attention in-projection of ViTs (timm's
-  ``attn.qkv`` Linear and open_clip's fused ``nn.MultiheadAttention`` in-projection) or, for
-  ConvNeXt, on the MLP ``fc1``/``fc2``. ``B`` starts at zero, so an untrained adapter changes
-  nothing. Linear layers get peft's LoRA layers; ``nn.MultiheadAttention`` gets
-  :class:`LoRAMultiheadAttention` (see there why peft does not fit it).
+  ``attn.qkv`` Linear and open_clip's fused ``in_proj_weight``, in ``nn.MultiheadAttention`` or
+  open_clip's own ``Attention``) or, for ConvNeXt, on the MLP ``fc1``/``fc2``. ``B`` starts at
+  zero, so an untrained adapter changes nothing. Linear layers get peft's LoRA layers; the
+  attention modules get :class:`LoRAAttention` (see there why peft does not fit them).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "HeadConfig",
     "MLPHead",
     "WithMLPHead",
+    "LoRAAttention",
     "LoRAMultiheadAttention",
     "lora_targets",
     "attach_head",
@@ -147,28 +148,46 @@ class WithMLPHead(nn.Module):
 
 
 # -- LoRA -------------------------------------------------------------------------------------
-class LoRAMultiheadAttention(nn.Module):
-    """Self-attention of an ``nn.MultiheadAttention`` with LoRA on its fused q/k/v in-projection.
+def _attention_types() -> Tuple[type, ...]:
+    """The fused-in-projection attention modules :class:`LoRAAttention` adapts."""
+    from open_clip.transformer import Attention
 
-    Why not peft: ``nn.MultiheadAttention`` keeps the in-projection as a bare ``in_proj_weight``
-    Parameter used inside ``F.multi_head_attention_forward``, so there is no Linear to wrap. peft's
-    own MultiheadAttention layer merges the update into the weights around each call, which also
-    adapts ``out_proj`` (not what the recipe adapts) and cannot apply LoRA dropout to the input as
-    peft does for Linear layers. So this module computes the projection itself,
-    ``x W^T + b + (alpha / r) dropout(x) A^T B^T``, and then attends like the wrapped module
-    (``scaled_dot_product_attention``, then ``out_proj``). With ``B == 0`` the output equals
-    the wrapped module's.
+    return nn.MultiheadAttention, Attention
 
-    Only what vision towers use is supported: self-attention (query, key and value the same
-    tensor), fused projection weights, no ``key_padding_mask``, ``need_weights=False``.
+
+class LoRAAttention(nn.Module):
+    """Self-attention with LoRA on its fused q/k/v in-projection (``in_proj_weight``).
+
+    Wraps ``nn.MultiheadAttention`` (open_clip's default ViT block) or open_clip's own
+    ``open_clip.transformer.Attention`` (its "custom" block, which rpmetric builds ViTs with) and
+    is called as the wrapped module is: it returns ``(out, None)`` for the first and ``out`` for
+    the second.
+
+    Why not peft: both keep the in-projection as a bare ``in_proj_weight`` Parameter, so there is
+    no Linear to wrap. peft's own MultiheadAttention layer merges the update into the weights
+    around each call, which also adapts ``out_proj`` (not what the recipe adapts) and cannot apply
+    LoRA dropout to the input as peft does for Linear layers. So this module computes the
+    projection itself, ``x W^T + b + (alpha / r) dropout(x) A^T B^T``, and then attends like the
+    wrapped module (``scaled_dot_product_attention``, then ``out_proj``). With ``B == 0`` the
+    output equals the wrapped module's.
+
+    Only what CLIP vision towers use is supported: self-attention (query, key and value the same
+    tensor); for ``nn.MultiheadAttention`` fused projection weights, no ``key_padding_mask``,
+    ``need_weights=False``; for open_clip's Attention plain dot-product attention (no scaled
+    cosine attention, head scale, QK norm or inner norm).
+
+    Example:
+        >>> mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        >>> lora = LoRAAttention(mha, r=2, alpha=0.5, dropout=0.0).eval()
+        >>> x = torch.randn(1, 3, 8)
+        >>> torch.allclose(lora(x, x, x)[0], mha(x, x, x, need_weights=False)[0], atol=1e-6)  # B starts at 0
+        True
     """
 
-    def __init__(self, base_layer: nn.MultiheadAttention, r: int, alpha: float, dropout: float):
+    def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float):
         super().__init__()
-        if not base_layer._qkv_same_embed_dim or base_layer.bias_k is not None or base_layer.add_zero_attn:
-            raise ValueError("LoRA supports nn.MultiheadAttention with a fused in-projection only "
-                             "(kdim == vdim == embed_dim, add_bias_kv=False, add_zero_attn=False).")
-        width = base_layer.embed_dim
+        _check_plain_attention(base_layer)
+        width = base_layer.in_proj_weight.shape[1]
         self.base_layer = base_layer
         self.scaling = alpha / r
         self.lora_dropout = nn.Dropout(dropout)
@@ -179,40 +198,77 @@ class LoRAMultiheadAttention(nn.Module):
     def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=False, attn_mask=None,
                 **kwargs):
         if (key is not None and key is not query) or (value is not None and value is not query):
-            raise ValueError("LoRAMultiheadAttention supports self-attention only (key and value must be the query).")
-        if key_padding_mask is not None or need_weights:
-            raise ValueError("LoRAMultiheadAttention supports key_padding_mask=None and need_weights=False only.")
+            raise ValueError("LoRAAttention supports self-attention only (key and value must be the query).")
         base = self.base_layer
-        x = query if base.batch_first else query.transpose(0, 1)  # [B, L, E]
+        if not isinstance(base, nn.MultiheadAttention):  # open_clip's Attention: batch first, returns a tensor
+            return base.out_drop(self._attend(query, attn_mask, base.attn_drop.p))
+        if key_padding_mask is not None or need_weights:
+            raise ValueError("LoRAAttention supports key_padding_mask=None and need_weights=False only.")
+        x = query if base.batch_first else query.transpose(0, 1)
+        out = self._attend(x, attn_mask, base.dropout)
+        return (out if base.batch_first else out.transpose(0, 1)), None
+
+    def _attend(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], dropout_p: float) -> torch.Tensor:
+        """Attention of a batch-first ``[B, L, E]`` input, through the LoRA-adapted in-projection."""
+        base = self.base_layer
         batch, length, width = x.shape
+        heads = base.num_heads
         qkv = F.linear(x, base.in_proj_weight, base.in_proj_bias)
         qkv = qkv + self.scaling * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
-        heads = base.num_heads
         q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in qkv.chunk(3, dim=-1))
-        if attn_mask is not None and attn_mask.dtype == torch.bool:
-            attn_mask = ~attn_mask  # MultiheadAttention masks where True; SDPA attends where True
+        if attn_mask is not None:
+            if attn_mask.ndim == 3:  # both modules take [B * heads, L, L] masks too
+                attn_mask = attn_mask.reshape(batch, heads, length, length)
+            if attn_mask.dtype == torch.bool:
+                attn_mask = ~attn_mask  # both modules mask where True; SDPA attends where True
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=base.dropout if self.training else 0.0)
-        out = base.out_proj(out.transpose(1, 2).reshape(batch, length, width))
-        return (out if base.batch_first else out.transpose(0, 1)), None
+                                             dropout_p=dropout_p if self.training else 0.0)
+        return base.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+
+
+# The original name, from when nn.MultiheadAttention was the only attention LoRA adapted.
+LoRAMultiheadAttention = LoRAAttention
+
+
+def _check_plain_attention(layer: nn.Module) -> None:
+    """Raise unless :class:`LoRAAttention` computes exactly what ``layer`` does."""
+    if isinstance(layer, nn.MultiheadAttention):
+        if not layer._qkv_same_embed_dim or layer.bias_k is not None or layer.add_zero_attn:
+            raise ValueError("LoRA supports nn.MultiheadAttention with a fused in-projection only "
+                             "(kdim == vdim == embed_dim, add_bias_kv=False, add_zero_attn=False).")
+        return
+    if not isinstance(layer, _attention_types()):
+        raise TypeError(f"LoRAAttention wraps nn.MultiheadAttention or open_clip.transformer.Attention, "
+                        f"but got {type(layer).__name__}.")
+    extras = {"scaled cosine attention (logit_scale)": layer.logit_scale is not None,
+              "head scale (head_scale)": layer.head_scale is not None,
+              "QK norm (ln_q, ln_k)": not (isinstance(layer.ln_q, nn.Identity) and isinstance(layer.ln_k, nn.Identity)),
+              "inner norm (ln_inner)": not isinstance(layer.ln_inner, nn.Identity)}
+    used = [name for name, on in extras.items() if on]
+    if used:
+        raise ValueError(f"LoRA supports open_clip's Attention in its plain form only (CLIP ViTs), but this one "
+                         f"uses {', '.join(used)}; target other modules with HeadConfig.targets or use "
+                         f"--head mlp instead.")
 
 
 def lora_targets(backbone: nn.Module) -> List[str]:
     """The modules LoRA adapts by default, by name.
 
-    Every ``nn.MultiheadAttention`` (open_clip ViT) and every Linear named ``...attn.qkv`` (timm
-    ViT, R-DINO); a backbone without attention (ConvNeXt) gets its MLP ``...mlp.fc1``/``...mlp.fc2``.
+    Every ``nn.MultiheadAttention`` or ``open_clip.transformer.Attention`` (open_clip ViT, default
+    or custom block) and every Linear named ``...attn.qkv`` (timm ViT, R-DINO); a backbone without
+    attention (ConvNeXt) gets its MLP ``...mlp.fc1``/``...mlp.fc2``.
 
     Raises:
         ValueError: the backbone has none of these.
     """
+    attention = _attention_types()
     names = [n for n, m in backbone.named_modules()
-             if isinstance(m, nn.MultiheadAttention) or (n.endswith("attn.qkv") and isinstance(m, nn.Linear))]
+             if isinstance(m, attention) or (n.endswith("attn.qkv") and isinstance(m, nn.Linear))]
     if not names:
         names = [n for n, m in backbone.named_modules()
                  if n.endswith(("mlp.fc1", "mlp.fc2")) and isinstance(m, (nn.Linear, nn.Conv2d))]
     if not names:
-        raise ValueError(f"Found no LoRA target in a {type(backbone).__name__}: LoRA adapts nn.MultiheadAttention, "
+        raise ValueError(f"Found no LoRA target in a {type(backbone).__name__}: LoRA adapts attention in-projections, "
                          "Linear '...attn.qkv' (ViTs) or '...mlp.fc1'/'...mlp.fc2' (ConvNeXt); use --head mlp instead.")
     return names
 
@@ -224,11 +280,11 @@ def _add_lora(backbone: nn.Module, config: HeadConfig) -> Tuple[nn.Module, HeadC
     if missing:
         raise ValueError(f"LoRA target(s) {missing} are not modules of the backbone; valid defaults: "
                          f"{lora_targets(backbone)}.")
-    attention = [t for t in targets if isinstance(modules[t], nn.MultiheadAttention)]
+    attention = [t for t in targets if isinstance(modules[t], _attention_types())]
     for name in attention:
         parent, _, child = name.rpartition(".")
         holder = modules[parent] if parent else backbone
-        setattr(holder, child, LoRAMultiheadAttention(modules[name], config.r, config.alpha, config.dropout))
+        setattr(holder, child, LoRAAttention(modules[name], config.r, config.alpha, config.dropout))
     linear = [t for t in targets if t not in attention]
     if linear:
         try:

@@ -11,7 +11,8 @@ from torch import nn
 import rpmetric
 import tinymodels
 from rpmetric.encoder import Encoder, load_encoder
-from rpmetric.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, LoRAMultiheadAttention, MLPHead, attach_head,
+from rpmetric.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, LoRAAttention, LoRAMultiheadAttention,
+                            MLPHead, attach_head,
                             head_parameters, head_state_dict, load_head_state, lora_targets, save_head_folder)
 
 IMAGES = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -104,6 +105,64 @@ def test_lora_attention_rejects_cross_attention():
     x = torch.randn(5, 3, 8)
     with pytest.raises(ValueError, match="self-attention only"):
         lora(x, torch.randn(5, 3, 8), x)
+
+
+def test_lora_on_open_clip_attention_equals_merged_weight():
+    """Independent path: open_clip's own Attention with W + (alpha/r) B A merged in."""
+    from open_clip.transformer import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(8, 2).eval()
+    lora = LoRAAttention(attn, r=2, alpha=1.0, dropout=0.3).eval()
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    merged = Attention(8, 2).eval()
+    merged.load_state_dict(attn.state_dict())
+    with torch.no_grad():
+        merged.in_proj_weight += 0.5 * lora.lora_B @ lora.lora_A
+    x = torch.randn(3, 5, 8)
+    mask = torch.triu(torch.ones(5, 5, dtype=torch.bool), diagonal=1)  # causal: True is masked out
+    for attn_mask in (None, mask):
+        torch.testing.assert_close(lora(x, attn_mask=attn_mask), merged(x, attn_mask=attn_mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("option, name", [
+    ({"scaled_cosine": True}, "scaled cosine attention"),
+    ({"scale_heads": True}, "head scale"),
+    ({"qk_norm": True}, "QK norm"),
+    ({"inner_norm": True}, "inner norm"),
+])
+def test_lora_rejects_non_plain_open_clip_attention(option, name):
+    from open_clip.transformer import Attention
+
+    with pytest.raises(ValueError, match=f"plain form only .* uses {name}"):
+        LoRAAttention(Attention(8, 2, **option), r=2, alpha=1.0, dropout=0.0)
+
+
+def test_lora_rejects_other_modules():
+    with pytest.raises(TypeError, match="wraps nn.MultiheadAttention or open_clip.transformer.Attention, but got Linear"):
+        LoRAAttention(nn.Linear(8, 24), r=2, alpha=1.0, dropout=0.0)
+
+
+def test_lora_head_is_the_same_on_default_and_custom_blocks(vit_folder):
+    """A head trained when ViTs were built with nn.MultiheadAttention loads, by the same names,
+    into the custom-block ViT rpmetric builds now, and computes the same embeddings."""
+    from open_clip.model import _build_vision_tower
+
+    custom = load_encoder(str(vit_folder))
+    cfg = tinymodels.TINY_VIT_CFG
+    default = _build_vision_tower(cfg["embed_dim"], dict(cfg["vision_cfg"], block_type="default")).eval()
+    default.load_state_dict(custom.backbone.state_dict())
+    assert type(default.transformer.resblocks[0].attn) is nn.MultiheadAttention
+    config = HeadConfig("lora", r=4)
+    old, _ = attach_head(default, config)
+    new, new_config = attach_head(custom.backbone, config)
+    _randomise(old)
+    load_head_state(new, head_state_dict(old))
+    assert new_config.targets == ("transformer.resblocks.0.attn", "transformer.resblocks.1.attn")
+    x = (IMAGES - 0.5) / 0.25
+    with torch.no_grad():  # eval: LoRA dropout off
+        torch.testing.assert_close(new.eval()(x), old.eval()(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("head", ["mlp", "lora"])
