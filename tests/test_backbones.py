@@ -28,6 +28,30 @@ def test_open_clip_embedding_equals_encode_image(request, fixture):
         torch.testing.assert_close(metric(x, y), expected, atol=1e-5, rtol=0)
 
 
+def test_open_clip_vit_uses_custom_block_with_same_gradients(vit_folder):
+    """rpmetric builds ViTs with open_clip's own Attention (faster backward); open_clip's
+    default-block model on the same weights must give the same input gradients."""
+    from open_clip.transformer import Attention
+
+    reference = tinymodels.load_reference_open_clip(vit_folder)
+    encoder = rpmetric.RobustDistance(str(vit_folder), device="cpu").encoder
+    blocks = encoder.backbone.transformer.resblocks
+    assert all(type(b.attn) is Attention for b in blocks)
+    assert all(type(b.attn) is torch.nn.MultiheadAttention for b in reference.visual.transformer.resblocks)
+    x = torch.rand(2, 3, 32, 32)
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    encoder(ours).square().sum().backward()
+    reference.encode_image(_clip_normalize(theirs)).square().sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_open_clip_config_block_type_is_kept(tmp_path):
+    cfg = dict(tinymodels.TINY_VIT_CFG, vision_cfg=dict(tinymodels.TINY_VIT_CFG["vision_cfg"], block_type="default"))
+    folder = tinymodels.save_open_clip(tmp_path / "default-block", cfg)
+    backbone = rpmetric.RobustDistance(str(folder), device="cpu").encoder.backbone
+    assert type(backbone.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
+
+
 def test_timm_embedding_equals_timm_forward(timm_folder):
     import timm
     from safetensors.torch import load_file
