@@ -4,9 +4,11 @@ Seconds per batch of ``Counterattack.defended_features`` divided by the seconds 
 encoder forward of the same batch, measured interleaved in the same run, on the ViT-B/32
 architecture (random weights) at 224 px, CPU:
 
-- all images stable (``tau_threshold=0`` flags none): target <= 2.5 (f(x) and f(x + delta0));
+- all images stable (``tau_threshold=0`` flags none): target <= 2.5 (f(x) and f(x + delta0), the
+  latter with autograd on, as it may give the first PGD step too);
 - all images falsely stable (``tau_threshold=inf``): target <= 8, the official cost of
-  4 forward and 2 backward passes.
+  4 forward and 2 backward passes, which the counterattack now matches: f(x), f(x + delta0) with
+  its backward (tau and the first PGD step), the second step's forward+backward, f(x + Delta).
 
 The encoder is the one rpmetric builds: its ViTs use open_clip's own attention block, not
 ``nn.MultiheadAttention`` (same weights and outputs), because in grad mode PyTorch's

@@ -100,9 +100,13 @@ class Counterattack:
     in parallel threads.
 
     Cost in encoder passes per image (as the benchmark in ``evals/bench_counterattack.py`` measures
-    it): 2 forwards for images that are not flagged (``f(x)`` and ``f(x + delta0)``, which is also
-    their defended embedding), and ``steps`` forward+backward passes plus one forward more for
-    flagged images.
+    it), as in the official code: 2 forwards for images that are not flagged (``f(x)`` and
+    ``f(x + delta0)``, which is also their defended embedding), and ``steps + 2`` forwards and
+    ``steps`` backwards for flagged ones, whose first PGD step reuses the forward at
+    ``x + delta0`` that gave ``tau`` (so that forward runs with autograd on and keeps its
+    activations, like a training forward). When under 60% of a batch is attacked, their first
+    step recomputes that forward on them alone (one forward more each), as a backward pass through
+    the whole batch would cost more.
 
     Example:
         >>> import torch
@@ -223,11 +227,14 @@ class Counterattack:
     def _run(self, embed: Embed, x: torch.Tensor, keep_noisy: bool):
         """``(Delta, tau, flagged, f(x + delta0) or None)`` for prepared images ``x`` in [0, 1].
 
-        With ``keep_noisy`` (and no ``tau_encoder``), ``f(x + delta0)`` is computed in the caller's
-        autograd mode, so it can serve as the defended embedding of the stable images.
+        With ``keep_noisy`` (and no ``tau_encoder``), ``f(x + delta0)`` is returned with the
+        caller's graph through ``x`` when the caller differentiates, so it can serve as the
+        defended embedding of the stable images.
         """
         x0 = x.detach()
         delta0 = self._random_start(x0)
+        if self.tau_encoder is None and self.steps > 0:
+            return self._run_sharing_first_step(embed, x, delta0, keep_noisy)
         embed_tau = embed if self.tau_encoder is None else _embedder(self.tau_encoder)[0]
         noisy = None
         with torch.no_grad():
@@ -240,19 +247,61 @@ class Counterattack:
                 noisy_tau = embed_tau(x0 + delta0)
         tau = _relative_shift(noisy_tau, z_tau)
         flagged = tau < self.tau_threshold
-        rows = flagged.nonzero().squeeze(1) if self.skip_stable else torch.arange(len(x0), device=x0.device)
+        rows = self._attacked_rows(flagged)
         delta = delta0
         if self.steps > 0 and rows.numel() > 0:
-            if self.tau_encoder is None:
-                z = z_tau[rows]
-            else:
-                with torch.no_grad():
-                    z = embed(x0[rows])
-            weighted = torch.einsum("k,kn...->n...", self.step_weights().to(x0),
-                                    self._pgd_steps(embed, x0[rows], delta0[rows], z))
-            keep = flagged[rows]  # with skip_stable=False, stable rows discard their steps here
-            delta = delta0.index_copy(0, rows[keep], weighted[keep])
+            with torch.no_grad():
+                z = embed(x0[rows])
+            deltas = [delta0[rows]] + self._pgd_steps(embed, x0[rows], delta0[rows], z, self.steps)
+            delta = self._weighted(delta0, rows, flagged, deltas)
         return delta, tau, flagged, noisy
+
+    def _run_sharing_first_step(self, embed: Embed, x: torch.Tensor, delta0: torch.Tensor, keep_noisy: bool):
+        """:meth:`_run` when ``f`` measures ``tau``: one forward at ``x + delta0`` serves both.
+
+        As in the official code, ``f(x + delta0)`` gives ``tau`` and, when enough of the batch is
+        attacked, the first PGD step's gradient too (4 forward and 2 backward passes in all for
+        flagged images, instead of 5 and 2).
+        """
+        x0 = x.detach()
+        with torch.no_grad():
+            z = embed(x0)
+        # The caller's graph through x is kept only when the caller differentiates: stable images'
+        # defended embedding is this forward, whose gradient w.r.t. x is that of f at x + delta0.
+        track_x = keep_noisy and torch.is_grad_enabled() and x.requires_grad
+        # Inputs may be inference tensors (caller in inference_mode), which autograd cannot use:
+        # leave inference mode and work on plain copies. Only our own delta0 requires grad.
+        with torch.inference_mode(False), torch.enable_grad():
+            x_plain, z, start = x0.clone(), z.clone(), delta0.clone().requires_grad_(True)
+            noisy = embed((x if track_x else x_plain) + start)
+            tau = _relative_shift(noisy.detach(), z)
+            flagged = tau < self.tau_threshold
+            rows = self._attacked_rows(flagged)
+            delta, output = delta0, (noisy if track_x else noisy.detach())
+            if rows.numel() >= _SHARED_BACKWARD_MIN_SHARE * len(x0) and rows.numel() > 0:
+                # Backward through the whole batch (zero for the other rows) then saves each
+                # attacked image a forward+backward pass.
+                grad = _ascent_gradient(noisy[rows], z[rows], start, retain_graph=track_x)[rows]
+                first = self._project(x_plain[rows], delta0[rows] + self.step_size * grad.sign())
+                deltas = [delta0[rows], first] + self._pgd_steps(embed, x_plain[rows], first, z[rows], self.steps - 1)
+                delta = self._weighted(delta0, rows, flagged, deltas)
+            elif rows.numel() > 0:
+                # Few attacked images: recomputing their first forward is cheaper than a backward
+                # pass through the whole batch. Free this graph first (unless it is the output's).
+                del noisy, start
+                deltas = [delta0[rows]] + self._pgd_steps(embed, x_plain[rows], delta0[rows], z[rows], self.steps)
+                delta = self._weighted(delta0, rows, flagged, deltas)
+        return delta, tau, flagged, output if keep_noisy else None
+
+    def _attacked_rows(self, flagged: torch.Tensor) -> torch.Tensor:
+        """Indices of the images the PGD steps run on: the flagged ones, or all without ``skip_stable``."""
+        return flagged.nonzero().squeeze(1) if self.skip_stable else torch.arange(len(flagged), device=flagged.device)
+
+    def _weighted(self, delta0: torch.Tensor, rows: torch.Tensor, flagged: torch.Tensor, deltas) -> torch.Tensor:
+        """``Delta``: ``sum_k w_k delta_k`` for the flagged rows, ``delta0`` for the others."""
+        weighted = torch.einsum("k,kn...->n...", self.step_weights().to(delta0), torch.stack(deltas))
+        keep = flagged[rows]  # with skip_stable=False, stable rows discard their steps here
+        return delta0.index_copy(0, rows[keep], weighted[keep])
 
     def _random_start(self, x: torch.Tensor) -> torch.Tensor:
         """``delta0``: per-image uniform noise in [-eps, eps], seeded by the image's own pixels."""
@@ -264,27 +313,42 @@ class Counterattack:
         noise = noise.to(x.device, x.dtype).mul_(2 * self.eps).sub_(self.eps)
         return (x + noise).clamp(0.0, 1.0) - x
 
-    def _pgd_steps(self, embed: Embed, x: torch.Tensor, delta: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``[steps + 1, n, 3, S, S]``: delta_0 .. delta_N of l-inf sign-PGD ascending ``||f(x + d) - z||^2``."""
-        # Inputs may be inference tensors (caller in inference_mode), which autograd cannot use:
-        # leave inference mode and work on plain copies. Only our own delta requires grad.
-        with torch.inference_mode(False), torch.enable_grad():
+    def _project(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``delta`` projected into the ``eps``-ball and so that ``x + delta`` stays in [0, 1]."""
+        return (x + delta.clamp(-self.eps, self.eps)).clamp(0.0, 1.0) - x
+
+    def _pgd_steps(self, embed: Embed, x: torch.Tensor, delta: torch.Tensor, z: torch.Tensor, steps: int):
+        """The ``steps`` deltas after ``delta`` of l-inf sign-PGD ascending ``||f(x + d) - z||^2``."""
+        with torch.inference_mode(False), torch.enable_grad():  # see _run_sharing_first_step
             x, z, delta = x.clone(), z.clone(), delta.clone()
-            deltas = [delta]
-            for _ in range(self.steps):
+            deltas = []
+            for _ in range(steps):
                 delta = delta.detach().requires_grad_(True)
-                per_image = (embed(x + delta).float() - z).pow(2).sum(dim=-1)
-                # Sign-PGD ignores a positive scale, so bring each image's loss into [1, 2) by a power
-                # of two: exact in float32, and it keeps float16 gradients (autocast) from underflowing.
-                scale = torch.exp2(-torch.floor(torch.log2(per_image.detach().clamp_min(1e-30))))
-                (grad,) = torch.autograd.grad((per_image * scale).sum(), delta)  # images are independent
-                delta = (delta.detach() + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
-                delta = (x + delta).clamp(0.0, 1.0) - x
+                grad = _ascent_gradient(embed(x + delta), z, delta)
+                delta = self._project(x, delta.detach() + self.step_size * grad.sign())
                 deltas.append(delta)
-            return torch.stack(deltas)
+            return deltas
 
 
 # -- helpers -------------------------------------------------------------------------------
+# Reuse the tau forward's graph for the first PGD step when at least this share of the batch is
+# attacked. A backward pass w.r.t. the input (frozen weights) costs about 1.4 forwards over the whole
+# batch; recomputing an attacked image's forward+backward costs about 2.4, so sharing pays from
+# about 1.4 / 2.4 of the batch (the ViT-B/32 figures of evals/bench_counterattack.py).
+_SHARED_BACKWARD_MIN_SHARE = 0.6
+
+
+def _ascent_gradient(features: torch.Tensor, z: torch.Tensor, delta: torch.Tensor,
+                     retain_graph: bool = False) -> torch.Tensor:
+    """Gradient w.r.t. ``delta`` of each image's ``||features - z||^2``, each scaled by a power of two."""
+    per_image = (features.float() - z).pow(2).sum(dim=-1)
+    # Sign-PGD ignores a positive scale, so bring each image's loss into [1, 2) by a power of two:
+    # exact in float32, and it keeps float16 gradients (autocast) from underflowing.
+    scale = torch.exp2(-torch.floor(torch.log2(per_image.detach().clamp_min(1e-30))))
+    (grad,) = torch.autograd.grad((per_image * scale).sum(), delta, retain_graph=retain_graph)  # images independent
+    return grad
+
+
 def _relative_shift(noisy: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """``tau = ||noisy - clean|| / ||clean||`` per row, float32 (a zero embedding gives inf: not flagged)."""
     clean, noisy = clean.float(), noisy.float()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import rpmetric
+from rpmetric import counterattack
 from rpmetric.counterattack import (
     Counterattack,
     CounterattackResult,
@@ -103,18 +104,31 @@ def test_stable_images_get_the_random_start_with_two_encoder_calls(encoder):
         assert torch.allclose(features, encoder(x + delta0), atol=1e-5)
 
 
-def test_flagged_images_cost_steps_plus_three_passes_and_only_flagged_rows_are_attacked(encoder):
+@pytest.mark.parametrize("rate, skip_stable, steps, expected", [
+    # f(x) and f(x + delta0) of all 8; f(x + delta0) also gives the first PGD step of the attacked
+    # rows when they are at least 60% of the batch, then steps - 1 PGD steps and the final
+    # f(x + Delta) of the attacked rows.
+    (1.0, True, 2, (4, 8 + 8 + 8 + 8)),
+    (0.75, True, 2, (4, 8 + 8 + 6 + 6)),
+    (1.0, True, 1, (3, 8 + 8 + 8)),
+    (1.0, True, 3, (5, 8 + 8 + 8 * 2 + 8)),
+    # Under 60% attacked: a backward through the whole batch would cost more than recomputing the
+    # attacked rows' first forward, so they get steps PGD steps of their own.
+    (0.5, True, 2, (5, 8 + 8 + 4 * 2 + 4)),
+    (0.125, True, 2, (5, 8 + 8 + 1 * 2 + 1)),
+    # skip_stable=False attacks all 8 and discards the stable rows' steps: only 4 final forwards.
+    (0.5, False, 2, (4, 8 + 8 + 8 + 4)),
+])
+def test_encoder_calls_and_images_per_call(encoder, rate, skip_stable, steps, expected):
     x = images(8)
-    ttc = Counterattack()
-    ttc.calibrate(encoder, x, 0.5)
+    ttc = Counterattack(skip_stable=skip_stable, steps=steps)
+    ttc.calibrate(encoder, x, rate)
     counting = CountingEncoder(encoder)
     ttc.defended_features(counting, x)
-    # 2 x 8 (f(x), f(x + delta0)), then 4 flagged x (2 PGD steps + the final f(x + Delta))
-    assert (counting.calls, counting.images) == (5, 16 + 4 * 3)
-
+    assert (counting.calls, counting.images) == expected
     counting = CountingEncoder(encoder)
-    Counterattack(tau_threshold=ALWAYS).defended_features(counting, x)
-    assert (counting.calls, counting.images) == (5, 8 * 5)
+    ttc(counting, x)  # the images alone skip the final forward
+    assert (counting.calls, counting.images) == (expected[0] - 1, expected[1] - round(rate * 8))
 
 
 def test_tau_encoder_measures_tau_and_main_encoder_the_rest(encoder, vit_folder, tmp_path):
@@ -133,7 +147,10 @@ def test_tau_encoder_measures_tau_and_main_encoder_the_rest(encoder, vit_folder,
     assert not torch.allclose(tau_other, Counterattack().tau(encoder, x))
 
 
-def test_falsely_stable_images_match_a_hand_written_counterattack(encoder):
+@pytest.mark.parametrize("shared_first_step", [True, False])
+def test_falsely_stable_images_match_a_hand_written_counterattack(encoder, monkeypatch, shared_first_step):
+    # Force either way of taking the first PGD step: from the tau forward's graph, or recomputed.
+    monkeypatch.setattr(counterattack, "_SHARED_BACKWARD_MIN_SHARE", 0.0 if shared_first_step else math.inf)
     x = images(3)
     delta0 = Counterattack(tau_threshold=NEVER)(encoder, x).images - x  # same seed: same delta0
     result = Counterattack(tau_threshold=ALWAYS)(encoder, x)
@@ -241,15 +258,36 @@ def test_metric_with_counterattack_in_inference_mode(vit_folder):
     assert torch.allclose(embedded, defended, atol=1e-5)
 
 
-def test_backward_pass_treats_the_counterattack_as_identity(encoder):
+@pytest.mark.parametrize("threshold", [NEVER, ALWAYS])
+def test_backward_pass_treats_the_counterattack_as_identity(encoder, threshold):
     x = images(2)
-    ttc = Counterattack(tau_threshold=ALWAYS)
+    ttc = Counterattack(tau_threshold=threshold)
     attacked = ttc(encoder, x).images.requires_grad_(True)
     encoder(attacked).square().sum().backward()  # gradient of f at x + Delta
     x_leaf = x.clone().requires_grad_(True)
     ttc.defended_features(encoder, x_leaf).square().sum().backward()
     assert torch.allclose(x_leaf.grad, attacked.grad, rtol=1e-4, atol=1e-6)
     assert all(p.grad is None and not p.requires_grad for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.25, 1.0])
+@pytest.mark.parametrize("context, x_requires_grad, graph", [
+    (torch.no_grad, True, False),
+    (torch.inference_mode, False, False),
+    (torch.enable_grad, False, False),
+    (torch.enable_grad, True, True),
+])
+def test_output_carries_a_graph_only_for_a_differentiating_caller(encoder, rate, context, x_requires_grad, graph):
+    x = images(4)
+    ttc = Counterattack()
+    ttc.calibrate(encoder, x, rate)
+    x.requires_grad_(x_requires_grad)
+    with context():
+        features = ttc.defended_features(encoder, x)
+        result = ttc(encoder, x)
+    assert features.requires_grad == graph
+    assert not result.images.requires_grad and not result.tau.requires_grad
+    assert x.grad is None
 
 
 def test_two_threads_in_different_autograd_modes(encoder):
