@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
@@ -30,31 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import datagen  # noqa: E402  (the tests' known-answer NIGHTS generator)
+from _common import save_random_open_clip  # noqa: E402
 
 from rpmetric import RobustDistance  # noqa: E402
 from rpmetric.evaluation import EncoderDistances, evaluate, load_groups  # noqa: E402
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def save_random_open_clip(folder: Path, arch: str) -> Path:
-    """An open_clip architecture with random weights, in the Hub's file layout."""
-    import open_clip
-    from open_clip.model import CLIP
-    from safetensors.torch import save_file
-
-    model_cfg = open_clip.get_model_config(arch)
-    if model_cfg is None:
-        raise ValueError(f"open_clip has no model config {arch!r}; see open_clip.list_models().")
-    torch.manual_seed(0)
-    model = CLIP(**model_cfg)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": CLIP_MEAN, "std": CLIP_STD,
-                                                          "interpolation": "bicubic", "resize_mode": "shortest"}}
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
-    return folder
 
 
 def clock():
@@ -118,7 +96,7 @@ def main(argv=None) -> int:
         rows = [dict(id=f"t{i}", kind=("left", "right", "tie")[i % 3], p=1.0, votes=6, split="test",
                      is_imagenet=bool(i % 2)) for i in range(args.triplets)]
         datagen.write_nights(tmp / "nights", rows, size=(args.image_size, args.image_size))
-        metric = RobustDistance(str(save_random_open_clip(tmp / "model", args.arch)), device="cpu")
+        metric = RobustDistance(str(save_random_open_clip(args.arch, tmp / "model")[0]), device="cpu")
         images, batch_images = 3 * args.triplets, 3 * args.batch_size
         run_encoder(metric, batch_images, batch_images)  # warm-up
         enc, ev, share = [], [], []
