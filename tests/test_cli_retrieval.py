@@ -216,3 +216,16 @@ def test_eval_retrieval_errors(capsys, store, tmp_path, extra, message):
     queries.write_text("path,match\nx.png,img0.png\n")
     code, _, err = run(capsys, "eval", "retrieval", store, "--queries", queries, *extra)
     assert code == 2 and message in err
+
+
+def test_eval_retrieval_help_speaks_of_queries_and_has_no_eot(capsys):
+    from rpmetric.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["eval", "retrieval", "--help"])
+    out = capsys.readouterr().out
+    assert "attack only the first N queries" in out and "triplets" not in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "retrieval", "store", "--queries", "q.csv", "--eot-samples", "2"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --eot-samples" in capsys.readouterr().err

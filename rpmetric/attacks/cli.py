@@ -13,9 +13,15 @@ __all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "at
 _OPTIONS = ("eps", "steps", "restarts", "n_samples", "seed", "eot_samples")
 
 
-def add_attack_options(parser: argparse.ArgumentParser) -> None:
+def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the reference image",
+                       samples: str = "triplets of each split or category", counterattack: bool = True) -> None:
     """Add ``--attack linf|l2`` and its knobs; all default to None so that
     :func:`attack_config_from_args` can tell what was given.
+
+    Args:
+        target: what the attack perturbs, for the help text.
+        samples: what ``--n-samples`` counts, for the help text.
+        counterattack: offer ``--eot-samples`` (only meaningful where ``--counterattack`` exists).
 
     Example:
         >>> parser = argparse.ArgumentParser()
@@ -23,21 +29,22 @@ def add_attack_options(parser: argparse.ArgumentParser) -> None:
         >>> attack_config_from_args(parser.parse_args(["--attack", "linf", "--eps", "8"]))["eps"] == 8 / 255
         True
     """
-    group = parser.add_argument_group("robust evaluation (APGD-CE on the reference image)")
+    group = parser.add_argument_group(f"robust evaluation (APGD-CE on {target})")
     group.add_argument("--attack", choices=[n.value for n in Norm], default=None,
-                       help="also report robust binary accuracy under APGD-CE in this norm, on the reference "
-                            "image at the model's input size, in [0, 1]")
+                       help=f"also report accuracy under APGD-CE in this norm, on {target} "
+                            "at the model's input size, in [0, 1]")
     group.add_argument("--eps", type=float, default=None, metavar="E",
                        help="attack radius: in units of 1/255 for linf (default 4, i.e. 4/255), absolute for "
                             "l2 (default 3)")
     group.add_argument("--steps", type=int, default=None, metavar="S", help="APGD iterations (default 100)")
     group.add_argument("--restarts", type=int, default=None, metavar="R", help="APGD random restarts (default 1)")
     group.add_argument("--n-samples", type=int, default=None, metavar="N",
-                       help="attack only the first N triplets of each split or category (default: all)")
+                       help=f"attack only the first N {samples} (default: all)")
     group.add_argument("--seed", type=int, default=None, metavar="S", help="APGD seed (default 0)")
-    group.add_argument("--eot-samples", type=int, default=None, metavar="K",
-                       help="with --counterattack: gradient samples per step of the adaptive attack, each through "
-                            "the defence with another seed (default 4)")
+    if counterattack:
+        group.add_argument("--eot-samples", type=int, default=None, metavar="K",
+                           help="with --counterattack: gradient samples per step of the adaptive attack, each "
+                                "through the defence with another seed (default 4)")
 
 
 def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:

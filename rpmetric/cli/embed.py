@@ -49,7 +49,7 @@ def register_eval_retrieval(datasets) -> None:
     q.add_argument("--batch-size", type=int, default=16, help="queries attacked at once (default: 16)")
     q.add_argument("--json", action="store_true", help="print JSON (with one record per query) instead of a table")
     q.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    add_attack_options(q)
+    add_attack_options(q, target="each query image", samples="queries", counterattack=False)
     q.set_defaults(func=run_eval_retrieval)
 
 
