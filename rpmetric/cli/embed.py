@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_device_option, format_table
+from .common import add_device_option, add_model_option, format_table
 
 
 def register(sub) -> None:
@@ -67,8 +67,7 @@ def _register_embed(sub) -> None:
     )
     p.add_argument("source", type=Path, metavar="SOURCE", help="folder of images, or a text file with one path per line")
     p.add_argument("--out", type=Path, required=True, metavar="STORE", help="store folder to create or resume")
-    p.add_argument("--model", default=None,
-                   help="zoo name (see `rpmetric models`), hf-hub:ORG/NAME[@REV], or a local folder (default: the zoo default)")
+    add_model_option(p)
     add_device_option(p)
     p.add_argument("--dtype", choices=DTYPES, default="float16", help="stored precision (default: float16)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
