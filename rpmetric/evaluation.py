@@ -29,6 +29,7 @@ from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_
                        read_nights)
 from .distributed import broadcast_object, gather_records, rank_and_world, shard
 from .functional import cosine_distance
+from .images import unit_float
 from .preprocess import resize_and_crop
 from .runlog import RunLog
 from .scoring import jnd_map, twoafc_score
@@ -59,10 +60,11 @@ class PixelL2:
         return {"model": "l2"}
 
     def pair_distances(self, a, b) -> torch.Tensor:
+        a, b = unit_float(a), unit_float(b)
         if isinstance(a, torch.Tensor):
-            return (a.float() - b.float()).pow(2).flatten(1).mean(dim=1)
+            return (a - b).pow(2).flatten(1).mean(dim=1)
         # Different sizes across the batch (never within a pair): one image at a time.
-        return torch.stack([(x.float() - y.float()).pow(2).mean() for x, y in zip(a, b)])
+        return torch.stack([(x - y).pow(2).mean() for x, y in zip(a, b)])
 
     def triplet_distances(self, ref, left, right) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.pair_distances(ref, left), self.pair_distances(ref, right)
@@ -105,7 +107,7 @@ class EncoderDistances:
                 "counterattack": None if counter is None else repr(counter)}
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.metric.device, non_blocking=True)
+        x = unit_float(x.to(self.metric.device, non_blocking=True))  # 8-bit batches travel as such
         amp = torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else nullcontext()
         # A counterattack takes gradients inside; without one, inference mode is the fastest.
         grad = nullcontext() if self.metric.counterattack is not None else torch.inference_mode()

@@ -23,10 +23,12 @@ def target_size(height: int, width: int, pp: Preprocessing) -> Tuple[int, int]:
 
 
 def resize_and_crop(x: torch.Tensor, pp: Preprocessing) -> torch.Tensor:
-    """Resize and centre-crop ``[N, C, H, W]`` images in [0, 1] to ``pp.image_size``.
+    """Resize and centre-crop ``[N, C, H, W]`` images to ``pp.image_size``.
 
-    Images already at the model's input size pass through untouched, so a 224 input meets the
-    model exactly as in open_clip's own forward.
+    Float images in [0, 1] are resized differentiably. uint8 images (CPU) are resized in 8 bits
+    and rounded, as PIL and torchvision's transforms do (within one or two levels of them); data
+    loaders use that, since it is several times cheaper. Images already at the model's input size
+    pass through untouched, so a 224 input meets the model exactly as in open_clip's own forward.
 
     Example:
         >>> resize_and_crop(torch.rand(2, 3, 300, 400), Preprocessing(image_size=224, resize_size=256)).shape
@@ -43,8 +45,8 @@ def resize_and_crop(x: torch.Tensor, pp: Preprocessing) -> torch.Tensor:
             x, size=(new_h, new_w), mode=pp.interpolation,
             align_corners=False if smooth else None, antialias=smooth,
         )
-        if pp.interpolation == "bicubic":
-            x = x.clamp(0.0, 1.0)  # bicubic overshoots; PIL clips too
+        if pp.interpolation == "bicubic" and x.is_floating_point():
+            x = x.clamp(0.0, 1.0)  # bicubic overshoots; PIL clips too (and uint8 saturates)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     return x[..., top:top + size, left:left + size]

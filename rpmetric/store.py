@@ -32,7 +32,7 @@ import torch
 
 from . import distributed
 from ._version import __version__
-from .images import load_image
+from .images import read_pixels, unit_float
 from .preprocess import resize_and_crop
 
 __all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "DTYPES"]
@@ -95,7 +95,8 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
 
 # -- decoding in DataLoader workers ------------------------------------------------------------
 class _ImageFiles(torch.utils.data.Dataset):
-    """Decodes one file into the model's input size; an unreadable file yields its reason instead."""
+    """Decodes one file into the model's input size, in 8 bits (see :mod:`rpmetric.datasets.loading`);
+    an unreadable file yields its reason instead."""
 
     def __init__(self, files: Sequence[str], transform):
         self.files = list(files)
@@ -108,10 +109,10 @@ class _ImageFiles(torch.utils.data.Dataset):
         from PIL import Image
 
         try:
-            x = load_image(self.files[i])
+            x = read_pixels(self.files[i])[None]
         except (ValueError, FileNotFoundError, Image.DecompressionBombError) as err:
             return i, None, str(err)
-        return i, self.transform(x)[0], None
+        return i, self.transform(x)[0].contiguous(), None
 
 
 def _collate(items):
@@ -141,7 +142,7 @@ def _embed_loader(encoder, loader, device: torch.device) -> Iterator[Tuple[List[
             if images is None:
                 yield [], np.zeros((0, 0), np.float32), failed
                 continue
-            f = encoder(images.to(device, non_blocking=True)).float()
+            f = encoder(unit_float(images.to(device, non_blocking=True))).float()
             yield indices, torch.nn.functional.normalize(f, dim=-1).cpu().numpy(), failed
 
 

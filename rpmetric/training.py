@@ -33,6 +33,7 @@ from .datasets import TripletImages, collate_images, read_nights
 from .encoder import Encoder, load_encoder
 from .evaluation import nights_total
 from .functional import cosine_distance
+from .images import unit_float
 from .heads import (HeadConfig, attach_head, head_dropouts, head_parameters, head_state_dict, load_head_state,
                     save_head_folder)
 from .preprocess import resize_and_crop
@@ -256,7 +257,7 @@ class _Run:
         """``(ref, left, right)`` embeddings ``[N, D]`` in dataset order; one encoder pass per batch."""
         parts = []
         for batch in self.batches(model, triplets, None, 64, desc):
-            images = torch.cat([batch["ref"], batch["left"], batch["right"]]).to(self.device)
+            images = unit_float(torch.cat([batch["ref"], batch["left"], batch["right"]]).to(self.device))
             parts.append(model(images).chunk(3))
         return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
@@ -290,7 +291,7 @@ class _Run:
                 self.step(optimizer, ref, left, right, self.p["train"][rows])
             return
         for batch in self.batches(model, self.splits["train"], order, self.config.batch, desc):
-            ref, left, right = (batch[k].to(self.device) for k in ("ref", "left", "right"))
+            ref, left, right = (unit_float(batch[k].to(self.device)) for k in ("ref", "left", "right"))
             p = batch["p"]
             if self.config.adversarial:
                 ref = self.attack(model, ref, left, right, p)

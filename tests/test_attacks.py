@@ -15,7 +15,8 @@ from rpmetric.attacks import (AttackConfig, Norm, TwoAFCLogits, add_attack_optio
                               evaluate_attack, human_labels, run_apgd)
 from rpmetric.attacks import evaluate as evaluate_module
 from rpmetric.datasets import Triplet, TripletImages, read_bapps_2afc, read_nights
-from rpmetric.images import load_image
+from rpmetric.images import load_image, read_pixels, unit_float
+from rpmetric.preprocess import resize_and_crop
 
 
 @pytest.fixture(autouse=True)
@@ -231,10 +232,12 @@ def test_bapps_attack_is_rechecked_independently(tiny_metric, tmp_path, monkeypa
     assert result.records[2]["robust_correct"] == 0.5
     ((clean_refs, attacked),) = spy.outputs
     assert float((attacked - clean_refs).abs().max()) <= 64 / 255 + 1e-6
-    # Re-judge the returned images with the public metric (its own forward, resizing left/right itself).
+    # Re-judge the returned images with the public metric's own forward; left/right are resized in
+    # 8 bits by the public preprocessing, as the data loader does.
+    pp = tiny_metric.spec.preprocessing
     for t, image, record in zip(triplets, attacked, result.records):
-        d0 = float(tiny_metric(image[None], load_image(t.left)))
-        d1 = float(tiny_metric(image[None], load_image(t.right)))
+        left, right = (unit_float(resize_and_crop(read_pixels(path)[None], pp)) for path in (t.left, t.right))
+        d0, d1 = float(tiny_metric(image[None], left)), float(tiny_metric(image[None], right))
         assert d0 == pytest.approx(record["adv_d0"], abs=1e-5) and d1 == pytest.approx(record["adv_d1"], abs=1e-5)
         again = 0.5 if d0 == d1 else float((d1 < d0) == (t.p > 0.5))
         assert record["robust_correct"] == min(record["clean_correct"], again)
@@ -321,9 +324,16 @@ def test_any_embed_module_and_value_range_give_the_same_result(tiny_metric, vit_
     base = evaluate_attack(tiny_metric, fooled_data, **kwargs)
     signed = rpmetric.RobustDistance(str(vit_folder), device="cpu", value_range=(-1, 1))
     assert evaluate_attack(signed, fooled_data, **kwargs).records == base.records  # attacks [0, 1] pixels
-    assert evaluate_attack(CountingEncoder(tiny_metric.encoder), fooled_data, **kwargs).records == base.records
     dataset = TripletImages(fooled_data)  # a dataset instead of records: keys still the triplet ids
     assert evaluate_attack(tiny_metric.encoder, dataset, **kwargs).records == base.records
+    # A module without a preprocessing spec is prepared in this process, by its own float resize: the
+    # same judgements, distances within the 8-bit rounding of the data loader's resize.
+    other = evaluate_attack(CountingEncoder(tiny_metric.encoder), fooled_data, **kwargs).records
+    assert [r["key"] for r in other] == [r["key"] for r in base.records]
+    for a, b in zip(other, base.records):
+        assert (a["clean_correct"], a["robust_correct"]) == (b["clean_correct"], b["robust_correct"])
+        for key in ("clean_d0", "clean_d1", "adv_d0", "adv_d1"):
+            assert a[key] == pytest.approx(b[key], abs=2e-3), key
 
 
 def test_robust_accuracy_trusts_only_the_recheck(tiny_metric, fooled_data, monkeypatch):

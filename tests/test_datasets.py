@@ -6,6 +6,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import datagen
 from rpmetric.datasets import (BadItem, JNDPair, PairImages, Triplet, TripletImages, collate_images, read_bapps_2afc,
@@ -173,7 +174,9 @@ def test_triplet_images_decode_and_transform(nights):
     triplets = read_nights(nights, "test")
     item = TripletImages(triplets)[0]
     assert set(item) == {"index", "ref", "left", "right", "p"}
-    assert item["ref"].shape == (3, 32, 32) and item["ref"].dtype == torch.float32
+    assert item["ref"].shape == (3, 32, 32) and item["ref"].dtype == torch.uint8  # 8 bits until the consumer
+    pil = np.array(Image.open(triplets[0].ref).convert("RGB"))
+    assert torch.equal(item["ref"], torch.from_numpy(pil).permute(2, 0, 1))
     assert torch.equal(item["ref"], item["left"])  # "left" kind: left is a copy of ref
     transform = partial(resize_and_crop, pp=Preprocessing(image_size=16, resize_size=16))
     small = TripletImages(triplets, transform=transform)[3]

@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.transforms import v2 as T
 
 from rpmetric.preprocess import resize_and_crop, target_size
@@ -30,3 +32,27 @@ def test_resize_is_differentiable():
     x = torch.rand(1, 3, 50, 70, requires_grad=True)
     resize_and_crop(x, Preprocessing(image_size=32, resize_size=36)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shape", [(40, 56), (56, 40), (20, 30), (64, 64)])
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_uint8_images_are_resized_in_8_bits_like_pil(shape, mode):
+    # PIL's resize + crop on the same pixels is the independent reference (torchvision's transforms on
+    # PIL images, as in the published protocols); the two round their fixed-point sums differently.
+    pp = Preprocessing(image_size=32, resize_size=32, interpolation=mode)
+    arr = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    out = resize_and_crop(x, pp)
+    h, w = target_size(*shape, pp)
+    top, left = round((h - 32) / 2), round((w - 32) / 2)
+    filt = Image.BICUBIC if mode == "bicubic" else Image.BILINEAR
+    pil = Image.fromarray(arr).resize((w, h), filt).crop((left, top, left + 32, top + 32))
+    expected = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)[None]
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 32, 32)
+    assert (out.int() - expected.int()).abs().max() <= 2
+    # On a smooth image (no overshoot for the 8-bit intermediate to clip), within rounding of the
+    # differentiable float path.
+    smooth = np.asarray(Image.fromarray(arr[:4, :4]).resize(shape[::-1], Image.BICUBIC))
+    x = torch.from_numpy(smooth).permute(2, 0, 1)[None].contiguous()
+    float_path = resize_and_crop(x.float() / 255, pp)
+    assert (resize_and_crop(x, pp).float() / 255 - float_path).abs().max() <= 1.5 / 255

@@ -76,11 +76,27 @@ def test_unreadable_files_are_listed_with_reasons(store32):
     assert "broken.png" in skipped["broken.png"]
 
 
+def pil_prepared(path: Path, size: int) -> torch.Tensor:
+    """[1, 3, size, size] in [0, 1]: PIL's own bicubic resize of the shorter side and centre crop, in
+    8 bits, as torchvision's transforms on PIL images do in the published protocols."""
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    img = img.resize((new_w, new_h), Image.BICUBIC).crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+
+
 def test_embeddings_match_the_metric_on_each_image(store32, images, tiny_metric):
     emb = store32.embeddings()
+    size = tiny_metric.spec.preprocessing.image_size
     with torch.no_grad():
-        expected = torch.cat([tiny_metric.embed(pil_tensor(images / p)) for p in store32.paths])
-    torch.testing.assert_close(emb, expected, atol=1e-5, rtol=0)
+        expected = torch.cat([tiny_metric.embed(pil_prepared(images / p, size)) for p in store32.paths])
+        float_path = torch.cat([tiny_metric.embed(pil_tensor(images / p)) for p in store32.paths])
+    # Images are resized in 8 bits, as PIL does: within its rounding (a level or two) of PIL's own
+    # pixels, and no further from the metric's float resize of the full image than that allows.
+    torch.testing.assert_close(emb, expected, atol=3e-4, rtol=0)
+    torch.testing.assert_close(emb, float_path, atol=1e-3, rtol=0)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5, rtol=0)
 
 

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from ..datasets import Triplet, TripletImages, collate_images
+from ..images import unit_float
 from ..preprocess import resize_and_crop
 from ..runlog import RunLog
 from ..scoring import binary_accuracy
@@ -239,10 +240,21 @@ def _checked_norms(attacked: torch.Tensor, clean: torch.Tensor, config: AttackCo
 
 
 def _prepared(images, embedder: Embedder, device) -> torch.Tensor:
-    """A batch at the model's input size; images of different sizes are prepared one by one."""
+    """A batch at the model's input size in [0, 1]; images of different sizes are prepared one by one.
+
+    8-bit images are resized in 8 bits when the model has a preprocessing spec, as the data loader
+    does, so a dataset of full-size uint8 images gives the same result as triplet records.
+    """
+    resize = _loader_transform(embedder)
+
+    def prepare(x: torch.Tensor) -> torch.Tensor:
+        if resize is not None and x.dtype == torch.uint8:
+            x = resize(x)
+        return embedder.prepare(unit_float(x.to(device)))
+
     if isinstance(images, torch.Tensor):
-        return embedder.prepare(images.to(device).float())
-    return torch.cat([embedder.prepare(im.to(device).float()[None]) for im in images])
+        return prepare(images)
+    return torch.cat([prepare(im[None]) for im in images])
 
 
 # -- data, config and result -----------------------------------------------------------------

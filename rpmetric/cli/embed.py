@@ -310,7 +310,7 @@ def run_eval_retrieval(args) -> int:
     import torch
 
     from ..attacks import AttackConfig, attack_config_from_args
-    from ..images import load_image
+    from ..images import read_pixels, unit_float
     from ..robust_retrieval import evaluate_retrieval_attack
     from ..store import EmbeddingStore, read_csv_columns
 
@@ -344,7 +344,8 @@ def run_eval_retrieval(args) -> int:
     pp = metric.spec.preprocessing
     from ..preprocess import resize_and_crop
 
-    images = torch.cat([resize_and_crop(load_image(base / r["path"]), pp) for r in rows])
+    # Resized in 8 bits, as the store's images were, so an unattacked query is embedded as in the store.
+    images = unit_float(torch.cat([resize_and_crop(read_pixels(base / r["path"])[None], pp) for r in rows]))
     config = None
     if options is not None:
         config = AttackConfig.create(options["norm"], options["eps"], steps=options["steps"],
