@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -272,6 +273,7 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
     key_set = set(keys)
     finished = {k: r for k, r in done.items() if k in key_set}
     bar = _progress_bar(progress and rank == 0, len(keys), len(finished), spec.unit)
+    running = _RunningScore(bar, spec)
     try:
         batch_iter = iter(loader)
         for step in range(steps):
@@ -285,7 +287,7 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
                 raise ValueError(f"{bad[0]['error']}; pass --skip-bad (skip_bad=True) to skip bad {spec.unit}s")
             finished.update((r["key"], r) for r in new)
             bar.update(len(new))
-            _show_running_score(bar, spec, finished)
+            running.update(finished, final=step == steps - 1)
     finally:
         bar.close()
 
@@ -370,16 +372,27 @@ def _progress_bar(enabled: bool, total: int, initial: int, unit: str):
     return tqdm(total=total, initial=initial, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
-def _show_running_score(bar, spec: Task, finished: Dict[str, dict]) -> None:
-    if bar.disable:
-        return
-    scored = [r for r in finished.values() if "error" not in r]
-    if not scored:
-        return
-    try:
-        bar.set_postfix_str(f"{'2AFC' if spec.name == '2afc' else 'mAP'} {100 * spec.score(scored):.2f}%")
-    except ValueError:  # e.g. no pair judged the same yet: mAP undefined so far
-        pass
+class _RunningScore:
+    """The score so far, on the progress bar. Scoring is O(records), so it is redone at most once per
+    ``interval`` seconds: after every batch it would add up to quadratic time over a long run."""
+
+    def __init__(self, bar, spec: Task, interval: float = 1.0):
+        self.bar, self.spec, self.interval = bar, spec, interval
+        self.shown_at = -math.inf
+
+    def update(self, finished: Dict[str, dict], final: bool = False) -> None:
+        now = time.monotonic()
+        if self.bar.disable or (now - self.shown_at < self.interval and not final):
+            return
+        self.shown_at = now
+        scored = [r for r in finished.values() if "error" not in r]
+        if not scored:
+            return
+        try:
+            score = self.spec.score(scored)
+        except ValueError:  # e.g. no pair judged the same yet: mAP undefined so far
+            return
+        self.bar.set_postfix_str(f"{'2AFC' if self.spec.name == '2afc' else 'mAP'} {100 * score:.2f}%")
 
 
 # -- datasets ---------------------------------------------------------------------------------

@@ -250,3 +250,22 @@ def test_distributed_helpers_in_one_process():
     assert gather_records([{"key": "a"}]) == [{"key": "a"}]
     with pytest.raises(ValueError, match=r"`rank` must be in \[0, 2\), but got 2"):
         shard([1], 2, 2)
+
+
+def test_running_score_is_recomputed_at_most_once_per_interval():
+    # Scoring all finished records after every batch would be quadratic over a long run.
+    import dataclasses
+    import io
+
+    from tqdm import tqdm
+
+    from rpmetric.evaluation import TASKS, _RunningScore
+
+    calls = []
+    spec = dataclasses.replace(TASKS["2afc"], score=lambda records: calls.append(len(records)) or 0.5)
+    bar = tqdm(total=10, file=io.StringIO())
+    running = _RunningScore(bar, spec, interval=3600)
+    for n in range(1, 6):
+        running.update({str(i): {"d0": 0.0} for i in range(n)}, final=n == 5)
+    assert calls == [1, 5]  # the first batch, then only the final one
+    assert bar.postfix == "2AFC 50.00%"
