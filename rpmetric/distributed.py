@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_env", "is_distributed", "rank_and_world", "shard", "gather_records", "broadcast_object",
+__all__ = ["init_from_env", "local_device", "is_distributed", "rank_and_world", "shard", "gather_records", "broadcast_object",
            "barrier", "shutdown"]
 
 
@@ -30,6 +30,14 @@ def init_from_env() -> Tuple[int, int]:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return rank_and_world()
+
+
+def local_device(device=None):
+    """``device`` if given; under torchrun with CUDA, this process's own GPU (``cuda:LOCAL_RANK``);
+    else None, which lets the model choose."""
+    if device is None and rank_and_world()[1] > 1 and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return device
 
 
 def is_distributed() -> bool:

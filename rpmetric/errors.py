@@ -7,3 +7,7 @@ class ModelNotAvailableError(FileNotFoundError):
 
 class CheckpointError(ValueError):
     """A checkpoint's files do not match the architecture its config describes."""
+
+
+class MissingDependencyError(ImportError):
+    """An optional package a feature needs is not installed; the message names the pip extra."""

@@ -34,7 +34,7 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
             if img.mode != "RGB":
                 img = img.convert("RGB")
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} cannot be read as an image: {err}") from None
 
 

@@ -32,6 +32,7 @@ import torch
 
 from . import distributed
 from ._version import __version__
+from .files import atomic_write, read_csv_columns, write_json
 from .images import read_pixels, unit_float
 from .preprocess import resize_and_crop
 
@@ -106,11 +107,9 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         try:
             x = read_pixels(self.files[i])[None]
-        except (ValueError, FileNotFoundError, Image.DecompressionBombError) as err:
+        except (ValueError, FileNotFoundError) as err:
             return i, None, str(err)
         return i, self.transform(x)[0].contiguous(), None
 
@@ -203,18 +202,6 @@ def _output_dim(metric) -> int:
 
 
 # -- writing -----------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
-
-
 def _shard_names(k: int) -> Tuple[str, str]:
     return f"emb-{k:05d}.npy", f"shard-{k:05d}.json"
 
@@ -226,9 +213,9 @@ def _shard_done(out: Path, k: int) -> bool:
 
 def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: List[dict]) -> None:
     emb_name, meta_name = _shard_names(k)
-    _atomic_write(out / emb_name, lambda f: np.save(f, emb, allow_pickle=False))
+    atomic_write(out / emb_name, lambda f: np.save(f, emb, allow_pickle=False))
     # The shard's record comes last: its presence is what marks the shard complete.
-    _write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped})
+    write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped})
 
 
 def _prepare_out(out: Path, plan: dict, overwrite: bool) -> dict:
@@ -250,7 +237,7 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool) -> dict:
     elif out.is_dir() and any(out.iterdir()):
         raise ValueError(f"Output folder {out} is not empty and holds no {MANIFEST}; choose a new or empty folder.")
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(manifest, plan)
+    write_json(manifest, plan)
     return plan
 
 
@@ -394,21 +381,7 @@ def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
         skipped.extend(meta["skipped"])
     dim = np.load(out / shards[0]["embeddings"], mmap_mode="r").shape[1]  # every shard is written [n, dim]
     manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
-    _write_json(out / MANIFEST, manifest)
-
-
-def read_csv_columns(path: Union[str, Path], columns: Sequence[str]) -> List[dict]:
-    """Rows of a CSV file with a header that has at least ``columns``."""
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not set(columns) <= set(reader.fieldnames):
-            raise ValueError(f"{path} must have a header with columns {','.join(columns)} (found: {reader.fieldnames}).")
-        return list(reader)
+    write_json(out / MANIFEST, manifest)
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -3,11 +3,45 @@ is the value range: [-1, 1] vs [0, 1] vs [0, 255])."""
 
 from __future__ import annotations
 
-from typing import Tuple
+import math
+import numbers
+from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["check_images", "check_value_range", "check_batches"]
+__all__ = ["check_images", "check_value_range", "check_batches", "check_int", "check_real"]
+
+
+def check_int(name: str, value, low: Optional[int] = None) -> int:
+    """``value`` as an int; any integral type (numpy too) is accepted, bools are not.
+
+    Example:
+        >>> check_int("steps", 0, low=1)
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `steps` must be at least 1, but got 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Argument `{name}` must be an integer, but got {value!r}.")
+    if low is not None and value < low:
+        raise ValueError(f"Argument `{name}` must be at least {low}, but got {value!r}.")
+    return int(value)
+
+
+def check_real(name: str, value, low: float = -math.inf, high: float = math.inf, hint: str = "") -> float:
+    """``value`` as a float in ``[low, high]``; ``hint`` is appended to the range error.
+
+    Example:
+        >>> check_real("eps", 4.0, 0.0, 1.0, " For 4/255 pass 4/255, not 4.")
+        Traceback (most recent call last):
+        ...
+        ValueError: Argument `eps` must be in [0, 1], but got 4.0. For 4/255 pass 4/255, not 4.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+        raise TypeError(f"Argument `{name}` must be a real number, but got {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(f"Argument `{name}` must be in [{low:g}, {high:g}], but got {value!r}.{hint}")
+    return float(value)
 
 
 def check_value_range(value_range) -> Tuple[float, float]:

@@ -6,6 +6,7 @@ from PIL import Image
 
 import rpmetric
 from rpmetric.cli import build_parser, main
+from rpmetric.errors import MissingDependencyError
 
 
 def _save(path, seed, size=(40, 30)):
@@ -90,3 +91,18 @@ def test_distance_missing_image(tmp_path, vit_folder, capsys):
 def test_download_local_folder(vit_folder, capsys):
     assert main(["download", str(vit_folder)]) == 0
     assert capsys.readouterr().out.strip() == f"{vit_folder}: {vit_folder / 'open_clip_model.safetensors'}"
+
+
+@pytest.mark.parametrize("error", [FileExistsError("run.jsonl already exists; pass --resume"),
+                                   MissingDependencyError("pip install x")])
+def test_expected_errors_are_one_line_not_tracebacks(monkeypatch, capsys, error):
+    from rpmetric import cli
+
+    def fail(args):
+        raise error
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["models"].set_defaults(func=fail)
+    assert cli.main(["models"]) == 2
+    assert capsys.readouterr().err == f"rpmetric models: error: {error}\n"

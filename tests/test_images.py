@@ -62,3 +62,10 @@ def test_exif_orientation_is_applied(tmp_path, orientation, turn):
     from rpmetric.images import read_rgb
 
     np.testing.assert_array_equal(read_rgb(tmp_path / "r.png"), np.rot90(arr, k=turn))
+
+
+def test_decompression_bombs_are_unreadable_images_not_crashes(tmp_path, monkeypatch):
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64*64 > 2 * 100: Pillow refuses it as a bomb
+    with pytest.raises(ValueError, match=r"big.png cannot be read as an image"):
+        rpmetric.load_image(tmp_path / "big.png")

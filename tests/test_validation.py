@@ -52,3 +52,20 @@ def test_bad_value_range(vit_folder, value_range, exc, match):
 
     with pytest.raises(exc, match=match):
         rpmetric.RobustDistance(str(vit_folder), device="cpu", value_range=value_range)
+
+
+def test_shared_number_checks_accept_numpy_and_name_the_argument():
+    import numpy as np
+
+    from rpmetric.validation import check_int, check_real
+
+    assert check_int("steps", np.int64(5), low=1) == 5 and type(check_int("steps", np.int64(5))) is int
+    with pytest.raises(TypeError, match="`steps` must be an integer, but got True"):
+        check_int("steps", True)
+    with pytest.raises(TypeError, match="`steps` must be an integer, but got 2.5"):
+        check_int("steps", 2.5)
+    assert check_real("eps", np.float32(0.5), 0.0, 1.0) == 0.5
+    with pytest.raises(TypeError, match="`eps` must be a real number, but got nan"):
+        check_real("eps", float("nan"))
+    with pytest.raises(ValueError, match=r"`eps` must be in \[0, 1\], but got 2. Hint."):
+        check_real("eps", 2, 0.0, 1.0, " Hint.")

@@ -10,10 +10,10 @@ import sys
 from typing import List, Optional
 
 from .._version import __version__
+from ..errors import MissingDependencyError
 
 # Module names under rpmetric.cli, in the order `rpmetric --help` lists them.
-COMMAND_MODULES = ["models", "distance", "download"]
-_OPTIONAL_MODULES = ["evaluate", "embed", "train"]  # registered when present
+COMMAND_MODULES = ["models", "distance", "download", "evaluate", "embed", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rpmetric {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES + _OPTIONAL_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as err:
-            if name in _OPTIONAL_MODULES and err.name == f"{__name__}.{name}":
-                continue
-            raise
-        module.register(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
@@ -41,7 +35,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, MissingDependencyError) as err:
         # Expected user-facing errors: one clear line, no traceback (once, not once per torchrun process).
         if os.environ.get("RANK", "0") == "0":
             print(f"rpmetric {args.command}: error: {err}", file=sys.stderr)

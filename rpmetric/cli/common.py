@@ -7,11 +7,33 @@ import argparse
 from ..spec import default_model
 
 
-def add_model_option(parser: argparse.ArgumentParser) -> None:
+def add_model_option(parser: argparse.ArgumentParser, *, required: bool = False, extra_help: str = "") -> None:
+    default = "" if required else f" (default: {default_model()})"
     parser.add_argument(
-        "--model", default=None,
-        help=f"zoo name (see `rpmetric models`), hf-hub:ORG/NAME[@REV], or a local folder (default: {default_model()})",
+        "--model", default=None, required=required,
+        help=f"zoo name (see `rpmetric models`), hf-hub:ORG/NAME[@REV], or a local folder{extra_help}{default}",
     )
+
+
+def at_least(low: int):
+    """An argparse ``type`` for integers >= ``low``, so a bad value is refused while parsing, with the
+    option's name (e.g. ``--batch-size 0``).
+
+    Example:
+        >>> at_least(1)("3")
+        3
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, but got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, but got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:

@@ -159,26 +159,18 @@ def _reporting_missing_dependency(run):
 
 
 def run_embed(args) -> int:
-    import os
-
-    import torch
-
     from .. import distributed
     from ..metric import RobustDistance
     from ..store import build_store
 
-    rank, world = distributed.init_from_env()
-    device = args.device
-    if device is None and world > 1 and torch.cuda.is_available():
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"  # one GPU per process
+    distributed.init_from_env()
     try:
-        metric = RobustDistance(args.model, device=device)
+        metric = RobustDistance(args.model, device=distributed.local_device(args.device))
         store = build_store(args.source, args.out, metric, dtype=args.dtype, shard_size=args.shard_size,
                             batch_size=args.batch_size, num_workers=args.workers, overwrite=args.overwrite,
                             progress=not args.quiet)
     finally:
-        if distributed.is_distributed():
-            torch.distributed.destroy_process_group()
+        distributed.shutdown()
     if store is not None:
         print(f"{len(store)} images embedded into {store.path} ({len(store.skipped)} unreadable files skipped, "
               f"listed in {store.path / 'manifest.json'})")
@@ -312,7 +304,8 @@ def run_eval_retrieval(args) -> int:
     from ..attacks import AttackConfig, attack_config_from_args
     from ..images import read_pixels, unit_float
     from ..robust_retrieval import evaluate_retrieval_attack
-    from ..store import EmbeddingStore, read_csv_columns
+    from ..files import read_csv_columns
+    from ..store import EmbeddingStore
 
     options = attack_config_from_args(args)  # checks the attack options before any work
     _check_k(args.k)

@@ -10,6 +10,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..distributed import local_device
+from ..files import write_json
 from .common import add_device_option, format_table
 
 DESCRIPTIONS = {
@@ -102,16 +104,13 @@ def run(args) -> int:
         names = args.split if args.dataset == "nights" else args.categories
         subset = getattr(args, "subset", "val")
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
-        distances = load_distances(args.model, device=_device(args.device, world), counterattack=counterattack)
+        distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
         log, default_log = _log_path(args, distances.name)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
                       "model_argument": args.model}
-        try:
-            result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
-                              resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
-                              progress=True, max_batches=args.max_batches)
-        except FileExistsError as err:  # an existing run log: a user error with a one-line fix
-            raise ValueError(str(err)) from None
+        result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
+                          resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
+                          progress=True, max_batches=args.max_batches)
     finally:
         distributed.shutdown()
     if rank != 0:
@@ -140,7 +139,7 @@ def run(args) -> int:
         summary = _summary(args, distances, task, names, subset, results, result, world)
         if attacked is not None:
             summary["attack"] = attacked
-        _write_json(args.out, summary)
+        write_json(args.out, summary)
     if args.per_sample is not None:
         _write_per_sample(args.per_sample, result.records)
     if default_log:  # complete: everything is in the outputs now
@@ -157,14 +156,6 @@ def _attack(args, distances, groups, result, options, log):
     kept = {g: [t for t in records if (g, t.id) not in bad] for g, records in groups.items()}
     return attack_groups(distances.metric, kept, options, batch_size=args.batch_size, workers=args.workers,
                          log=log, resume=args.resume, progress=True)
-
-
-def _device(device, world: int):
-    import torch
-
-    if device is None and world > 1 and torch.cuda.is_available():
-        return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per torchrun process
-    return device
 
 
 def _log_path(args, model_name: str):
@@ -206,13 +197,6 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _write_json(path: Path, summary: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)  # never leave a half-written results file
 
 
 def _write_per_sample(path: Path, records) -> None:

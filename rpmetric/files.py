@@ -1,0 +1,65 @@
+"""Small file helpers shared by the store, the evaluators and the command line: writes that readers
+never see half done, and CSV files read by column name."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Union
+
+__all__ = ["atomic_write", "write_json", "read_csv_columns", "write_csv"]
+
+
+def atomic_write(path: Union[str, Path], write: Callable) -> None:
+    """``write(binary_file)`` into a temporary file beside ``path``, then rename it into place.
+
+    Missing parent folders are created. Readers see the old file or the new one, never half of it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Union[str, Path], data) -> None:
+    """``data`` as indented JSON, written atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=1) + "\n").encode()))
+
+
+def read_csv_columns(path: Union[str, Path], columns: Sequence[str]) -> List[dict]:
+    """Rows of a CSV file whose header has at least ``columns`` (extra columns are kept).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the header lacks one of ``columns``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not set(columns) <= set(reader.fieldnames):
+            raise ValueError(f"{path} must have a header with columns {','.join(columns)} (found: {reader.fieldnames}).")
+        return list(reader)
+
+
+def write_csv(path: Optional[Union[str, Path]], header: Sequence[str], rows) -> None:
+    """Rows under ``header`` to ``path`` (atomically), or to stdout when ``path`` is None."""
+    import io
+    import sys
+
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    if path is None:
+        sys.stdout.write(buffer.getvalue())
+    else:
+        atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))

@@ -1,0 +1,46 @@
+"""Shared file helpers: atomic writes, CSV by column name, CLI number options."""
+
+import argparse
+import json
+
+import pytest
+
+from rpmetric.cli.common import at_least
+from rpmetric.files import atomic_write, read_csv_columns, write_csv, write_json
+
+
+def test_atomic_write_creates_folders_and_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "a" / "b" / "out.json"
+    write_json(target, {"x": [1, 2]})
+    assert json.loads(target.read_text()) == {"x": [1, 2]}
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert json.loads(target.read_text()) == {"x": [1, 2]}  # the old file is intact
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]  # no temporary left over
+
+
+def test_csv_round_trip_by_column_name(tmp_path, capsys):
+    path = tmp_path / "rows.csv"
+    write_csv(path, ["b", "a"], [[1, "x,y"], [2, "z"]])
+    assert read_csv_columns(path, ["a"]) == [{"b": "1", "a": "x,y"}, {"b": "2", "a": "z"}]
+    write_csv(None, ["a"], [["q"]])
+    assert capsys.readouterr().out == "a\nq\n"
+    with pytest.raises(ValueError, match=r"rows.csv must have a header with columns a,c \(found: \['b', 'a'\]\)"):
+        read_csv_columns(path, ["a", "c"])
+    with pytest.raises(FileNotFoundError, match="CSV file not found: .*nope.csv"):
+        read_csv_columns(tmp_path / "nope.csv", ["a"])
+
+
+def test_at_least_refuses_bad_numbers_while_parsing(capsys):
+    parser = argparse.ArgumentParser(prog="p")
+    parser.add_argument("--batch-size", type=at_least(1))
+    assert parser.parse_args(["--batch-size", "4"]).batch_size == 4
+    for bad, why in (("0", "must be at least 1, but got 0"), ("x", "must be an integer, but got 'x'")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--batch-size", bad])
+        assert f"argument --batch-size: {why}" in capsys.readouterr().err
