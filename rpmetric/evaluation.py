@@ -317,16 +317,17 @@ def _measure(spec: Task, distances, batch: dict, items, keys) -> List[dict]:
     errors = list(batch["errors"])
     index = list(batch["index"])
     images = [batch.get(f) for f in spec.images]
-    if distances.needs_equal_sizes and index and not all(isinstance(im, torch.Tensor) for im in images):
-        # Sizes vary across the batch: keep the items whose own images agree, report the others.
-        images = [list(im) for im in images]
-        keep = [j for j in range(len(index)) if len({tuple(im[j].shape) for im in images}) == 1]
-        errors += [(index[j], _size_error(spec, [im[j] for im in images])) for j in range(len(index)) if j not in keep]
-        index = [index[j] for j in keep]
-        images = [[im[j] for j in keep] for im in images]
-        values = batch[spec.target][keep] if keep else None
-    else:
-        values = batch.get(spec.target)
+    values = batch.get(spec.target)
+    if distances.needs_equal_sizes and index:
+        # Each item's own images must agree. A field stacks whenever its sizes agree across the
+        # batch, mismatched or not, so check every item (im[j] reads a stacked tensor and a list).
+        bad = [j for j in range(len(index)) if len({tuple(im[j].shape) for im in images}) > 1]
+        if bad:
+            keep = [j for j in range(len(index)) if j not in bad]
+            errors += [(index[j], _size_error(spec, [im[j] for im in images])) for j in bad]
+            index = [index[j] for j in keep]
+            images = [[im[j] for j in keep] for im in images]
+            values = values[keep]
     records = []
     if index:
         outputs = spec.measure(distances, *images)

@@ -170,15 +170,16 @@ def test_bad_triplet_stays_skipped_on_resume(tmp_path):
         evaluate(PixelL2(), task, groups, batch_size=1, log=log, resume=True)
 
 
-def test_l2_needs_equal_sizes_within_a_triplet(tmp_path):
+@pytest.mark.parametrize("batch_size", [1, 2])  # 1: each field stacks into a tensor, mismatch and all
+def test_l2_needs_equal_sizes_within_a_triplet(tmp_path, batch_size):
     root = tmp_path / "nights"
     datagen.nights_known(root)
     task, groups, _ = load_groups("nights", root, ["val"])
     datagen.save_png(groups["val"][1].left, datagen.pattern(0, (20, 24)))
     with pytest.raises(ValueError, match=r"val/val-tie: images differ in size \(ref \(32, 32\), left \(20, 24\), "
                                          r"right \(32, 32\)\); the l2 baseline"):
-        evaluate(PixelL2(), task, groups, batch_size=2)
-    result = evaluate(PixelL2(), task, groups, batch_size=2, skip_bad=True)
+        evaluate(PixelL2(), task, groups, batch_size=batch_size)
+    result = evaluate(PixelL2(), task, groups, batch_size=batch_size, skip_bad=True)
     assert result.results["val"] == {"n": 1, "score": 0.0} and result.skipped[0]["id"] == "val-tie"
 
 
