@@ -429,18 +429,38 @@ def test_adaptive_attack_averages_gradients_over_eot_samples(tiny_metric, fooled
     assert seen == [1, 3]  # the plain attack, then the adaptive one with three samples per step
 
 
-def test_real_counterattack_both_evaluations(vit_folder, fooled_data):
+def test_real_counterattack_both_evaluations(vit_folder, fooled_data, monkeypatch):
     from rpmetric.counterattack import Counterattack
 
     defence = Counterattack(tau_threshold=math.inf)  # counterattack every image
     metric = rpmetric.RobustDistance(str(vit_folder), device="cpu", counterattack=defence)
-    result = evaluate_attack(metric, fooled_data[:4], eps=16 / 255, steps=3, eot_samples=2, progress=False)
+    spy = SpyApgd(monkeypatch)
+    triplets = fooled_data[:4]
+    result = evaluate_attack(metric, triplets, eps=16 / 255, steps=3, eot_samples=2, progress=False)
     assert result.config["counterattack"] == repr(defence)  # taken from the metric's hook
-    for record in result.records:
-        assert record["nonadaptive_correct"] <= record["defended_clean_correct"]
-        assert record["adaptive_correct"] <= record["defended_clean_correct"]
-        assert record["adaptive_linf"] <= 16 / 255 + 1e-6
-    assert result.worst_case_accuracy <= min(result.nonadaptive_accuracy, result.adaptive_accuracy)
+    # Two attacks: the plain one (its images are transferred to the defence), then one through it.
+    (clean_refs, transferred), (adaptive_refs, adaptive) = spy.outputs
+    assert torch.equal(adaptive_refs, clean_refs)
+    assert float((adaptive - clean_refs).abs().max()) <= 16 / 255 + 1e-6
+    # Re-judge both sets of images with the public defended metric (its forward applies the hook);
+    # left/right are resized in 8 bits by the public preprocessing, as the data loader does.
+    pp = metric.spec.preprocessing
+    for i, (t, record) in enumerate(zip(triplets, result.records)):
+        left, right = (unit_float(resize_and_crop(read_pixels(path)[None], pp)) for path in (t.left, t.right))
+
+        def judged(image):
+            d0, d1 = float(metric(image[None], left)), float(metric(image[None], right))
+            return 0.5 if d0 == d1 else float((d1 < d0) == (t.p > 0.5))
+
+        clean_ok = judged(clean_refs[i])
+        assert record["defended_clean_correct"] == clean_ok
+        assert record["nonadaptive_correct"] == min(clean_ok, judged(transferred[i]))
+        assert record["adaptive_correct"] == min(clean_ok, judged(adaptive[i]))
+        assert record["adaptive_linf"] == pytest.approx(float((adaptive[i] - clean_refs[i]).abs().max()), abs=1e-7)
+    assert result.defended_clean_accuracy == 1.0
+    assert result.adaptive_accuracy < result.defended_clean_accuracy  # 16/255 breaks the tiny random model
+    assert result.worst_case_accuracy == sum(min(r["nonadaptive_correct"], r["adaptive_correct"])
+                                             for r in result.records) / 4
 
 
 @pytest.mark.gpu
