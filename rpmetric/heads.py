@@ -327,8 +327,12 @@ def _is_head_tensor(name: str) -> bool:
 
 
 def head_state_dict(module: nn.Module) -> Dict[str, torch.Tensor]:
-    """The head's tensors only (MLP weights or LoRA A/B), detached, by name in ``module``."""
-    return {k: v.detach() for k, v in module.state_dict().items() if _is_head_tensor(k)}
+    """Copies of the head's tensors only (MLP weights or LoRA A/B), by name in ``module``.
+
+    Copies, not views: the optimiser updates the parameters in place, and a state kept as the
+    best so far must not follow them.
+    """
+    return {k: v.detach().clone() for k, v in module.state_dict().items() if _is_head_tensor(k)}
 
 
 def head_parameters(module: nn.Module) -> List[nn.Parameter]:

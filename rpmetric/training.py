@@ -210,7 +210,7 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
         history.append(run.val_score(model))
         epochs.set_postfix(val_2afc=f"{history[-1]:.4f}", best=f"{max(history):.4f}")
         if history[-1] > history[best_epoch]:
-            best_epoch, best_state = epoch, {k: v.clone() for k, v in head_state_dict(module).items()}
+            best_epoch, best_state = epoch, head_state_dict(module)
         _write_checkpoint(checkpoint_path, {"settings": settings, "head": head_state_dict(module),
                                             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

@@ -236,3 +236,19 @@ def test_cli_reports_a_bad_head_choice(capsys):
     with pytest.raises(SystemExit):
         main(["train", "nights", "x", "--model", "m", "--head", "linear", "--out", "o"])
     assert "invalid choice: 'linear'" in capsys.readouterr().err
+
+
+def test_untrained_head_is_saved_when_no_epoch_beats_it(nights, vit_folder, tmp_path, monkeypatch):
+    # Val gets worse every epoch, so epoch 0 (the untrained head) is kept: its fc2 is zero by
+    # construction, whatever the optimiser did to the live weights afterwards.
+    scores = iter([0.9, 0.5, 0.4])
+    monkeypatch.setattr(training._Run, "val_score", lambda self, model: next(scores))
+    config = TrainConfig(HeadConfig("mlp", hidden=16), epochs=2, batch_size=8, lr=1e-2)
+    result = train_nights(nights, str(vit_folder), tmp_path / "mlp", config, progress=False, device="cpu")
+    assert result.best_epoch == 0
+    saved = load_file(str(tmp_path / "mlp" / WEIGHTS_NAME))
+    assert torch.count_nonzero(saved["mlp_head.fc2.weight"]) == 0
+    best = torch.load(tmp_path / "mlp" / CHECKPOINT_NAME, weights_only=True)["best_head"]
+    assert torch.count_nonzero(best["mlp_head.fc2.weight"]) == 0
+    last = torch.load(tmp_path / "mlp" / CHECKPOINT_NAME, weights_only=True)["head"]
+    assert torch.count_nonzero(last["mlp_head.fc2.weight"]) > 0  # training did move the weights
