@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -26,7 +28,10 @@ class RobustDistance(nn.Module):
         device: where to run; None picks CUDA when available, else the CPU. Inputs are moved here.
         value_range: the range of input pixel values, e.g. ``(0, 1)`` or ``(-1, 1)``.
         resize: resize inputs of any size as the model's preprocessing prescribes (differentiably).
-            If False, inputs must already be at the model's input size.
+            If False, inputs must already be at the model's input size. None keeps an
+            :class:`~rpmetric.encoder.Encoder`'s own setting, and means True when the metric
+            loads the model itself. An Encoder passed in is shared, not copied: ``resize`` sets it
+            for every metric that uses it.
         counterattack: an optional test-time defence applied to every image before embedding
             (see :class:`rpmetric.Counterattack`); None for none.
 
@@ -42,15 +47,16 @@ class RobustDistance(nn.Module):
         torch.Size([4])
     """
 
-    def __init__(self, model=None, *, device=None, value_range=(0.0, 1.0), resize: bool = True,
+    def __init__(self, model=None, *, device=None, value_range=(0.0, 1.0), resize: Optional[bool] = None,
                  counterattack=None):
         super().__init__()
         self.value_range = check_value_range(value_range)
         if isinstance(model, Encoder):
             encoder = model
-            encoder.resize = resize
+            if resize is not None:
+                encoder.resize = resize
         else:
-            encoder = load_encoder(model, resize=resize)
+            encoder = load_encoder(model, resize=True if resize is None else resize)
         self.encoder = encoder
         self.counterattack = counterattack
         self.to(_default_device() if device is None else torch.device(device))

@@ -82,6 +82,19 @@ def test_resize_false_requires_model_size(vit_folder):
         metric(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40))
 
 
+def test_an_encoder_keeps_its_own_resize_setting(vit_folder):
+    from rpmetric.encoder import load_encoder
+
+    encoder = load_encoder(str(vit_folder), resize=False)
+    metric = rpmetric.RobustDistance(encoder, device="cpu")
+    assert metric.encoder.resize is False  # not flipped to True behind the caller's back
+    with pytest.raises(ValueError, match=r"With resize=False the images must be 32x32"):
+        metric(torch.rand(1, 3, 40, 40), torch.rand(1, 3, 40, 40))
+    rpmetric.RobustDistance(encoder, device="cpu", resize=True)  # an explicit choice is applied
+    assert encoder.resize is True
+    assert rpmetric.RobustDistance(str(vit_folder), device="cpu").encoder.resize is True  # loaded: True
+
+
 def test_autocast_bfloat16_close_to_float32(tiny_metric):
     x, y = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
