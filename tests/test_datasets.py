@@ -100,6 +100,35 @@ def test_read_nights_bad_values(nights, column, value, message):
         read_nights(nights, "test_imagenet")
 
 
+def _truncate_line(root, number, fields):
+    """Cut line ``number`` (1-based) of data.csv after its first ``fields`` fields, like a torn write."""
+    path = root / "data.csv"
+    lines = path.read_text().splitlines()
+    lines[number - 1] = ",".join(lines[number - 1].split(",")[:fields])
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_read_nights_short_row(nights):
+    _truncate_line(nights, 5, 5)  # ti-tie's row, cut before its split column
+    with pytest.raises(ValueError, match=r"line 5 \(id 'ti-tie'\): the row has fewer fields \(5\) than the header "
+                                         r"\(10\).*pass --skip-bad"):
+        read_nights(nights, "test")
+    skipped = []
+    assert len(read_nights(nights, "test", skipped=skipped)) == 5
+    assert [s.id for s in skipped] == ["ti-tie"] and "fewer fields" in skipped[0].reason
+
+
+def test_read_nights_short_row_without_its_id(nights):
+    _rewrite_csv(nights, lambda header, rows: (list(reversed(header)), rows))  # id is the last column
+    _truncate_line(nights, 5, 4)  # ti-tie's row keeps prompt, is_imagenet, split and right_path
+    assert [t.id for t in read_nights(nights, "val")] == ["val-right-0", "val-tie"]  # another split's row
+    with pytest.raises(ValueError, match=r"data.csv, line 5: the row has fewer fields \(4\) than the header"):
+        read_nights(nights, "test")
+    skipped = []
+    assert len(read_nights(nights, "test", skipped=skipped)) == 5
+    assert [s.id for s in skipped] == ["line 5"]
+
+
 def test_read_nights_empty_split(nights):
     _rewrite_csv(nights, lambda header, rows: (header, [r for r in rows if r["split"] != "train"]))
     with pytest.raises(ValueError, match=r"NIGHTS split 'train' is empty .*votes >= 6"):
@@ -143,6 +172,13 @@ def test_read_bapps_bad_judge_files(tmp_path):
         read_bapps_2afc(tmp_path, "superres")
     np.save(folder / "judge" / "000000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match=r"000000.npy cannot be read as a .npy array"):  # never unpickled
+        read_bapps_2afc(tmp_path, "superres")
+    (folder / "judge" / "000000.npy").write_bytes(b"")  # a torn write
+    with pytest.raises(ValueError, match=r"000000.npy cannot be read as a .npy array: No data left in file"):
+        read_bapps_2afc(tmp_path, "superres")
+    np.savez(folder / "judge" / "000000.npz", np.array([0.5]))
+    (folder / "judge" / "000000.npz").rename(folder / "judge" / "000000.npy")
+    with pytest.raises(ValueError, match=r"000000.npy is an .npz archive; it must be a .npy array holding one number"):
         read_bapps_2afc(tmp_path, "superres")
 
 

@@ -118,8 +118,11 @@ def _read_share(path: Path) -> float:
     """The single fraction stored in a judge/same .npy file (never unpickled)."""
     try:
         value = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty (torn) file
         raise ValueError(f"{path} cannot be read as a .npy array: {err}") from None
+    if not isinstance(value, np.ndarray):
+        value.close()
+        raise ValueError(f"{path} is an .npz archive; it must be a .npy array holding one number")
     if value.size != 1 or not np.issubdtype(value.dtype, np.number):
         raise ValueError(f"{path} must hold one number, but holds an array of shape {value.shape} and dtype {value.dtype}")
     share = float(value.reshape(-1)[0])

@@ -58,9 +58,15 @@ def read_nights(root: Union[str, Path], split: str, *, skipped: Optional[List[Ba
             raise ValueError(f"{csv_path} lacks the column(s) {', '.join(missing)}; a NIGHTS csv needs "
                              f"{', '.join(NIGHTS_COLUMNS)} (found: {', '.join(reader.fieldnames or [])}).")
         for line, row in enumerate(reader, start=2):
-            if row["split"].strip() != base_split:
+            # DictReader fills the columns a short (e.g. torn) row lacks with None. A row too short
+            # to name its split is reported whichever split is read.
+            if row["split"] is not None and row["split"].strip() != base_split:
                 continue
+            ident = None if row["id"] is None else row["id"].strip()
             try:
+                if None in row.values():
+                    given = sum(v is not None for v in row.values())
+                    raise ValueError(f"the row has fewer fields ({given}) than the header ({len(reader.fieldnames)})")
                 votes = _number(row, "votes")
                 if votes < MIN_VOTES:
                     continue
@@ -74,12 +80,13 @@ def read_nights(root: Union[str, Path], split: str, *, skipped: Optional[List[Ba
                     if not path.is_file():
                         raise FileNotFoundError(f"image file not found: {path}")
             except (ValueError, FileNotFoundError) as err:
-                message = f"{csv_path}, line {line} (id {row['id']!r}): {err}"
+                where = f"line {line}" if ident is None else f"line {line} (id {ident!r})"
+                message = f"{csv_path}, {where}: {err}"
                 if skipped is None:
                     raise type(err)(message + "; fix the row or pass --skip-bad (skipped=[...]) to skip it") from None
-                skipped.append(BadItem(row["id"].strip(), message))
+                skipped.append(BadItem(f"line {line}" if ident is None else ident, message))
                 continue
-            triplets.append(Triplet(row["id"].strip(), *paths, p))
+            triplets.append(Triplet(ident, *paths, p))
     if not triplets:
         raise ValueError(f"NIGHTS split {split!r} is empty in {csv_path}: no usable row with split={base_split!r} "
                          f"and votes >= {MIN_VOTES}.")
