@@ -103,9 +103,11 @@ class RunLog:
         for number, line in enumerate(lines[1:], start=2):
             try:
                 record = json.loads(line)
-            except ValueError:
-                raise ValueError(f"{self.path}, line {number} is corrupt (not JSON); delete the log to start over.") from None
-            self.done[str(record["key"])] = record
+                key = str(record["key"])
+            except (ValueError, KeyError, TypeError):  # not JSON, no "key", not an object
+                raise ValueError(f"{self.path}, line {number} is corrupt (not a JSON record with a 'key'); delete the "
+                                 "log to start over.") from None
+            self.done[key] = record
 
 
 _MISSING = object()

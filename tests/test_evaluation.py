@@ -234,10 +234,11 @@ def test_runlog_errors(tmp_path):
     with pytest.raises(ValueError, match=r"\(batch_size: log has 4, this run has '<missing>'; model: log has 'l2', "
                                          r"this run has 'x'\)"):
         RunLog(path, {"model": "x"}, resume=True)
-    with open(path, "a") as f:
-        f.write("garbage\n")
-    with pytest.raises(ValueError, match=r"line 2 is corrupt"):
-        RunLog(path, {"model": "l2", "batch_size": 4}, resume=True)
+    for line in ('{"d": 1.0}', '["a"]', "garbage"):  # no key, not a record, not JSON
+        path.write_text(path.read_text().splitlines()[0] + "\n" + line + "\n")
+        with pytest.raises(ValueError, match=r"log.jsonl, line 2 is corrupt \(not a JSON record with a 'key'\); "
+                                             r"delete the log"):
+            RunLog(path, {"model": "l2", "batch_size": 4}, resume=True)
     other = tmp_path / "other.jsonl"
     other.write_text('{"not": "a log"}\n')
     with pytest.raises(ValueError, match=r"not a rpmetric run log"):
