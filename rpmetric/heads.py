@@ -43,6 +43,7 @@ __all__ = [
     "load_head_state",
     "head_dropouts",
     "save_head_folder",
+    "base_model_reference",
     "load_headed_encoder",
 ]
 
@@ -368,12 +369,28 @@ def head_dropouts(module: nn.Module) -> List[nn.Module]:
 
 
 # -- head folders -----------------------------------------------------------------------------
+def base_model_reference(base_model: str) -> str:
+    """How a head folder records its base model: a local folder by its absolute path, anything
+    else (zoo name, ``hf-hub:`` id) as given.
+
+    A relative path would later be resolved against the directory the head is loaded from, not
+    the one it was trained in.
+
+    Raises:
+        ValueError: ``base_model`` is neither a zoo name, a Hub reference nor a folder.
+    """
+    from . import hub
+
+    return hub.resolve(base_model).local_path or base_model
+
+
 def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[str, torch.Tensor],
                      training: Optional[dict] = None, preprocessing: Optional[dict] = None) -> Path:
     """Write ``rpmetric_config.json`` and ``head.safetensors`` into ``folder``.
 
     Args:
-        base_model: how to load the backbone (zoo name, ``hf-hub:ORG/NAME`` or a folder).
+        base_model: how to load the backbone (zoo name, ``hf-hub:ORG/NAME`` or a folder; a
+            folder is recorded by its absolute path, see :func:`base_model_reference`).
         config: the head's settings (as returned by :func:`attach_head`).
         state: the head's tensors (:func:`head_state_dict`).
         training: what produced the weights (data, epochs, scores), for provenance.
@@ -386,6 +403,7 @@ def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[st
     from ._version import __version__
 
     folder = Path(folder)
+    base_model = base_model_reference(base_model)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT_VERSION, "base_model": base_model, "head": config.to_dict(),
             "preprocessing": preprocessing or {}, "training": training or {}, "rpmetric_version": __version__}
@@ -415,10 +433,14 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
     base_model = meta.get("base_model")
     if not isinstance(base_model, str) or not isinstance(meta.get("head"), dict):
         raise ValueError(f"{where} must name a 'base_model' (string) and a 'head' (object).")
-    if hub.fetch_head(hub.resolve(base_model)) is not None:
+    try:
+        base_spec = hub.resolve(base_model)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}: base_model {base_model!r} cannot be loaded: {err}") from None
+    if hub.fetch_head(base_spec) is not None:
         raise ValueError(f"{where}: base_model {base_model!r} is itself a head folder; heads do not stack.")
     config = HeadConfig.from_dict(meta["head"])
-    base = load_encoder(base_model, resize=resize)
+    base = load_encoder(base_spec, resize=resize)
     module, _ = attach_head(base.backbone, config)
     load_head_state(module, load_file(str(weights)), where=str(weights))
     overrides = meta.get("preprocessing") or {}

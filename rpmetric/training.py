@@ -34,8 +34,8 @@ from .encoder import Encoder, load_encoder
 from .evaluation import nights_total
 from .functional import cosine_distance
 from .images import unit_float
-from .heads import (HeadConfig, attach_head, head_dropouts, head_parameters, head_state_dict, load_head_state,
-                    save_head_folder)
+from .heads import (HeadConfig, attach_head, base_model_reference, head_dropouts, head_parameters, head_state_dict,
+                    load_head_state, save_head_folder)
 from .preprocess import resize_and_crop
 from .scoring import twoafc_score
 
@@ -142,7 +142,7 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     Args:
         root: NIGHTS folder (``data.csv``, ``ref/``, ``distort/``).
         base_model: the backbone (zoo name, ``hf-hub:ORG/NAME`` or a folder); written into the
-            head folder, so use a portable name to share the head.
+            head folder (a folder by its absolute path), so use a zoo name or Hub id to share the head.
         out: the head folder to write (``rpmetric_config.json``, ``head.safetensors``,
             ``checkpoint.pt``).
         config: the recipe.
@@ -168,6 +168,8 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     if resume and not checkpoint_path.exists():
         raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; run without --resume to start.")
     splits = {name: read_nights(root, name) for name in ("train", "val") + TEST_SPLITS}
+    # A folder by its absolute path: in the head folder and in the run's settings (resume).
+    base_model = base_model_reference(base_model)
 
     base = load_encoder(base_model).to(device)
     torch.manual_seed(config.seed)

@@ -180,6 +180,25 @@ def test_saved_head_folder_loads_with_identical_distances(vit_folder, tmp_path, 
     assert loaded.spec.preprocessing == plain.spec.preprocessing
 
 
+def test_head_on_a_relative_base_path_loads_from_another_directory(vit_folder, tmp_path, monkeypatch):
+    encoder, config = _headed(vit_folder, HeadConfig("mlp", hidden=16))
+    monkeypatch.chdir(vit_folder.parent)
+    save_head_folder(tmp_path / "head", vit_folder.name, config, head_state_dict(encoder.backbone))
+    monkeypatch.chdir(tmp_path)
+    loaded = rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded(IMAGES, OTHER), rpmetric.RobustDistance(encoder, device="cpu")(IMAGES, OTHER))
+
+
+def test_unknown_base_model_is_reported_with_the_head_folder(vit_folder, tmp_path):
+    encoder, config = _headed(vit_folder, HeadConfig("mlp", hidden=16))
+    save_head_folder(tmp_path, str(vit_folder), config, head_state_dict(encoder.backbone))
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(dict(meta, base_model="vit")))
+    with pytest.raises(ValueError, match=rf"{CONFIG_NAME}: base_model 'vit' cannot be loaded: Unknown model 'vit'"):
+        rpmetric.RobustDistance(str(tmp_path), device="cpu")
+
+
 def test_head_from_prefilled_hub_cache_offline(vit_folder, tmp_path, monkeypatch):
     """hf-hub:ORG/NAME with a head repo and its hf-hub base, both only in the cache (no network)."""
     import huggingface_hub

@@ -177,6 +177,16 @@ def test_run_folder_errors(nights, vit_folder, tmp_path):
         train_nights(nights, str(vit_folder), tmp_path, other, resume=True, progress=False, device="cpu")
 
 
+def test_head_trained_on_a_relative_model_path_loads_from_another_directory(nights, vit_folder, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(vit_folder.parent)
+    config = TrainConfig(HeadConfig("mlp", hidden=8), epochs=1, batch_size=64)
+    train_nights(nights, vit_folder.name, tmp_path / "head", config, progress=False, device="cpu")
+    assert json.loads((tmp_path / "head" / CONFIG_NAME).read_text())["base_model"] == str(vit_folder.resolve())
+    monkeypatch.chdir(tmp_path)
+    rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(adversarial="l2"), r"`adversarial` must be one of \('linf',\) or None, but got 'l2'"),
     (dict(batch_size=0), r"`batch_size` must be a positive integer, but got 0"),
