@@ -91,11 +91,17 @@ def test_jnd_known_map_with_l2(tmp_path):
     assert d[1] == 0.0 and sorted(d) == [d[1], d[3], d[4], d[0], d[2]]  # grows with the amplitude
 
 
-def test_jnd_runs_with_a_model(tmp_path, encoder_distances):
-    datagen.write_bapps_jnd(tmp_path, "cnn", [(0.0, 1.0), (0.25, 0.0), (0.1, 0.4)])
+def test_jnd_known_map_with_a_model(tmp_path, encoder_distances):
+    # The identical pair (amplitude 0) ranks first, whatever the encoder; the other two share their
+    # `same`, so their order does not matter. Sorted: same = 0.6, 0.2, 0.2, sum 1.0
+    #   TP = 0.6, 0.8, 1.0   FP = 0.4, 1.2, 2.0   precision = 0.6, 0.4, 1/3 (already monotone)
+    #   AP = 0.6 * 0.6 + 0.2 * 0.4 + 0.2 * 1/3 = 38/75 (in input order, unsorted, it would be 29/75)
+    datagen.write_bapps_jnd(tmp_path, "cnn", [(0.25, 0.2), (0.0, 0.6), (0.1, 0.2)])
     task, groups, _ = load_groups("jnd", tmp_path, ["cnn"])
     result = evaluate(encoder_distances, task, groups, batch_size=2)
-    assert result.records[0]["d"] == 0.0 and 0.0 <= result.results["cnn"]["score"] <= 1.0
+    d = [r["d"] for r in result.records]
+    assert d[1] == 0.0 < min(d[0], d[2])
+    assert result.results["cnn"] == {"n": 3, "score": pytest.approx(38 / 75, abs=1e-6)}
 
 
 def test_resume_after_max_batches_is_exact(nights, encoder_distances, tmp_path):
