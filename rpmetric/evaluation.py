@@ -110,9 +110,8 @@ class EncoderDistances:
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = unit_float(x.to(self.metric.device, non_blocking=True))  # 8-bit batches travel as such
         amp = torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else nullcontext()
-        # A counterattack takes gradients inside; without one, inference mode is the fastest.
-        grad = nullcontext() if self.metric.counterattack is not None else torch.inference_mode()
-        with grad, amp:
+        # A counterattack leaves inference mode by itself for its gradient steps.
+        with torch.inference_mode(), amp:
             # The images are [0, 1] pixels from disk, whatever value_range the metric was built for,
             # so they go to the feature hook directly (it applies the counterattack when one is set).
             return self.metric.features(x).float()
