@@ -94,6 +94,11 @@ def load_encoder(model=None, *, resize: bool = True) -> Encoder:
         from .heads import load_headed_encoder
 
         return load_headed_encoder(spec, head, resize=resize)
+    return load_plain_encoder(spec, resize=resize)
+
+
+def load_plain_encoder(spec: ModelSpec, *, resize: bool = True) -> Encoder:
+    """The encoder of a checkpoint known not to be a head folder (the caller has probed it)."""
     files = hub.fetch(spec)
     spec = hub.with_family(spec, files)
     if spec.preprocessing is None:

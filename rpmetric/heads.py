@@ -425,7 +425,7 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
     from safetensors.torch import load_file
 
     from . import hub
-    from .encoder import Encoder, load_encoder
+    from .encoder import Encoder, load_plain_encoder
     from .spec import Preprocessing
 
     meta, weights = head_files
@@ -440,7 +440,7 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
     if hub.fetch_head(base_spec) is not None:
         raise ValueError(f"{where}: base_model {base_model!r} is itself a head folder; heads do not stack.")
     config = HeadConfig.from_dict(meta["head"])
-    base = load_encoder(base_spec, resize=resize)
+    base = load_plain_encoder(base_spec, resize=resize)  # probed just above: not a head
     module, _ = attach_head(base.backbone, config)
     load_head_state(module, load_file(str(weights)), where=str(weights))
     overrides = meta.get("preprocessing") or {}

@@ -124,8 +124,9 @@ def fetch_head(spec: ModelSpec, *, force_check: bool = False):
     """``(config dict, path of head.safetensors)`` when the source is a head folder (see
     :mod:`rpmetric.heads`), else None. Zoo entries are plain checkpoints and are not probed.
 
-    A Hub repo is probed cache-first; when the Hub cannot be reached and the cache does not hold
-    ``rpmetric_config.json``, the repo is taken as a plain checkpoint.
+    A Hub repo is probed cache-first: a cached file, or the cache's record that the repo has no
+    ``rpmetric_config.json``, answers without the network. When neither is cached and the Hub
+    cannot be reached, the repo is taken as a plain checkpoint.
     """
     from .heads import CONFIG_NAME, WEIGHTS_NAME
 
@@ -191,8 +192,10 @@ class _HubSource:
             cached = hf.try_to_load_from_cache(repo, name, revision=revision)
             if isinstance(cached, str):
                 return Path(cached)
-            if cached is not None and hf.constants.HF_HUB_OFFLINE:
-                return None  # the cache records that this file does not exist
+            if cached is not None:
+                # The cache records that the file does not exist at the commit the revision points
+                # to: as final as a cached file (rpmetric download asks again, with force_check).
+                return None
         try:
             return Path(hf.hf_hub_download(
                 repo, name, revision=revision, library_name="rpmetric", library_version=__version__,

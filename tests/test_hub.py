@@ -153,3 +153,53 @@ def test_download_head_repo_brings_its_base(zoo_cache, tmp_path):
     lines = out.stdout.strip().splitlines()
     assert lines[0].endswith("head.safetensors") and "models--someone--tiny-head" in lines[0]
     assert lines[1].endswith("open_clip_model.safetensors") and "FARE4-ViT-B-32" in lines[1]
+
+
+def _cache_with_a_head_on_a_hub_base(vit_folder, tmp_path, monkeypatch):
+    """A head repo and its plain hf-hub base, fully cached as huggingface_hub leaves them after a
+    first load (a 404 on the base's rpmetric_config.json is recorded under .no_exist/COMMIT/)."""
+    import huggingface_hub
+
+    from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+
+    encoder = rpmetric.RobustDistance(str(vit_folder), device="cpu").encoder
+    module, config = attach_head(encoder.backbone, HeadConfig("mlp", dim=24, hidden=8))
+    head = save_head_folder(tmp_path / "head", "hf-hub:tiny/base", config, head_state_dict(module))
+    home = tmp_path / "home"
+    tinymodels.fill_hf_cache(home, "tiny/base", vit_folder)
+    tinymodels.fill_hf_cache(home, "tiny/head", head)
+    marker = home / "hub" / "models--tiny--base" / ".no_exist" / ("0" * 40) / "rpmetric_config.json"
+    marker.parent.mkdir(parents=True)
+    marker.touch()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    downloads = []
+    real = huggingface_hub.hf_hub_download
+
+    def counting(repo_id, filename, **kwargs):
+        downloads.append((repo_id, filename))
+        return real(repo_id, filename, local_files_only=True, **kwargs)  # never the network
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", counting)
+    return downloads
+
+
+def test_cached_hub_models_load_without_asking_the_hub(vit_folder, tmp_path, monkeypatch):
+    downloads = _cache_with_a_head_on_a_hub_base(vit_folder, tmp_path, monkeypatch)
+    probes = []
+    real_fetch_head = hub.fetch_head
+    monkeypatch.setattr(hub, "fetch_head", lambda spec, **kw: probes.append(spec.name) or real_fetch_head(spec, **kw))
+    rpmetric.RobustDistance("hf-hub:tiny/base", device="cpu")
+    rpmetric.RobustDistance("hf-hub:tiny/head", device="cpu")
+    assert downloads == []
+    # The head's base is probed for a head of its own once (heads do not stack), not twice.
+    assert probes == ["hf-hub:tiny/base", "hf-hub:tiny/head", "hf-hub:tiny/base"]
+
+
+def test_download_asks_the_hub_even_when_cached(vit_folder, tmp_path, monkeypatch):
+    downloads = _cache_with_a_head_on_a_hub_base(vit_folder, tmp_path, monkeypatch)
+    paths = hub.download("hf-hub:tiny/head")
+    assert [p.name for p in paths] == ["head.safetensors", "open_clip_model.safetensors"]
+    assert ("tiny/head", "rpmetric_config.json") in downloads
+    assert ("tiny/base", "rpmetric_config.json") in downloads
+    assert ("tiny/base", "open_clip_model.safetensors") in downloads
