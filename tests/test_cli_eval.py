@@ -135,9 +135,16 @@ def test_error_empty_split(fresh_nights, capsys):
     assert code == 2 and "NIGHTS split 'train' is empty" in err
 
 
+@pytest.mark.parametrize("option, value, low", [("--batch-size", "0", 1), ("--workers", "-1", 0),
+                                                ("--max-batches", "0", 1)])
+def test_error_option_below_its_minimum(tmp_path, option, value, low, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # refused by argparse, before any work
+        main(["eval", "nights", str(tmp_path), option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least {low}, but got {value}" in capsys.readouterr().err
+
+
 def test_error_bad_options(fresh_nights, capsys):
-    code, err = _run_bad(["nights", fresh_nights, "--batch-size", "0"], capsys)
-    assert code == 2 and "--batch-size must be at least 1, but got 0" in err
     code, err = _run_bad(["nights", fresh_nights.parent / "missing"], capsys)
     assert code == 2 and "Dataset folder not found" in err
     with pytest.raises(SystemExit):

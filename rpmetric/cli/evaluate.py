@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import re
 import sys
@@ -11,8 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..distributed import local_device
-from ..files import write_json
-from .common import add_device_option, format_table
+from ..files import write_csv, write_json
+from .common import add_device_option, add_model_option, at_least, format_table
 
 DESCRIPTIONS = {
     "nights": ("NIGHTS 2AFC score (DreamSim's benchmark)",
@@ -58,12 +56,11 @@ def register(sub) -> None:
 
 
 def _add_run_options(q) -> None:
-    q.add_argument("--model", default=None,
-                   help="zoo name (see `rpmetric models`), hf-hub:ORG/NAME[@REV], a local folder, or `l2` for the "
-                        "pixel baseline (mean squared difference, images as loaded; needs no weights)")
+    add_model_option(q, extra_help="; `l2` for the pixel baseline (mean squared difference, images as loaded; "
+                                   "needs no weights)")
     add_device_option(q)
-    q.add_argument("--batch-size", type=int, default=32, help="triplets or pairs per batch (default: 32)")
-    q.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    q.add_argument("--batch-size", type=at_least(1), default=32, help="triplets or pairs per batch (default: 32)")
+    q.add_argument("--workers", type=at_least(0), default=min(4, os.cpu_count() or 1),
                    help="DataLoader processes decoding images (default: min(4, CPUs)); 0 decodes in the main process")
     q.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     q.add_argument("--per-sample", type=Path, default=None, metavar="FILE.csv",
@@ -75,7 +72,7 @@ def _add_run_options(q) -> None:
     q.add_argument("--resume", action="store_true", help="continue an interrupted run from its log")
     q.add_argument("--skip-bad", action="store_true",
                    help="skip triplets with missing or unreadable files and report them, instead of stopping")
-    q.add_argument("--max-batches", type=int, default=None, metavar="N",
+    q.add_argument("--max-batches", type=at_least(1), default=None, metavar="N",
                    help="stop after N batches (time-boxed runs); finish later with --resume")
 
 
@@ -83,12 +80,8 @@ def run(args) -> int:
     from .. import distributed
     from ..attacks.cli import attack_config_from_args
     from ..counterattack import counterattack_from_args
-    from ..evaluation import evaluate, load_distances, load_groups, nights_total
+    from ..evaluation import TASKS, evaluate, load_distances, load_groups, nights_total
 
-    for option, value, low in (("--batch-size", args.batch_size, 1), ("--workers", args.workers, 0),
-                               ("--max-batches", args.max_batches, 1)):
-        if value is not None and value < low:
-            raise ValueError(f"{option} must be at least {low}, but got {value}")
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args) if hasattr(args, "attack") else None
     for option, given in (("--counterattack", counterattack is not None), ("--attack", attack is not None)):
@@ -115,8 +108,9 @@ def run(args) -> int:
         distributed.shutdown()
     if rank != 0:
         return 0  # rank 0 alone reports and writes files
+    spec = TASKS[task]
     if result.skipped:
-        _report_skipped(result.skipped, task)
+        _report_skipped(result.skipped, spec.unit)
     if not result.complete:
         print(f"rpmetric eval: stopped after --max-batches {args.max_batches}: {result.done} of {result.total} "
               f"done, saved in {log}; run the same command with --resume to finish.", file=sys.stderr)
@@ -141,7 +135,8 @@ def run(args) -> int:
             summary["attack"] = attacked
         write_json(args.out, summary)
     if args.per_sample is not None:
-        _write_per_sample(args.per_sample, result.records)
+        columns = ["group", "id", *spec.outputs, spec.target]
+        write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in result.records))
     if default_log:  # complete: everything is in the outputs now
         for path in [log, *(log.with_name(f"{log.name}.attack-{g}.jsonl") for g in groups)]:
             path.unlink(missing_ok=True)
@@ -167,8 +162,7 @@ def _log_path(args, model_name: str):
     return Path(f"rpmetric-eval-{args.dataset}-{slug}.log.jsonl"), True
 
 
-def _report_skipped(skipped, task: str) -> None:
-    unit = "pair" if task == "jnd" else "triplet"
+def _report_skipped(skipped, unit: str) -> None:
     print(f"rpmetric eval: skipped {len(skipped)} bad {unit}(s):", file=sys.stderr)
     for item in skipped:
         print(f"  {item['group']}/{item['id']}: {item['reason']}", file=sys.stderr)
@@ -197,12 +191,3 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _write_per_sample(path: Path, records) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = [k for k in records[0] if k != "key"] if records else ["group", "id"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(records)
