@@ -8,6 +8,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from .preprocess import shorter_side_size
+from .validation import check_int
+
 __all__ = ["load_image", "read_rgb", "read_pixels", "unit_float"]
 
 _EXIF_ORIENTATION = 0x0112
@@ -84,9 +87,6 @@ def load_image(path: Union[str, Path], size: Optional[int] = None) -> torch.Tens
     """
     x = unit_float(read_pixels(path)[None].contiguous())
     if size is not None:
-        from .preprocess import target_size
-        from .spec import Preprocessing
-
-        h, w = target_size(x.shape[-2], x.shape[-1], Preprocessing(image_size=1, resize_size=size))
+        h, w = shorter_side_size(x.shape[-2], x.shape[-1], check_int("size", size, low=1))
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
     return x

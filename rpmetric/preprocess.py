@@ -10,15 +10,26 @@ from torch import nn
 
 from .spec import Preprocessing
 
-__all__ = ["resize_and_crop", "target_size", "Normalize"]
+__all__ = ["resize_and_crop", "target_size", "shorter_side_size", "Normalize"]
 
 
 def target_size(height: int, width: int, pp: Preprocessing) -> Tuple[int, int]:
-    """Size after the resize step, following torchvision's rule (shorter side, long side truncated)."""
+    """Size after the resize step: ``image_size`` squared for ``squash``, else :func:`shorter_side_size`."""
     if pp.resize_mode == "squash":
         return pp.image_size, pp.image_size
+    return shorter_side_size(height, width, pp.resize_size)
+
+
+def shorter_side_size(height: int, width: int, size: int) -> Tuple[int, int]:
+    """``(height, width)`` with the shorter side scaled to ``size``, following torchvision's rule
+    (the longer side keeps the aspect ratio, truncated).
+
+    Example:
+        >>> shorter_side_size(30, 80, 20)
+        (20, 53)
+    """
     short, long = (height, width) if height <= width else (width, height)
-    new_short, new_long = pp.resize_size, int(pp.resize_size * long / short)
+    new_short, new_long = size, int(size * long / short)
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 

@@ -23,6 +23,18 @@ def test_any_mode_becomes_rgb_in_unit_range(tmp_path, mode):
 def test_resize_shorter_side(tmp_path):
     Image.new("RGB", (80, 40)).save(tmp_path / "a.png")
     assert rpmetric.load_image(tmp_path / "a.png", size=20).shape == (1, 3, 20, 40)
+    Image.new("RGB", (30, 80)).save(tmp_path / "b.png")  # portrait; the long side is truncated: 20 * 80 / 30
+    assert rpmetric.load_image(tmp_path / "b.png", size=20).shape == (1, 3, 53, 20)
+
+
+@pytest.mark.parametrize("size, error, message", [
+    (0, ValueError, r"Argument `size` must be at least 1, but got 0\."),
+    (2.5, TypeError, r"Argument `size` must be an integer, but got 2.5\."),
+])
+def test_resize_size_errors(tmp_path, size, error, message):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with pytest.raises(error, match=message):
+        rpmetric.load_image(tmp_path / "a.png", size=size)
 
 
 def test_missing_and_unreadable_files(tmp_path):
