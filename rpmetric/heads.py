@@ -44,6 +44,7 @@ __all__ = [
     "head_dropouts",
     "save_head_folder",
     "base_model_reference",
+    "read_head_config",
     "load_headed_encoder",
 ]
 
@@ -415,6 +416,49 @@ def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[st
     return folder
 
 
+def read_head_config(spec, meta, *, force_check: bool = False):
+    """Check a head folder's ``rpmetric_config.json`` and resolve its base model.
+
+    Shared by loading and ``rpmetric download``, so both refuse the same folders.
+
+    Args:
+        spec: the resolved spec of the head folder or Hub repo.
+        meta: its parsed ``rpmetric_config.json``.
+        force_check: passed on to the probe of the base (``rpmetric download`` asks the Hub).
+
+    Returns:
+        ``(base model spec, HeadConfig)``.
+
+    Raises:
+        ValueError: a newer format, a missing or malformed ``base_model`` or ``head``, a base model
+            that cannot be resolved or that is itself a head folder.
+    """
+    from . import hub
+    from ._version import __version__
+
+    where = f"{spec.source}/{CONFIG_NAME}"
+    if not isinstance(meta, dict):
+        raise ValueError(f"{where} must hold a JSON object, but holds a {type(meta).__name__}.")
+    version = meta.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{where} is head folder format {version!r}, but rpmetric {__version__} reads format "
+                         f"{FORMAT_VERSION} at most; upgrade rpmetric (pip install -U rpmetric) to load it.")
+    base_model = meta.get("base_model")
+    if not isinstance(base_model, str) or not isinstance(meta.get("head"), dict):
+        raise ValueError(f"{where} must name a 'base_model' (string) and a 'head' (object).")
+    try:
+        config = HeadConfig.from_dict(meta["head"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: 'head': {err}") from None
+    try:
+        base_spec = hub.resolve(base_model)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}: base_model {base_model!r} cannot be loaded: {err}") from None
+    if hub.fetch_head(base_spec, force_check=force_check) is not None:
+        raise ValueError(f"{where}: base_model {base_model!r} is itself a head folder; heads do not stack.")
+    return base_spec, config
+
+
 def load_headed_encoder(spec, head_files, *, resize: bool = True):
     """The base model's encoder with the head of a head folder (used by ``load_encoder``).
 
@@ -424,23 +468,13 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
     """
     from safetensors.torch import load_file
 
-    from . import hub
     from .encoder import Encoder, load_plain_encoder
     from .spec import Preprocessing
 
     meta, weights = head_files
     where = f"{spec.source}/{CONFIG_NAME}"
-    base_model = meta.get("base_model")
-    if not isinstance(base_model, str) or not isinstance(meta.get("head"), dict):
-        raise ValueError(f"{where} must name a 'base_model' (string) and a 'head' (object).")
-    try:
-        base_spec = hub.resolve(base_model)
-    except (TypeError, ValueError) as err:
-        raise type(err)(f"{where}: base_model {base_model!r} cannot be loaded: {err}") from None
-    if hub.fetch_head(base_spec) is not None:
-        raise ValueError(f"{where}: base_model {base_model!r} is itself a head folder; heads do not stack.")
-    config = HeadConfig.from_dict(meta["head"])
-    base = load_plain_encoder(base_spec, resize=resize)  # probed just above: not a head
+    base_spec, config = read_head_config(spec, meta)
+    base = load_plain_encoder(base_spec, resize=resize)  # read_head_config checked: not a head
     module, _ = attach_head(base.backbone, config)
     load_head_state(module, load_file(str(weights)), where=str(weights))
     overrides = meta.get("preprocessing") or {}
@@ -450,5 +484,5 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
                          f"{sorted(Preprocessing.__dataclass_fields__)}.")
     preprocessing = replace(base.spec.preprocessing, **overrides)
     headed_spec = replace(spec, preprocessing=preprocessing, architecture=base.spec.architecture,
-                          training=base.spec.training, notes=f"{config.type} head on {base_model}")
+                          training=base.spec.training, notes=f"{config.type} head on {meta['base_model']}")
     return Encoder(module, headed_spec, resize=resize)

@@ -141,7 +141,8 @@ def fetch_head(spec: ModelSpec, *, force_check: bool = False):
         return None
     weights = source.get(WEIGHTS_NAME)
     if weights is None:
-        raise source.missing(WEIGHTS_NAME)
+        raise source.missing(WEIGHTS_NAME, hint=f"it has {CONFIG_NAME}, so it is a trained head, whose weights "
+                                                f"belong in {WEIGHTS_NAME} next to that file")
     return json.loads(Path(config_path).read_text()), Path(weights)
 
 
@@ -172,9 +173,10 @@ class _FolderSource:
         path = self.folder / name
         return path if path.is_file() else None
 
-    def missing(self, name: str) -> Exception:
+    def missing(self, name: str, hint: str = "") -> Exception:
         present = sorted(p.name for p in self.folder.iterdir())
-        return FileNotFoundError(f"{self.folder} has no {name} (it holds: {', '.join(present) or 'nothing'}).")
+        hint = f"; {hint}" if hint else ""
+        return FileNotFoundError(f"{self.folder} has no {name} (it holds: {', '.join(present) or 'nothing'}){hint}.")
 
 
 class _HubSource:
@@ -212,8 +214,9 @@ class _HubSource:
                 f"The Hub has no repo {repo!r} (or it is private: log in with `hf auth login`)."
             ) from None
 
-    def missing(self, name: str) -> Exception:
-        return FileNotFoundError(f"The Hub repo {self.spec.hub_id!r} has no {name}; is it an open_clip, timm or transformers ViT model?")
+    def missing(self, name: str, hint: str = "is it an open_clip, timm or transformers ViT model?") -> Exception:
+        end = "" if hint.endswith("?") else "."
+        return FileNotFoundError(f"The Hub repo {self.spec.hub_id!r} has no {name}; {hint}{end}")
 
     def unavailable(self) -> ModelNotAvailableError:
         from huggingface_hub import constants
@@ -241,11 +244,14 @@ def download(model, *, force_check: bool = True) -> list:
     Example:
         >>> download("r-clip-f-convnext")  # doctest: +SKIP
     """
+    from .heads import read_head_config
+
     spec = resolve(model)
     head = fetch_head(spec, force_check=force_check)
-    if head is not None:
-        return [head[1]] + download(head[0]["base_model"], force_check=force_check)
-    return [fetch(spec, force_check=force_check).weights]
+    if head is None:
+        return [fetch(spec, force_check=force_check).weights]
+    base, _ = read_head_config(spec, head[0], force_check=force_check)  # a plain checkpoint: heads do not stack
+    return [head[1], fetch(base, force_check=force_check).weights]
 
 
 def with_family(spec: ModelSpec, files: ModelFiles) -> ModelSpec:

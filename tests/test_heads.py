@@ -232,6 +232,17 @@ def test_heads_do_not_stack(vit_folder, tmp_path):
         rpmetric.RobustDistance(str(tmp_path / "b"), device="cpu")
 
 
+def test_head_folder_of_a_newer_format_asks_to_upgrade(vit_folder, tmp_path):
+    encoder, config = _headed(vit_folder, HeadConfig("mlp", hidden=16))
+    save_head_folder(tmp_path, str(vit_folder), config, head_state_dict(encoder.backbone))
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert meta["format"] == 1
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(dict(meta, format=2)))
+    with pytest.raises(ValueError, match=r"is head folder format 2, but rpmetric \S+ reads format 1 at most; "
+                                         r"upgrade rpmetric"):
+        rpmetric.RobustDistance(str(tmp_path), device="cpu")
+
+
 def test_head_weights_that_do_not_fit_are_reported(vit_folder):
     encoder, _ = _headed(vit_folder, HeadConfig("mlp", hidden=16))
     state = head_state_dict(encoder.backbone)

@@ -203,3 +203,47 @@ def test_download_asks_the_hub_even_when_cached(vit_folder, tmp_path, monkeypatc
     assert ("tiny/head", "rpmetric_config.json") in downloads
     assert ("tiny/base", "rpmetric_config.json") in downloads
     assert ("tiny/base", "open_clip_model.safetensors") in downloads
+
+
+def _cached_head_repo(tmp_path, monkeypatch, meta, weights=True):
+    """A Hub head repo `tiny/head` in an offline cache, with this rpmetric_config.json."""
+    import json
+
+    import huggingface_hub
+
+    folder = tmp_path / "head"
+    folder.mkdir()
+    (folder / "rpmetric_config.json").write_text(json.dumps(meta))
+    if weights:
+        (folder / "head.safetensors").write_bytes(b"")
+    tinymodels.fill_hf_cache(tmp_path / "home", "tiny/head", folder)
+    if not weights:  # as huggingface_hub records a 404
+        marker = tmp_path / "home" / "hub" / "models--tiny--head" / ".no_exist" / ("0" * 40) / "head.safetensors"
+        marker.parent.mkdir(parents=True)
+        marker.touch()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+HEAD = {"type": "mlp", "dim": 24, "hidden": 8}
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"head": HEAD}, r"hf-hub:tiny/head/rpmetric_config.json must name a 'base_model' \(string\) and a 'head'"),
+    ({"base_model": "hf-hub:tiny/head", "head": HEAD}, r"base_model 'hf-hub:tiny/head' is itself a head folder"),
+    ({"format": 2, "base_model": "r-clip-f-vitb32", "head": HEAD}, r"format 2, but rpmetric .* upgrade rpmetric"),
+    ({"base_model": "r-clip-f-vitb32", "head": {"type": "mlp", "rank": 4}}, r"'head': Unknown head setting"),
+])
+def test_download_and_load_refuse_the_same_bad_head_configs(tmp_path, monkeypatch, meta, match):
+    _cached_head_repo(tmp_path, monkeypatch, meta)
+    with pytest.raises(ValueError, match=match):
+        hub.download("hf-hub:tiny/head", force_check=False)
+    with pytest.raises(ValueError, match=match):
+        rpmetric.RobustDistance("hf-hub:tiny/head", device="cpu")
+
+
+def test_hub_head_without_weights_is_reported_as_a_head(tmp_path, monkeypatch):
+    _cached_head_repo(tmp_path, monkeypatch, {"base_model": "r-clip-f-vitb32", "head": HEAD}, weights=False)
+    with pytest.raises(FileNotFoundError, match=r"'tiny/head' has no head.safetensors; it has rpmetric_config.json, "
+                                                r"so it is a trained head"):
+        rpmetric.RobustDistance("hf-hub:tiny/head", device="cpu")
