@@ -15,6 +15,7 @@ from rpmetric.attacks import (AttackConfig, Norm, TwoAFCLogits, add_attack_optio
                               evaluate_attack, human_labels, run_apgd)
 from rpmetric.attacks import evaluate as evaluate_module
 from rpmetric.datasets import Triplet, TripletImages, read_bapps_2afc, read_nights
+from rpmetric.errors import MissingDependencyError
 from rpmetric.images import load_image, read_pixels, unit_float
 from rpmetric.preprocess import resize_and_crop
 
@@ -194,7 +195,7 @@ def test_run_apgd_leaves_the_caller_rng_alone(tiny_metric, fooled_data):
 def test_missing_pyautoattack_says_how_to_install(monkeypatch, tiny_metric, fooled_data):
     monkeypatch.setitem(sys.modules, "pyautoattack.autopgd_base", None)
     ref, logits = reference_batch(fooled_data[:1], tiny_metric.encoder)
-    with pytest.raises(ModuleNotFoundError, match=r"pip install 'rpmetric\[attack\]'"):
+    with pytest.raises(MissingDependencyError, match=r'pip install "rpmetric\[attack\]"'):
         run_apgd(logits, ref, torch.tensor([0]), AttackConfig.create(steps=1))
 
 
@@ -204,6 +205,12 @@ def nights(tmp_path_factory):
     root = tmp_path_factory.mktemp("nights")
     datagen.nights_known(root, size=(40, 48))
     return root
+
+
+@pytest.fixture()
+def fresh_nights(tmp_path):
+    datagen.nights_known(tmp_path / "nights", size=(40, 48))
+    return tmp_path / "nights"
 
 
 def test_nights_clean_binary_accuracy_hand_worked_and_eps0(tiny_metric, nights):
@@ -475,8 +482,11 @@ def test_attack_on_cuda_with_mixed_precision(vit_folder, fooled_data):
 # -- command-line options ----------------------------------------------------------------------
 @pytest.fixture()
 def parser():
+    from rpmetric.counterattack import add_counterattack_options
+
     p = argparse.ArgumentParser()
     add_attack_options(p)
+    add_counterattack_options(p)  # as `rpmetric eval` has them: --eot-samples needs --counterattack
     return p
 
 
@@ -488,7 +498,7 @@ def parser():
     (["--attack", "l2", "--eps", "0.5"], {"norm": "l2", "eps": 0.5}),  # absolute for l2
     (["--attack", "l2"], {"eps": 3.0}),
     (["--attack", "linf", "--steps", "10", "--restarts", "2", "--n-samples", "50", "--seed", "4",
-      "--eot-samples", "8"], {"steps": 10, "restarts": 2, "n_samples": 50, "seed": 4, "eot_samples": 8}),
+      "--eot-samples", "8", "--counterattack"], {"steps": 10, "restarts": 2, "n_samples": 50, "seed": 4, "eot_samples": 8}),
 ])
 def test_attack_options(parser, argv, expected):
     config = attack_config_from_args(parser.parse_args(argv))
@@ -502,12 +512,31 @@ def test_attack_options(parser, argv, expected):
     (["--eps", "8"], r"--eps only apply to a robust evaluation; add --attack linf or --attack l2"),
     (["--steps", "5", "--seed", "1"], r"--steps, --seed only apply"),
     (["--attack", "linf", "--steps", "0"], r"`steps` must be at least 1"),
-    (["--attack", "linf", "--eps", "-1"], r"`eps` must be at least 0"),
+    # --eps is checked as typed, in its own units: 1/255 for linf, absolute for l2.
+    (["--attack", "linf", "--eps", "-1"], r"^Argument `--eps` must be in \[0, 255\] for --attack linf, in units of "
+                                          r"1/255 \(4 means 4/255\), but got -1\.$"),
+    (["--attack", "linf", "--eps", "300"], r"`--eps` must be in \[0, 255\] .* but got 300\.$"),
+    (["--attack", "l2", "--eps", "-0.5"], r"^Argument `--eps` must be a finite number >= 0 for --attack l2 "
+                                          r"\(absolute, e\.g\. 3\), but got -0\.5\.$"),
+    (["--attack", "l2", "--eps", "inf"], r"`--eps` must be a finite number >= 0 .* but got inf"),
+    (["--attack", "linf", "--eot-samples", "2"], r"--eot-samples only applies to the adaptive attack on a "
+                                                 r"counterattack; add --counterattack or drop --eot-samples"),
     (["--attack", "l2", "--n-samples", "0"], r"`--n-samples` must be at least 1, but got 0"),
 ])
 def test_attack_option_errors(parser, argv, match):
     with pytest.raises(ValueError, match=match):
         attack_config_from_args(parser.parse_args(argv))
+
+
+def test_eot_samples_needs_a_counterattack_on_the_command_line(fresh_nights, vit_folder, capsys):
+    from rpmetric.cli import main
+
+    base = ["eval", "nights", str(fresh_nights), "--model", str(vit_folder), "--workers", "0", "--attack", "linf",
+            "--steps", "1", "--eot-samples", "2", "--log", str(fresh_nights / "run.jsonl")]
+    assert main(base) == 2
+    assert "--eot-samples only applies to the adaptive attack on a counterattack" in capsys.readouterr().err
+    # Rejected before any work: no run log was started that would block a later run.
+    assert not list(fresh_nights.glob("run.jsonl*"))
 
 
 def test_attack_option_help_states_the_eps_units(parser, capsys):

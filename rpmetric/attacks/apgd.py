@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ..errors import MissingDependencyError
 from .config import AttackConfig
 from .logits import TwoAFCLogits
 
@@ -42,9 +43,9 @@ def apgd_class():
         from pyautoattack.autopgd_base import APGDAttack
     except ModuleNotFoundError as err:
         if err.name is not None and err.name.split(".")[0] == "pyautoattack":
-            raise ModuleNotFoundError(
-                "Attacks need pyautoattack (the official AutoAttack code): pip install 'rpmetric[attack]' "
-                "or pip install pyautoattack.", name="pyautoattack") from None
+            raise MissingDependencyError(
+                'Attacks need pyautoattack (the official AutoAttack code): pip install "rpmetric[attack]".',
+                name="pyautoattack") from None
         raise
     return APGDAttack
 

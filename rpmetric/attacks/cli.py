@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from ..evaluation import nights_total
 from .config import AttackConfig, Norm
 
 __all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_columns", "attack_headers"]
@@ -52,8 +54,8 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
     ``eps`` in absolute units; None when ``--attack`` was not given.
 
     Raises:
-        ValueError: an attack option without ``--attack``, or a bad value (checked now, not after
-            the clean evaluation).
+        ValueError: an attack option without ``--attack``, ``--eot-samples`` without
+            ``--counterattack``, or a bad value (checked now, not after the clean evaluation).
 
     Example:
         >>> parser = argparse.ArgumentParser()
@@ -69,9 +71,15 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
             raise ValueError(f"{', '.join(stray)} only apply to a robust evaluation; add --attack linf or --attack l2.")
         return None
     norm = Norm.parse(args.attack)
+    if given["eot_samples"] is not None and not getattr(args, "counterattack", None):
+        # Otherwise it would be ignored, yet recorded in the run's configuration (so blocking a resume).
+        raise ValueError("--eot-samples only applies to the adaptive attack on a counterattack; add --counterattack "
+                         "or drop --eot-samples.")
     eps = given["eps"]
-    if eps is not None and norm is Norm.LINF:
-        eps = eps / 255  # the command line states l-inf radii as the papers do, in 1/255 units
+    if eps is not None:
+        _check_cli_eps(norm, eps)
+        if norm is Norm.LINF:
+            eps = eps / 255  # the command line states l-inf radii as the papers do, in 1/255 units
     defaults = AttackConfig()
     config = AttackConfig.create(
         norm, eps,
@@ -106,9 +114,8 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
                                  resume=resume and runlog is not None and runlog.exists(), progress=progress,
                                  **options)
         results[group] = result.to_dict()
-    parts = [results.get("test_imagenet"), results.get("test_no_imagenet")]
-    if all(parts) and all(p["n"] == len(groups[g]) for p, g in zip(parts, ("test_imagenet", "test_no_imagenet"))):
-        results["total"] = _weighted_total(parts)
+    if all(g in results and results[g]["n"] == len(groups[g]) for g in _NIGHTS_TEST):
+        results["total"] = _weighted_total(results)
     return results
 
 
@@ -128,17 +135,30 @@ def attack_headers(defended: bool) -> List[str]:
     return headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
 
 
-def _weighted_total(parts: List[dict]) -> dict:
-    n = sum(p["n"] for p in parts)
+def _check_cli_eps(norm: Norm, eps: float) -> None:
+    """Check ``--eps`` as typed, before the l-inf value is converted from 1/255 units."""
+    if norm is Norm.LINF and not 0 <= eps <= 255:
+        raise ValueError(f"Argument `--eps` must be in [0, 255] for --attack linf, in units of 1/255 (4 means "
+                         f"4/255), but got {eps:g}.")
+    if norm is Norm.L2 and not (0 <= eps and math.isfinite(eps)):
+        raise ValueError(f"Argument `--eps` must be a finite number >= 0 for --attack l2 (absolute, e.g. 3), "
+                         f"but got {eps:g}.")
 
+
+_NIGHTS_TEST = ("test_imagenet", "test_no_imagenet")
+
+
+def _weighted_total(results: Dict[str, dict]) -> dict:
+    """The NIGHTS total of every figure of the two test parts' summaries (:func:`nights_total`)."""
     def mean(get):
-        values = [get(p) for p in parts]
-        return None if any(v is None for v in values) else sum(p["n"] * v for p, v in zip(parts, values)) / n
+        return nights_total({g: {"n": results[g]["n"], "score": get(results[g])} for g in _NIGHTS_TEST})["score"]
 
-    total = {"n": n, "clean_accuracy": mean(lambda p: p["clean_accuracy"]),
-             "robust_accuracy": mean(lambda p: p["robust_accuracy"]), "attack": parts[0]["attack"]}
-    if "counterattack" in parts[0]:
-        total["counterattack"] = {"config": parts[0]["counterattack"]["config"], **{
+    first = results[_NIGHTS_TEST[0]]
+    total = {"n": sum(results[g]["n"] for g in _NIGHTS_TEST),
+             "clean_accuracy": mean(lambda p: p["clean_accuracy"]),
+             "robust_accuracy": mean(lambda p: p["robust_accuracy"]), "attack": first["attack"]}
+    if "counterattack" in first:
+        total["counterattack"] = {"config": first["counterattack"]["config"], **{
             key: mean(lambda p, key=key: p["counterattack"][key])
             for key in ("clean_accuracy", "nonadaptive_accuracy", "adaptive_accuracy", "worst_case_accuracy")}}
     return total
