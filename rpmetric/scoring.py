@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["twoafc_scores", "twoafc_score", "binary_accuracy", "jnd_map"]
+__all__ = ["twoafc_scores", "twoafc_score", "binary_agreements", "binary_accuracy", "jnd_map"]
 
 
 def _flat(name: str, values) -> np.ndarray:
@@ -59,22 +59,31 @@ def twoafc_score(d0, d1, p) -> float:
     return float(np.mean(twoafc_scores(d0, d1, p)))
 
 
-def binary_accuracy(d0, d1, p) -> float:
-    """Share of triplets where the metric picks the image most people picked.
+def binary_agreements(d0, d1, p) -> np.ndarray:
+    """Per triplet 1 where the metric picks the image most people picked, 0 where not, 0.5 for a tie.
 
     The label is "right preferred" when ``p > 0.5`` (so ``p == 0.5`` counts as left); the
     prediction is "right" when ``d1 < d0``. A tie ``d0 == d1`` counts half, as in the 2AFC score,
     so a metric that cannot tell the images apart scores 0.5, not 0 or 1.
 
     Example:
-        >>> binary_accuracy([0.1, 0.5, 0.3], [0.2, 0.4, 0.3], [0.4, 0.6, 1.0])
-        0.8333333333333334
+        >>> binary_agreements([0.1, 0.5, 0.3], [0.2, 0.4, 0.3], [0.4, 0.6, 1.0])
+        array([1. , 1. , 0.5])
     """
     d0, d1, p = _flat("d0", d0), _flat("d1", d1), _flat("p", p)
     _same_length(d0=d0, d1=d1, p=p)
-    label_right = p > 0.5
-    correct = np.where(d0 == d1, 0.5, ((d1 < d0) == label_right).astype(np.float64))
-    return float(np.mean(correct))
+    return np.where(d0 == d1, 0.5, ((d1 < d0) == (p > 0.5)).astype(np.float64))
+
+
+def binary_accuracy(d0, d1, p) -> float:
+    """Mean of :func:`binary_agreements`: the share of triplets where the metric picks the image
+    most people picked (a tie counts half).
+
+    Example:
+        >>> binary_accuracy([0.1, 0.5, 0.3], [0.2, 0.4, 0.3], [0.4, 0.6, 1.0])
+        0.8333333333333334
+    """
+    return float(np.mean(binary_agreements(d0, d1, p)))
 
 
 def jnd_map(d, same) -> float:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import datagen
-from rpmetric.scoring import binary_accuracy, jnd_map, twoafc_score, twoafc_scores
+from rpmetric.scoring import binary_accuracy, binary_agreements, jnd_map, twoafc_score, twoafc_scores
 
 
 def test_twoafc_scores_follow_the_formula_case_by_case():
@@ -29,6 +29,18 @@ def test_binary_accuracy_uses_p_above_half_and_counts_ties_half():
     d1 = [0.1, 0.1, 0.3, 0.5]
     p = [0.6, 0.5, 0.0, 1.0]
     assert binary_accuracy(d0, d1, p) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+
+
+def test_binary_agreements_per_triplet_hand_worked():
+    # right chosen by the metric and by people (p=0.9) -> 1; metric left, people right -> 0;
+    # metric left, people left (p=0.2) -> 1; a tie -> 0.5 even with p=1; metric right, p=0.5 (left) -> 0.
+    d0 = torch.tensor([0.7, 0.1, 0.2, 0.4, 0.6])
+    d1 = torch.tensor([0.3, 0.8, 0.9, 0.4, 0.2])
+    p = torch.tensor([0.9, 1.0, 0.2, 1.0, 0.5], dtype=torch.float64)
+    np.testing.assert_array_equal(binary_agreements(d0, d1, p), [1.0, 0.0, 1.0, 0.5, 0.0])
+    assert binary_accuracy(d0, d1, p) == pytest.approx(2.5 / 5)
+    with pytest.raises(ValueError, match="same number of elements"):
+        binary_agreements([0.1, 0.2], [0.2], [0.5])
 
 
 def test_jnd_map_hand_worked_example():

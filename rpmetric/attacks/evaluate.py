@@ -14,7 +14,8 @@ from ..datasets import Triplet, TripletImages, collate_images
 from ..images import unit_float
 from ..preprocess import resize_and_crop
 from ..runlog import RunLog
-from ..scoring import binary_accuracy
+from ..scoring import binary_agreements
+from ..validation import check_int
 from .apgd import perturbation_norms, run_apgd
 from .config import AttackConfig, Norm
 from .features import (DefendedFeatures, Embedder, EOTDefendedFeatures, PlainFeatures, as_embedder, check_defence,
@@ -126,7 +127,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         >>> result.clean_accuracy, result.robust_accuracy  # doctest: +SKIP
     """
     config = AttackConfig.create(norm, eps, steps, restarts, seed, eot_samples)
-    batch_size = _positive_int("batch_size", batch_size)
+    batch_size = check_int("batch_size", batch_size, 1)
     embedder = as_embedder(metric)
     if counterattack is None:
         counterattack = embedder.counterattack
@@ -136,7 +137,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         embedder = embedder._replace(device=torch.device(device))
         embedder.module.to(embedder.device)
     dataset, keys = _dataset_and_keys(data, _loader_transform(embedder))
-    n = len(keys) if n_samples is None else min(_positive_int("n_samples", n_samples), len(keys))
+    n = len(keys) if n_samples is None else min(check_int("n_samples", n_samples, 1), len(keys))
     if n == 0:
         raise ValueError("Argument `data` holds no triplets; pass at least one.")
     keys = keys[:n]
@@ -223,8 +224,8 @@ def _distances(judge: TwoAFCLogits, images: torch.Tensor):
 
 
 def _agreement(distances, p: torch.Tensor) -> List[float]:
-    """Per triplet 1, 0, or 0.5 for a tie: binary accuracy of one triplet, by the scoring module's rule."""
-    return [binary_accuracy([d0], [d1], [pi]) for d0, d1, pi in zip(*distances, p.tolist())]
+    """Per triplet 1, 0, or 0.5 for a tie, by the scoring module's rule."""
+    return binary_agreements(*distances, p).tolist()
 
 
 def _checked_norms(attacked: torch.Tensor, clean: torch.Tensor, config: AttackConfig):
@@ -325,10 +326,3 @@ def _mean(records, field_name: str) -> float:
     values = [r[field_name] for r in records]
     return sum(values) / len(values) if values else float("nan")
 
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Argument `{name}` must be an integer, but got {value!r}.")
-    if value < 1:
-        raise ValueError(f"Argument `{name}` must be at least 1, but got {value!r}.")
-    return value
