@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import numbers
 from typing import Callable, Iterable, NamedTuple, Optional, Tuple, Union
 
 import torch
 
-from .validation import check_images
+from .validation import check_images, check_int, check_real
 
 __all__ = [
     "Counterattack",
@@ -125,12 +124,12 @@ class Counterattack:
     def __init__(self, eps: float = 4 / 255, step_size: float = 1 / 255, steps: int = 2,
                  tau_threshold: float = 0.2, beta: float = 2.0, seed: int = 0, skip_stable: bool = True,
                  tau_encoder=None):
-        self.eps = _check_real("eps", eps, 0.0, 1.0, " It is a fraction of the [0, 1] range: pass e.g. 4/255.")
-        self.step_size = _check_real("step_size", step_size, 0.0, 1.0, " Pass e.g. 1/255.")
-        self.steps = _check_int("steps", steps, 0)
-        self.tau_threshold = _check_real("tau_threshold", tau_threshold, 0.0, math.inf, "")
-        self.beta = _check_real("beta", beta, -math.inf, math.inf, "")
-        self.seed = _check_int("seed", seed, None)
+        self.eps = check_real("eps", eps, 0.0, 1.0, " It is a fraction of the [0, 1] range: pass e.g. 4/255.")
+        self.step_size = check_real("step_size", step_size, 0.0, 1.0, " Pass e.g. 1/255.")
+        self.steps = check_int("steps", steps, 0)
+        self.tau_threshold = check_real("tau_threshold", tau_threshold, 0.0, math.inf, "")
+        self.beta = check_real("beta", beta, -math.inf, math.inf, "")
+        self.seed = check_int("seed", seed, None)
         if not isinstance(skip_stable, bool):
             raise TypeError(f"Argument `skip_stable` must be True or False, but got {skip_stable!r}.")
         self.skip_stable = skip_stable
@@ -210,8 +209,8 @@ class Counterattack:
             >>> int(ttc(encoder, clean).flagged.sum())
             3
         """
-        rate = _check_real("target_rate", target_rate, 0.0, 1.0, " It is a share: pass e.g. 0.05 for 5%.")
-        batch_size = _check_int("batch_size", batch_size, 1)
+        rate = check_real("target_rate", target_rate, 0.0, 1.0, " It is a share: pass e.g. 0.05 for 5%.")
+        batch_size = check_int("batch_size", batch_size, 1)
         if isinstance(clean_images, torch.Tensor):
             clean_images = clean_images.split(batch_size)
         from tqdm.auto import tqdm
@@ -375,12 +374,25 @@ def _threshold_for_rate(taus: torch.Tensor, rate: float) -> float:
     return float(middle if middle > below else above)  # adjacent floats: the midpoint rounds down
 
 
-def _embedder(encoder) -> Tuple[Embed, Callable[[torch.Tensor], torch.Tensor]]:
-    """``(embed, prepare)`` for the kinds of encoder the class doc lists."""
+def encoder_parts(model) -> Tuple[object, Callable[[torch.Tensor], torch.Tensor], Optional[object]]:
+    """``(encoder, prepare, counterattack)``: how the counterattack and the attacks see a model.
+
+    A :class:`~rpmetric.RobustDistance` gives its ``.encoder`` and its counterattack hook; anything
+    else is its own encoder, with no hook. ``prepare`` is the encoder's ``prepare`` method (resize
+    to the input size) when it has one, else the identity.
+    """
     from .metric import RobustDistance
 
-    if isinstance(encoder, RobustDistance):
-        encoder = encoder.encoder
+    counterattack = None
+    if isinstance(model, RobustDistance):
+        model, counterattack = model.encoder, model.counterattack
+    prepare = getattr(model, "prepare", None)
+    return model, prepare if callable(prepare) else _identity, counterattack
+
+
+def _embedder(encoder) -> Tuple[Embed, Callable[[torch.Tensor], torch.Tensor]]:
+    """``(embed, prepare)`` for the kinds of encoder the class doc lists."""
+    encoder, prepare, _ = encoder_parts(encoder)
     embed = getattr(encoder, "embed", None)
     if callable(embed):
         def raw(x, _embed=embed):
@@ -392,8 +404,7 @@ def _embedder(encoder) -> Tuple[Embed, Callable[[torch.Tensor], torch.Tensor]]:
             "Argument `encoder` must be a RobustDistance, an object with an `embed(x, normalize=False)` method, "
             f"or a callable mapping [N, 3, H, W] images in [0, 1] to [N, D] embeddings, but got {type(encoder).__name__}."
         )
-    prepare = getattr(encoder, "prepare", None)
-    return raw, prepare if callable(prepare) else _identity
+    return raw, prepare
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -411,22 +422,6 @@ def _inputs(encoder, x) -> Tuple[Embed, torch.Tensor]:
         check_images(x, "x", (0.0, 1.0))
         x = x.clamp(0.0, 1.0)  # removes the rounding overshoot check_images tolerates
     return embed, prepare(x)
-
-
-def _check_real(name: str, value, low: float, high: float, hint: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-        raise TypeError(f"Argument `{name}` must be a real number, but got {value!r}.")
-    if not low <= value <= high:
-        raise ValueError(f"Argument `{name}` must be in [{low:g}, {high:g}], but got {value!r}.{hint}")
-    return float(value)
-
-
-def _check_int(name: str, value, low: Optional[int]) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"Argument `{name}` must be an integer, but got {value!r}.")
-    if low is not None and value < low:
-        raise ValueError(f"Argument `{name}` must be at least {low}, but got {value!r}.")
-    return int(value)
 
 
 # -- command-line options ------------------------------------------------------------------

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from enum import Enum
 from typing import Optional, Union
+
+from ..validation import check_int, check_real
 
 __all__ = ["Norm", "AttackConfig"]
 
@@ -77,32 +78,19 @@ class AttackConfig:
                restarts: int = 1, seed: int = 0, eot_samples: int = 4) -> "AttackConfig":
         """A checked config; ``eps=None`` picks the published radius of ``norm``."""
         norm = Norm.parse(norm)
-        eps = norm.default_eps if eps is None else _real("eps", eps)
+        eps = norm.default_eps if eps is None else check_real("eps", eps)
+        if not math.isfinite(eps):
+            raise ValueError(f"Argument `eps` must be finite, but got {eps!r}.")
         if eps < 0:
             raise ValueError(f"Argument `eps` must be at least 0, but got {eps!r}.")
         if norm is Norm.LINF and eps > 1:
             raise ValueError(f"Argument `eps` must be at most 1 for linf (a fraction of the [0, 1] range), but "
                              f"got {eps!r}; for 4/255 pass 4/255, not 4.")
-        return cls(norm, eps, _integer("steps", steps, 1), _integer("restarts", restarts, 1),
-                   _integer("seed", seed, 0), _integer("eot_samples", eot_samples, 1))
+        return cls(norm, eps, check_int("steps", steps, 1), check_int("restarts", restarts, 1),
+                   check_int("seed", seed, 0), check_int("eot_samples", eot_samples, 1))
 
     def to_dict(self) -> dict:
         """The config as JSON-ready data (what results and run logs record)."""
         return {"attack": "apgd-ce", "norm": self.norm.value, "eps": self.eps, "steps": self.steps,
                 "restarts": self.restarts, "seed": self.seed, "eot_samples": self.eot_samples}
 
-
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Argument `{name}` must be a real number, but got {value!r}.")
-    if not math.isfinite(value):
-        raise ValueError(f"Argument `{name}` must be finite, but got {value!r}.")
-    return float(value)
-
-
-def _integer(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"Argument `{name}` must be an integer, but got {value!r}.")
-    if value < low:
-        raise ValueError(f"Argument `{name}` must be at least {low}, but got {value!r}.")
-    return int(value)

@@ -49,17 +49,13 @@ def as_embedder(model) -> Embedder:
         ...
         TypeError: Argument `metric` must be a RobustDistance or a module with an `embed(x, normalize=False)` method (like rpmetric.encoder.Encoder), but got Linear.
     """
-    from ..metric import RobustDistance
+    from ..counterattack import encoder_parts
 
-    counterattack = None
-    if isinstance(model, RobustDistance):
-        counterattack = model.counterattack
-        model = model.encoder
+    model, prepare, counterattack = encoder_parts(model)
     if not callable(getattr(model, "embed", None)):
         raise TypeError("Argument `metric` must be a RobustDistance or a module with an `embed(x, normalize=False)` "
                         f"method (like rpmetric.encoder.Encoder), but got {type(model).__name__}.")
-    prepare = getattr(model, "prepare", None)
-    return Embedder(model, prepare if callable(prepare) else _identity, counterattack, _device_of(model))
+    return Embedder(model, prepare, counterattack, _device_of(model))
 
 
 def autocast_for(device: torch.device):
@@ -161,6 +157,3 @@ def _device_of(module) -> torch.device:
             return tensor.device
     return torch.device("cpu")
 
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
