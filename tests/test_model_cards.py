@@ -24,3 +24,14 @@ def test_cards_carry_hub_id_preprocessing_and_published_numbers(tmp_path, monkey
     assert "resize shorter side to 256 (bicubic), centre crop 224" in text
     assert "None published" in (tmp_path / "r-clip-f-vitb32.md").read_text()
     assert "TeCoA" not in (tmp_path / "clip-vitb16.md").read_text()
+
+
+def test_cards_describe_each_family_s_embedding_and_geometry():
+    cards = _module()
+    for name in ("r-dino-vitb16", "dino-vitb16"):
+        assert "CLS token after the final layer norm (no projection)" in cards.card(name)
+    assert "projected image embedding" not in cards.card("r-dino-vitb16")
+    assert "projected image embedding (open_clip's `encode_image`)" in cards.card("r-clip-f-vitb16")
+    from rpmetric.spec import Preprocessing
+
+    assert cards._geometry(Preprocessing(resize_mode="squash")) == "resize to 224x224 (bicubic, no crop)"

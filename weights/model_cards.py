@@ -12,6 +12,20 @@ import argparse
 from pathlib import Path
 
 import rpmetric
+from rpmetric.spec import Family
+
+
+def _geometry(pp) -> str:
+    if pp.resize_mode == "squash":
+        return f"resize to {pp.image_size}x{pp.image_size} ({pp.interpolation}, no crop)"
+    return f"resize shorter side to {pp.resize_size} ({pp.interpolation}), centre crop {pp.image_size}"
+
+
+def _embedding(spec) -> str:
+    if spec.family is Family.OPEN_CLIP:
+        return "the projected image embedding (open_clip's `encode_image`) before L2 normalisation"
+    # DINO ViTs (timm, or transformers for R-DINO) have no projection head.
+    return "the CLS token after the final layer norm (no projection), before L2 normalisation"
 
 
 def card(name: str) -> str:
@@ -24,9 +38,8 @@ def card(name: str) -> str:
         f"- Role: {spec.role}; architecture: {spec.architecture}",
         f"- Weights: https://huggingface.co/{spec.hub_id} (`hf-hub:{spec.hub_id}`), layout `{spec.family.value}`",
         f"- Training: {training}",
-        f"- Preprocessing: resize shorter side to {pp.resize_size} ({pp.interpolation}), centre crop {pp.image_size}; "
-        f"mean {pp.mean}, std {pp.std} (applied inside the model)",
-        "- Embedding: the projected image embedding before L2 normalisation; distance = 1 - cosine",
+        f"- Preprocessing: {_geometry(pp)}; mean {pp.mean}, std {pp.std} (applied inside the model)",
+        f"- Embedding: {_embedding(spec)}; distance = 1 - cosine",
         "", "## Published NIGHTS 2AFC accuracy (%)", "",
     ]
     if spec.published:
