@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models in the Hub's file layouts, built once per session."""
+"""Shared fixtures: tiny models in the Hub's file layouts and a NIGHTS folder with known answers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import datagen
 import tinymodels
 
 # Tests never reach the network; a test that needs the Hub must use a pre-filled cache.
@@ -68,3 +69,20 @@ def zoo_cache(tmp_path_factory):
     tinymodels.fill_hf_cache(hf_home, rpmetric.get_spec("r-clip-f-vitb32").hub_id, folder)
     return hf_home, folder
 
+
+@pytest.fixture(scope="session")
+def nights_known(tmp_path_factory):
+    """(root, expected) of ``datagen.nights_known`` (shared: treat as read-only; see ``fresh_nights``).
+
+    40x48 images: the tiny ViT (32 px) must resize and crop them in the workers' transform.
+    """
+    root = tmp_path_factory.mktemp("nights") / "nights"
+    return root, datagen.nights_known(root, size=(40, 48))
+
+
+@pytest.fixture()
+def fresh_nights(tmp_path):
+    """The root of a private ``datagen.nights_known`` folder (32x32 images), for tests that break it."""
+    root = tmp_path / "nights"
+    datagen.nights_known(root)
+    return root

@@ -12,19 +12,6 @@ import datagen
 from rpmetric.cli import main
 
 
-@pytest.fixture(scope="module")
-def nights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli") / "nights"
-    return root, datagen.nights_known(root, size=(40, 48))
-
-
-@pytest.fixture()
-def fresh_nights(tmp_path):
-    root = tmp_path / "nights"
-    datagen.nights_known(root)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # default run logs land in the working directory
@@ -41,8 +28,8 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
-def test_nights_with_the_tiny_model(nights, vit_folder, tmp_path, capsys):
-    root, expected = nights
+def test_nights_with_the_tiny_model(nights_known, vit_folder, tmp_path, capsys):
+    root, expected = nights_known
     out, per_sample = tmp_path / "res" / "nights.json", tmp_path / "samples.csv"
     code = main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "val", "test",
                  "--batch-size", "4", "--workers", "1", "--out", str(out), "--per-sample", str(per_sample)])
@@ -172,8 +159,8 @@ def test_skip_bad_reports_and_goes_on(fresh_nights, tmp_path, capsys):
     assert "test_no_imagenet/tn-left-1:" in err
 
 
-def test_resume_gives_the_uninterrupted_result(nights, vit_folder, tmp_path, capsys):
-    root, _ = nights
+def test_resume_gives_the_uninterrupted_result(nights_known, vit_folder, tmp_path, capsys):
+    root, _ = nights_known
     common = ["eval", "nights", str(root), "--model", str(vit_folder), "--split", "train", "val", "test",
               "--batch-size", "2", "--workers", "0"]
     assert main(common + ["--out", str(tmp_path / "full.json"), "--per-sample", str(tmp_path / "full.csv")]) == 0
@@ -197,8 +184,8 @@ def test_explicit_log_is_kept(fresh_nights, tmp_path, capsys):
     assert len(log.read_text().splitlines()) == 1 + 6
 
 
-def test_torchrun_two_processes_match_one(nights, vit_folder, tmp_path):
-    root, _ = nights
+def test_torchrun_two_processes_match_one(nights_known, vit_folder, tmp_path):
+    root, _ = nights_known
     args = ["eval", "nights", str(root), "--model", str(vit_folder), "--split", "train", "val", "test",
             "--batch-size", "2", "--workers", "0"]
     assert main(args + ["--out", str(tmp_path / "one.json"), "--per-sample", str(tmp_path / "one.csv")]) == 0
@@ -215,8 +202,8 @@ def test_torchrun_two_processes_match_one(nights, vit_folder, tmp_path):
     assert _csv(tmp_path / "two.csv") == _csv(tmp_path / "one.csv")
 
 
-def test_attack_columns_and_json(nights, vit_folder, tmp_path, capsys):
-    root, _ = nights
+def test_attack_columns_and_json(nights_known, vit_folder, tmp_path, capsys):
+    root, _ = nights_known
     out = tmp_path / "robust.json"
     assert main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "test_no_imagenet",
                  "--workers", "0", "--attack", "linf", "--steps", "2", "--out", str(out)]) == 0
@@ -229,8 +216,8 @@ def test_attack_columns_and_json(nights, vit_folder, tmp_path, capsys):
     assert 0.0 <= attack["robust_accuracy"] <= 0.5
 
 
-def test_counterattack_in_the_clean_evaluation(nights, vit_folder, tmp_path, capsys):
-    root, expected = nights
+def test_counterattack_in_the_clean_evaluation(nights_known, vit_folder, tmp_path, capsys):
+    root, expected = nights_known
     log = tmp_path / "ca.jsonl"
     assert main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "val", "--workers", "0",
                  "--counterattack", "--tau-threshold", "0.05", "--log", str(log)]) == 0

@@ -15,12 +15,6 @@ from rpmetric.preprocess import resize_and_crop
 from rpmetric.spec import Preprocessing
 
 
-@pytest.fixture()
-def nights(tmp_path):
-    datagen.nights_known(tmp_path / "nights")
-    return tmp_path / "nights"
-
-
 def _rewrite_csv(root, edit):
     """Apply ``edit(header, rows)`` to data.csv (rows as dicts) and write it back."""
     path = root / "data.csv"
@@ -42,46 +36,46 @@ def _rewrite_csv(root, edit):
     ("test_no_imagenet", ["tn-left-1", "tn-left-q"]),
     ("test", ["ti-left-0", "ti-right-1", "tn-left-1", "ti-tie", "tn-left-q", "ti-right-3q"]),
 ])
-def test_read_nights_keeps_unanimous_rows_of_the_split(nights, split, ids):
-    triplets = read_nights(nights, split)
+def test_read_nights_keeps_unanimous_rows_of_the_split(fresh_nights, split, ids):
+    triplets = read_nights(fresh_nights, split)
     assert [t.id for t in triplets] == ids  # the "drop-*" rows have votes < 6
 
 
-def test_read_nights_fields(nights):
-    t = {t.id: t for t in read_nights(nights, "test")}
+def test_read_nights_fields(fresh_nights):
+    t = {t.id: t for t in read_nights(fresh_nights, "test")}
     assert t["tn-left-q"].p == 0.25 and t["ti-right-3q"].p == 0.75 and t["ti-right-1"].p == 1.0
     first = t["ti-left-0"]
-    assert first.ref == nights / "ref" / "000" / "000.png"
-    assert first.left == nights / "distort" / "000" / "000_0.png"
-    assert first.right == nights / "distort" / "000" / "000_1.png"
+    assert first.ref == fresh_nights / "ref" / "000" / "000.png"
+    assert first.left == fresh_nights / "distort" / "000" / "000_0.png"
+    assert first.right == fresh_nights / "distort" / "000" / "000_1.png"
     assert isinstance(first, Triplet)
 
 
-def test_read_nights_reads_columns_by_name(nights):
-    _rewrite_csv(nights, lambda header, rows: (list(reversed(header)), rows))
-    assert [t.id for t in read_nights(nights, "val")] == ["val-right-0", "val-tie"]
-    assert read_nights(nights, "test_no_imagenet")[1].p == 0.25
+def test_read_nights_reads_columns_by_name(fresh_nights):
+    _rewrite_csv(fresh_nights, lambda header, rows: (list(reversed(header)), rows))
+    assert [t.id for t in read_nights(fresh_nights, "val")] == ["val-right-0", "val-tie"]
+    assert read_nights(fresh_nights, "test_no_imagenet")[1].p == 0.25
 
 
-def test_read_nights_errors(nights, tmp_path):
+def test_read_nights_errors(fresh_nights, tmp_path):
     with pytest.raises(ValueError, match=r"`split` must be one of .*'test_imagenet'.*but got 'tests'"):
-        read_nights(nights, "tests")
+        read_nights(fresh_nights, "tests")
     with pytest.raises(FileNotFoundError, match=r"NIGHTS csv not found: .*data.csv"):
         read_nights(tmp_path / "nowhere", "test")
 
 
-def test_read_nights_missing_columns(nights):
-    _rewrite_csv(nights, lambda header, rows: ([h for h in header if h not in ("votes", "right_vote")], rows))
+def test_read_nights_missing_columns(fresh_nights):
+    _rewrite_csv(fresh_nights, lambda header, rows: ([h for h in header if h not in ("votes", "right_vote")], rows))
     with pytest.raises(ValueError, match=r"data.csv lacks the column\(s\) right_vote, votes"):
-        read_nights(nights, "test")
+        read_nights(fresh_nights, "test")
 
 
-def test_read_nights_missing_image_names_the_file(nights):
-    (nights / "distort" / "000" / "001_1.png").unlink()
+def test_read_nights_missing_image_names_the_file(fresh_nights):
+    (fresh_nights / "distort" / "000" / "001_1.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"line 3 \(id 'ti-right-1'\): image file not found: .*001_1.png"):
-        read_nights(nights, "test")
+        read_nights(fresh_nights, "test")
     skipped = []
-    assert len(read_nights(nights, "test", skipped=skipped)) == 5
+    assert len(read_nights(fresh_nights, "test", skipped=skipped)) == 5
     assert [s.id for s in skipped] == ["ti-right-1"] and "001_1.png" in skipped[0].reason
 
 
@@ -90,14 +84,14 @@ def test_read_nights_missing_image_names_the_file(nights):
     ("votes", "many", r"`votes` must be a number, but got 'many'"),
     ("is_imagenet", "maybe", r"`is_imagenet` must be True or False, but got 'maybe'"),
 ])
-def test_read_nights_bad_values(nights, column, value, message):
+def test_read_nights_bad_values(fresh_nights, column, value, message):
     def edit(header, rows):
         rows[0][column] = value  # row of "ti-left-0", a test row
         return header, rows
 
-    _rewrite_csv(nights, edit)
+    _rewrite_csv(fresh_nights, edit)
     with pytest.raises(ValueError, match=message):
-        read_nights(nights, "test_imagenet")
+        read_nights(fresh_nights, "test_imagenet")
 
 
 def _truncate_line(root, number, fields):
@@ -108,31 +102,31 @@ def _truncate_line(root, number, fields):
     path.write_text("\n".join(lines) + "\n")
 
 
-def test_read_nights_short_row(nights):
-    _truncate_line(nights, 5, 5)  # ti-tie's row, cut before its split column
+def test_read_nights_short_row(fresh_nights):
+    _truncate_line(fresh_nights, 5, 5)  # ti-tie's row, cut before its split column
     with pytest.raises(ValueError, match=r"line 5 \(id 'ti-tie'\): the row has fewer fields \(5\) than the header "
                                          r"\(10\).*pass --skip-bad"):
-        read_nights(nights, "test")
+        read_nights(fresh_nights, "test")
     skipped = []
-    assert len(read_nights(nights, "test", skipped=skipped)) == 5
+    assert len(read_nights(fresh_nights, "test", skipped=skipped)) == 5
     assert [s.id for s in skipped] == ["ti-tie"] and "fewer fields" in skipped[0].reason
 
 
-def test_read_nights_short_row_without_its_id(nights):
-    _rewrite_csv(nights, lambda header, rows: (list(reversed(header)), rows))  # id is the last column
-    _truncate_line(nights, 5, 4)  # ti-tie's row keeps prompt, is_imagenet, split and right_path
-    assert [t.id for t in read_nights(nights, "val")] == ["val-right-0", "val-tie"]  # another split's row
+def test_read_nights_short_row_without_its_id(fresh_nights):
+    _rewrite_csv(fresh_nights, lambda header, rows: (list(reversed(header)), rows))  # id is the last column
+    _truncate_line(fresh_nights, 5, 4)  # ti-tie's row keeps prompt, is_imagenet, split and right_path
+    assert [t.id for t in read_nights(fresh_nights, "val")] == ["val-right-0", "val-tie"]  # another split's row
     with pytest.raises(ValueError, match=r"data.csv, line 5: the row has fewer fields \(4\) than the header"):
-        read_nights(nights, "test")
+        read_nights(fresh_nights, "test")
     skipped = []
-    assert len(read_nights(nights, "test", skipped=skipped)) == 5
+    assert len(read_nights(fresh_nights, "test", skipped=skipped)) == 5
     assert [s.id for s in skipped] == ["line 5"]
 
 
-def test_read_nights_empty_split(nights):
-    _rewrite_csv(nights, lambda header, rows: (header, [r for r in rows if r["split"] != "train"]))
+def test_read_nights_empty_split(fresh_nights):
+    _rewrite_csv(fresh_nights, lambda header, rows: (header, [r for r in rows if r["split"] != "train"]))
     with pytest.raises(ValueError, match=r"NIGHTS split 'train' is empty .*votes >= 6"):
-        read_nights(nights, "train")
+        read_nights(fresh_nights, "train")
 
 
 # -- BAPPS --------------------------------------------------------------------------------------
@@ -206,8 +200,8 @@ def test_read_bapps_jnd(tmp_path):
 
 
 # -- decoding -----------------------------------------------------------------------------------
-def test_triplet_images_decode_and_transform(nights):
-    triplets = read_nights(nights, "test")
+def test_triplet_images_decode_and_transform(fresh_nights):
+    triplets = read_nights(fresh_nights, "test")
     item = TripletImages(triplets)[0]
     assert set(item) == {"index", "ref", "left", "right", "p"}
     assert item["ref"].shape == (3, 32, 32) and item["ref"].dtype == torch.uint8  # 8 bits until the consumer
@@ -231,8 +225,8 @@ def test_pair_images_and_worker_decoding(tmp_path):
     assert batches[1]["same"].tolist() == pytest.approx([0.6])
 
 
-def test_unreadable_image_becomes_an_error_item(nights):
-    triplets = read_nights(nights, "val")
+def test_unreadable_image_becomes_an_error_item(fresh_nights):
+    triplets = read_nights(fresh_nights, "val")
     triplets[1].left.write_bytes(b"not a png")
     ds = TripletImages(triplets)
     assert "error" not in ds[0]
