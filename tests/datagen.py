@@ -27,11 +27,6 @@ NIGHTS_HEADER = ["id", "left_vote", "right_vote", "votes", "ref_path", "left_pat
                  "is_imagenet", "prompt"]
 
 
-def expected_2afc(kind: str, p: float) -> float:
-    """The per-triplet 2AFC score of a generated triplet (see the module docstring)."""
-    return {"left": 1.0 - p, "right": p, "tie": 0.5}[kind]
-
-
 def pattern(seed: int, size: Tuple[int, int] = (32, 32), low: float = 0.0, high: float = 1.0) -> np.ndarray:
     """A smooth random RGB image ``H x W x 3`` float in [low, high] (smooth, so resizing keeps it distinct)."""
     rng = np.random.default_rng(seed)
