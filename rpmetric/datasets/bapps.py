@@ -8,7 +8,7 @@ file stems, so a missing or extra file is reported by name instead of silently s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -38,16 +38,9 @@ def read_bapps_2afc(root: Union[str, Path], category: str, subset: str = "val", 
     _check_choice("category", category, BAPPS_2AFC_CATEGORIES)
     _check_choice("subset", subset, BAPPS_SUBSETS)
     folder = Path(root) / "2afc" / subset / category
-    files = _paired_files(folder, {"ref": IMAGE_SUFFIXES, "p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES,
-                                   "judge": (".npy",)}, "judge", skipped)
-    triplets = []
-    for stem, f in files.items():
-        try:
-            p = _read_share(f["judge"])
-        except ValueError as err:
-            _bad(stem, str(err), skipped)
-            continue
-        triplets.append(Triplet(stem, f["ref"], f["p0"], f["p1"], p))
+    kinds = {"ref": IMAGE_SUFFIXES, "p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES, "judge": (".npy",)}
+    triplets = [Triplet(stem, f["ref"], f["p0"], f["p1"], p)
+                for stem, f, p in _entries(folder, kinds, "judge", skipped)]
     return _nonempty(triplets, folder)
 
 
@@ -64,15 +57,8 @@ def read_bapps_jnd(root: Union[str, Path], category: str, *, skipped: Optional[L
     """
     _check_choice("category", category, BAPPS_JND_CATEGORIES)
     folder = Path(root) / "jnd" / "val" / category
-    files = _paired_files(folder, {"p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES, "same": (".npy",)}, "same", skipped)
-    pairs = []
-    for stem, f in files.items():
-        try:
-            same = _read_share(f["same"])
-        except ValueError as err:
-            _bad(stem, str(err), skipped)
-            continue
-        pairs.append(JNDPair(stem, f["p0"], f["p1"], same))
+    kinds = {"p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES, "same": (".npy",)}
+    pairs = [JNDPair(stem, f["p0"], f["p1"], same) for stem, f, same in _entries(folder, kinds, "same", skipped)]
     return _nonempty(pairs, folder)
 
 
@@ -85,6 +71,19 @@ def _bad(stem: str, reason: str, skipped: Optional[List[BadItem]]) -> None:
     if skipped is None:
         raise ValueError(f"{reason}; fix it or pass --skip-bad (skipped=[...]) to skip it")
     skipped.append(BadItem(stem, reason))
+
+
+def _entries(folder: Path, kinds: Dict[str, Sequence[str]], value_kind: str,
+             skipped: Optional[List[BadItem]]) -> Iterator[Tuple[str, Dict[str, Path], float]]:
+    """``(stem, {kind: path}, share)`` of every complete entry whose ``value_kind`` file reads;
+    the others are raised or skipped (see :func:`_bad`)."""
+    for stem, files in _paired_files(folder, kinds, value_kind, skipped).items():
+        try:
+            share = _read_share(files[value_kind])
+        except ValueError as err:
+            _bad(stem, str(err), skipped)
+            continue
+        yield stem, files, share
 
 
 def _paired_files(folder: Path, kinds: Dict[str, Sequence[str]], value_kind: str,
