@@ -14,28 +14,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import MissingDependencyError
 from .functional import cosine_distance
+from .validation import check_int
 
 __all__ = [
-    "INDEXES", "VOTES", "Neighbours", "Prediction", "MissingDependencyError", "search", "near_pairs",
+    "INDEXES", "VOTES", "Neighbours", "Prediction", "search", "near_pairs",
     "group_duplicates", "find_near", "knn_vote", "knn_classify",
 ]
 
 INDEXES = ("auto", "exact", "faiss", "ivf")
 VOTES = ("majority", "distance")
 # "auto" builds a FAISS IVF index only when it pays for itself: search() builds its index per call,
-# and evals/bench_retrieval.py measured, for 100,000 x 512 vectors and 1,000 queries on 2 CPU cores,
-# exact torch 1-1.5 s, FAISS flat 4-6 s, IVF 7-15 s (mostly k-means training). Exact costs N*Q, an
-# IVF build about 25*N*sqrt(N) plus Q*N/8 for the queries, so IVF wins for very large N and Q.
+# and at 100,000 stored vectors exact torch search beats both FAISS indexes (evals/bench_retrieval.py;
+# timings in the README's Benchmarks). Exact costs N*Q, an IVF build about 25*N*sqrt(N) (mostly
+# k-means training) plus Q*N/8 for the queries, so IVF wins only for very large N and Q.
 AUTO_IVF_MIN = 1_000_000  # stored vectors
 AUTO_IVF_MIN_QUERIES = 10_000
 _QUERY_BLOCK = 1024  # queries x database rows per matrix product stay near 64 MB of float32
 _DB_BLOCK = 16384
 _SLACK = 1e-4  # candidate margin on the similarity, before the exact distance decides
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency is needed; the message says what to install."""
 
 
 @dataclass
@@ -114,7 +112,8 @@ def search(database, queries, k: int = 10, *, index: str = "auto", nprobe: Optio
             also exact), ``"ivf"`` (FAISS IndexIVFFlat with sqrt(N) cells: approximate, built
             per call), or ``"auto"``: IVF when FAISS is installed and there are at least
             ``AUTO_IVF_MIN`` stored vectors and ``AUTO_IVF_MIN_QUERIES`` queries, else exact.
-        nprobe: IVF cells visited per query (more: slower, higher recall); None picks 1/8 of them.
+        nprobe: IVF cells visited per query, at least 1 (more: slower, higher recall); None picks
+            1/8 of them.
 
     Example:
         >>> db = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -126,6 +125,8 @@ def search(database, queries, k: int = 10, *, index: str = "auto", nprobe: Optio
     _check_dims(database, queries)
     _check_k(k)
     _check_choice("index", index, INDEXES)
+    if nprobe is not None:  # FAISS itself fails on 0 with a C++ error and on negatives with OverflowError
+        nprobe = check_int("nprobe", nprobe, low=1)
     if len(database) == 0:
         raise ValueError("Argument `database` holds no embeddings; there is nothing to search.")
     if index == "auto":

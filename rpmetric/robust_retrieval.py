@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .images import unit_float
 from .retrieval import knn_classify, search
+from .validation import check_int
 
 __all__ = ["TASKS", "NearestClassLogits", "RetrievalAttackResult", "evaluate_retrieval_attack"]
 
@@ -76,7 +78,11 @@ class NearestClassLogits(nn.Module):
 
 @dataclass
 class RetrievalAttackResult:
-    """Clean and attacked accuracy of a retrieval decision, with one record per query."""
+    """Clean and attacked accuracy of a retrieval decision, with one record per query.
+
+    ``clean_accuracy`` covers all ``n`` queries; ``robust_accuracy`` the first ``n_attacked`` (0
+    without an attack), whose records alone hold an ``"attacked"`` decision.
+    """
 
     task: str
     n: int
@@ -84,9 +90,10 @@ class RetrievalAttackResult:
     robust_accuracy: Optional[float]
     attack: Optional[dict]
     records: List[dict] = field(default_factory=list)
+    n_attacked: int = 0
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "n": self.n, "clean_accuracy": self.clean_accuracy,
+        return {"task": self.task, "n": self.n, "clean_accuracy": self.clean_accuracy, "n_attacked": self.n_attacked,
                 "robust_accuracy": self.robust_accuracy, "attack": self.attack, "records": self.records}
 
 
@@ -99,13 +106,16 @@ def _decide(task: str, reference: torch.Tensor, labels, emb: torch.Tensor, k: in
 def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Tensor, truth: Sequence, *,
                               task: str = "knn", labels: Optional[Sequence[str]] = None, k: int = 5,
                               vote: str = "majority", config=None, batch_size: int = 16,
+                              n_samples: Optional[int] = None,
                               names: Optional[Sequence[str]] = None) -> RetrievalAttackResult:
     """Accuracy of kNN labels or duplicate retrieval on clean and APGD-attacked query images.
 
     Args:
         metric: the :class:`~rpmetric.RobustDistance` that embedded ``reference``.
         reference: ``[M, D]`` reference embeddings (a labelled store, or the store of originals).
-        images: ``[Q, 3, S, S]`` query images in [0, 1] at the model's input size.
+        images: ``[Q, 3, S, S]`` query images at the model's input size: uint8 (as
+            :func:`rpmetric.store.model_input` gives, a quarter of float32's memory; converted to
+            [0, 1] per batch) or float in [0, 1].
         truth: per query, its true label (``task="knn"``) or the reference row of its true
             duplicate (``task="duplicate"``).
         task: ``"knn"`` (attack pushes the kNN vote to another label) or ``"duplicate"`` (attack
@@ -114,6 +124,8 @@ def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Ten
         k, vote: the kNN rule (see :func:`rpmetric.retrieval.knn_vote`).
         config: an :class:`rpmetric.attacks.AttackConfig`; None reports clean accuracy only.
         batch_size: queries attacked at once.
+        n_samples: with ``config``, attack only the first ``n_samples`` queries (clean accuracy
+            still covers all); None attacks all.
         names: per query, a name for the records (e.g. its path).
 
     Example:
@@ -125,44 +137,45 @@ def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Ten
         raise ValueError(f"Argument `task` must be one of {TASKS}, but got {task!r}.")
     if len(truth) != len(images):
         raise ValueError(f"Argument `truth` must give one entry per query image ({len(images)}), but got {len(truth)}.")
+    if n_samples is not None and config is None:
+        raise ValueError("Argument `n_samples` limits the attack; pass `config` too, or leave n_samples None.")
+    n = len(images)
+    n_attacked = 0 if config is None else n if n_samples is None else min(check_int("n_samples", n_samples, 1), n)
     if task == "knn":
         if labels is None or len(labels) != len(reference):
             raise ValueError("task 'knn' needs `labels`, one per reference row.")
-        vocabulary = sorted(set(labels))
+        vocabulary = {label: c for c, label in enumerate(sorted(set(labels)))}
         unknown = sorted({t for t in truth if t not in vocabulary})
         if unknown:
-            raise ValueError(f"True labels {unknown[:3]} do not occur in the reference labels {vocabulary[:10]}; "
+            raise ValueError(f"True labels {unknown[:3]} do not occur in the reference labels {list(vocabulary)[:10]}; "
                              "the kNN vote could never be right.")
-        classes = torch.tensor([vocabulary.index(label) for label in labels])
-        targets = torch.tensor([vocabulary.index(t) for t in truth])
-    else:
-        classes = torch.arange(len(reference))
-        targets = torch.tensor([int(t) for t in truth])
-        vocabulary = None
-    if task == "knn":
+        classes = torch.tensor([vocabulary[label] for label in labels])
+        targets = torch.tensor([vocabulary[t] for t in truth])
         logits = NearestClassLogits(metric.encoder, reference, classes, len(vocabulary), k=k)
     else:
-        logits = NearestClassLogits(metric.encoder, reference, classes, len(reference))
+        targets = torch.tensor([int(t) for t in truth])
+        logits = NearestClassLogits(metric.encoder, reference, torch.arange(len(reference)), len(reference))
 
     clean_pred, attacked_pred = [], []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(metric.device)
+    for start in range(0, n, batch_size):
+        x = unit_float(images[start:start + batch_size].to(metric.device))
         with torch.no_grad():
             pred = _decide(task, reference, labels, metric.encoder(x).cpu(), k, vote)
         clean_pred.extend(pred)
-        if config is None:
+        stop = min(start + batch_size, n_attacked)
+        if stop <= start:
             continue
         from .attacks import run_apgd
 
-        want = list(truth[start:start + batch_size])
-        correct = torch.tensor([p == t for p, t in zip(pred, want)], device=x.device)
-        adv = run_apgd(logits, x, targets[start:start + batch_size].to(x.device), config, correct=correct).images
+        correct = torch.tensor([p == t for p, t in zip(pred, truth[start:stop])], device=x.device)
+        adv = run_apgd(logits, x[:stop - start], targets[start:stop].to(x.device), config, correct=correct).images
         with torch.no_grad():
             attacked_pred.extend(_decide(task, reference, labels, metric.encoder(adv).cpu(), k, vote))
-    names = list(names) if names is not None else [str(i) for i in range(len(images))]
-    records = [{"query": n, "truth": t, "clean": c, **({"attacked": a} if config is not None else {})}
-               for n, t, c, a in zip(names, truth, clean_pred, attacked_pred or [None] * len(clean_pred))]
-    n = len(images)
+    names = list(names) if names is not None else [str(i) for i in range(n)]
+    records = [{"query": name, "truth": t, "clean": c} for name, t, c in zip(names, truth, clean_pred)]
+    for record, a in zip(records, attacked_pred):
+        record["attacked"] = a
     clean = sum(c == t for c, t in zip(clean_pred, truth)) / n if n else float("nan")
-    robust = sum(a == t for a, t in zip(attacked_pred, truth)) / n if config is not None and n else None
-    return RetrievalAttackResult(task, n, clean, robust, config.to_dict() if config is not None else None, records)
+    robust = sum(a == t for a, t in zip(attacked_pred, truth)) / n_attacked if n_attacked else None
+    return RetrievalAttackResult(task, n, clean, robust, config.to_dict() if config is not None else None, records,
+                                 n_attacked)

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from rpmetric import retrieval
-from rpmetric.retrieval import (
-    MissingDependencyError, find_near, group_duplicates, knn_classify, knn_vote, near_pairs, search,
-)
+from rpmetric.errors import MissingDependencyError
+from rpmetric.retrieval import find_near, group_duplicates, knn_classify, knn_vote, near_pairs, search
 
 
 def numpy_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -86,10 +85,18 @@ def test_k_larger_than_the_store_returns_every_row():
 @pytest.mark.parametrize("kwargs, message", [
     ({"k": 0}, r"Argument `k` must be an integer >= 1, but got 0"),
     ({"index": "hnsw"}, r"Argument `index` must be one of \('auto', 'exact', 'faiss', 'ivf'\), but got 'hnsw'"),
+    ({"index": "ivf", "nprobe": 0}, r"Argument `nprobe` must be at least 1, but got 0"),
+    ({"index": "ivf", "nprobe": -3}, r"Argument `nprobe` must be at least 1, but got -3"),
 ])
 def test_search_argument_errors(kwargs, message):
+    db = torch.randn(200, 8, generator=torch.Generator().manual_seed(5))  # enough rows to train an IVF index
     with pytest.raises(ValueError, match=message):
-        search(torch.eye(3), torch.eye(3), **kwargs)
+        search(db, db[:3], **kwargs)
+
+
+def test_nprobe_must_be_an_integer():
+    with pytest.raises(TypeError, match=r"Argument `nprobe` must be an integer, but got 2.5"):
+        search(torch.eye(3), torch.eye(3), index="ivf", nprobe=2.5)
 
 
 def test_search_shape_errors():
@@ -241,6 +248,28 @@ def test_retrieval_attack_knn_labels(tiny_metric):
     strong = evaluate_retrieval_attack(tiny_metric, reference, images, labels, labels=labels, k=1,
                                        config=AttackConfig.create("linf", 16 / 255, steps=10))
     assert strong.clean_accuracy == 1.0 and strong.robust_accuracy < 1.0
+
+
+def test_retrieval_attack_n_samples_and_uint8_queries(tiny_metric):
+    from rpmetric.attacks import AttackConfig
+    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = tiny_metric.embed(images.float() / 255)
+    truth = [0, 1, 2, 4, 3]  # queries 3 and 4 name each other's row: wrong, whatever the attack does
+    result = evaluate_retrieval_attack(tiny_metric, reference, images, truth, task="duplicate", batch_size=2,
+                                       config=AttackConfig.create("linf", 0.0, steps=1), n_samples=3)
+    assert [r["clean"] for r in result.records] == [0, 1, 2, 3, 4]  # uint8 queries find their own rows
+    assert result.n == 5 and result.clean_accuracy == 3 / 5
+    # The first 3 (across a batch boundary) are attacked; eps 0 leaves them right.
+    assert result.n_attacked == 3 and result.robust_accuracy == 1.0
+    assert [r.get("attacked") for r in result.records] == [0, 1, 2, None, None]
+    with pytest.raises(ValueError, match="Argument `n_samples` must be at least 1, but got 0"):
+        evaluate_retrieval_attack(tiny_metric, reference, images, truth, task="duplicate", n_samples=0,
+                                  config=AttackConfig.create("linf", 0.0, steps=1))
+    with pytest.raises(ValueError, match="Argument `n_samples` limits the attack; pass `config` too"):
+        evaluate_retrieval_attack(tiny_metric, reference, images, truth, task="duplicate", n_samples=2)
 
 
 @pytest.mark.parametrize("kwargs, message", [
