@@ -20,7 +20,7 @@ all ranks share).
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import os
 import warnings
@@ -36,7 +36,7 @@ from .files import atomic_write, read_csv_columns, write_json
 from .images import read_pixels, unit_float
 from .preprocess import resize_and_crop
 
-__all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "DTYPES"]
+__all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model_input", "DTYPES"]
 
 FORMAT = "rpmetric-embeddings"
 FORMAT_VERSION = 1
@@ -95,23 +95,37 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
 
 
 # -- decoding in DataLoader workers ------------------------------------------------------------
-class _ImageFiles(torch.utils.data.Dataset):
-    """Decodes one file into the model's input size, in 8 bits (see :mod:`rpmetric.datasets.loading`);
-    an unreadable file yields its reason instead."""
+def model_input(path: Union[str, Path], pp) -> torch.Tensor:
+    """One image file as the store embeds it: ``[3, S, S]`` uint8 at the model's input size.
 
-    def __init__(self, files: Sequence[str], transform):
+    Resized and cropped in 8 bits (see :mod:`rpmetric.datasets.loading`), so an image embedded
+    later from this tensor (after :func:`rpmetric.images.unit_float`) gets the stored embedding.
+
+    Args:
+        path: the image file.
+        pp: the model's :class:`~rpmetric.spec.Preprocessing` (``metric.spec.preprocessing``).
+
+    Raises:
+        ValueError, FileNotFoundError: the file cannot be read as an image.
+    """
+    return resize_and_crop(read_pixels(path)[None], pp)[0].contiguous()
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """:func:`model_input` of each file; an unreadable file yields its reason instead."""
+
+    def __init__(self, files: Sequence[str], pp):
         self.files = list(files)
-        self.transform = transform  # picklable (functools.partial), so spawn-started workers get it too
+        self.pp = pp  # a picklable dataclass, so spawn-started workers get it too
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         try:
-            x = read_pixels(self.files[i])[None]
+            return i, model_input(self.files[i], self.pp), None
         except (ValueError, FileNotFoundError) as err:
             return i, None, str(err)
-        return i, self.transform(x)[0].contiguous(), None
 
 
 def _collate(items):
@@ -122,7 +136,7 @@ def _collate(items):
 
 
 def _loader(files: Sequence[str], batches: List[List[int]], pp, num_workers: int, pin_memory: bool):
-    dataset = _ImageFiles(files, functools.partial(resize_and_crop, pp=pp))
+    dataset = _ImageFiles(files, pp)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory,
     )
@@ -135,7 +149,7 @@ def _batches(indices: Sequence[int], batch_size: int) -> List[List[int]]:
 
 def _embed_loader(encoder, loader, device: torch.device) -> Iterator[Tuple[List[int], np.ndarray, list]]:
     """Yields ``(indices, float32 unit embeddings, [(index, reason), ...])`` per batch."""
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else _no_autocast()
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         for indices, images, failed in loader:
             if images is None:
@@ -143,14 +157,6 @@ def _embed_loader(encoder, loader, device: torch.device) -> Iterator[Tuple[List[
                 continue
             f = encoder(unit_float(images.to(device, non_blocking=True))).float()
             yield indices, torch.nn.functional.normalize(f, dim=-1).cpu().numpy(), failed
-
-
-class _no_autocast:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _check_positive(name: str, value: int, minimum: int = 1) -> None:
@@ -190,8 +196,8 @@ def embed_images(metric, files: Sequence[Union[str, Path]], *, batch_size: int =
         order.extend(indices)
         parts.append(emb)
         skipped.extend({"path": files[i], "reason": reason} for i, reason in failed)
-    dim = _output_dim(metric)
-    emb = np.concatenate([p for p in parts if len(p)]) if order else np.zeros((0, dim), np.float32)
+    # The width of an empty result needs a dummy forward: only then, not on every call.
+    emb = np.concatenate([p for p in parts if len(p)]) if order else np.zeros((0, _output_dim(metric)), np.float32)
     return torch.from_numpy(emb), [files[i] for i in order], skipped
 
 
@@ -475,6 +481,19 @@ class EmbeddingStore:
             if i is not None:
                 labels[i] = r["label"]
         return labels
+
+    def labelled(self, labels_csv: Union[str, Path]) -> Tuple[List[int], List[str]]:
+        """The store rows that ``labels_csv`` labels, and their labels (see :meth:`read_labels`).
+
+        Raises:
+            ValueError: the CSV labels none of the store's images (or as for :meth:`read_labels`).
+        """
+        labels = self.read_labels(labels_csv)
+        rows = [i for i, label in enumerate(labels) if label is not None]
+        if not rows:
+            raise ValueError(f"{labels_csv} labels none of the images of store {self.path}: it lists no rows, or "
+                             "only files the store skipped as unreadable.")
+        return rows, [labels[i] for i in rows]
 
     def locate(self, names: Sequence[str], base: Union[str, Path], source="the input") -> List[Optional[int]]:
         """Store rows of file names: each relative to ``base``, absolute, or as the store records it

@@ -193,8 +193,14 @@ def test_build_argument_errors(images, tiny_metric, tmp_path, kwargs, message):
 def test_store_inside_its_source_folder_is_not_walked(tmp_path, tiny_metric):
     src = make_image_folder(tmp_path / "src")
     first = build_store(src, src / "store", tiny_metric, num_workers=0, progress=False)
+    assert len(first) == 10
+    # Only now does the store folder exist inside the source: a rebuild would otherwise walk its own
+    # manifest and shards (and list them as unreadable images).
+    rebuilt = build_store(src, src / "store", tiny_metric, num_workers=0, progress=False, overwrite=True)
+    assert {s["path"] for s in rebuilt.skipped} == BAD and len(rebuilt.skipped) == len(BAD)
+    assert rebuilt.paths == good_names()
     root, files = list_files(src, exclude=src / "store")
-    assert not any(f.startswith("store/") for f in files) and len(first) == 10
+    assert not any(f.startswith("store/") for f in files)
 
 
 def test_file_list_source(images, tiny_metric, tmp_path):
@@ -224,6 +230,47 @@ def test_embed_images_reports_unreadable_files(images, tiny_metric, store32):
     emb, names, skipped = embed_images(tiny_metric, [images / "img2.png", images / "notes.txt"], num_workers=0)
     assert names == [str(images / "img2.png")] and [s["path"] for s in skipped] == [str(images / "notes.txt")]
     torch.testing.assert_close(emb[0], store32.embeddings()[store32.paths.index("img2.png")], atol=1e-6, rtol=0)
+
+
+def count_encoder_calls(metric):
+    """A forward hook counting calls of ``metric.encoder``; returns (counter list, hook handle)."""
+    calls = []
+    handle = metric.encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    return calls, handle
+
+
+def test_embed_images_runs_the_encoder_once_per_batch(images, tiny_metric):
+    calls, handle = count_encoder_calls(tiny_metric)
+    try:
+        emb, _, _ = embed_images(tiny_metric, [images / "img1.png", images / "img2.png"], num_workers=0)
+        assert calls == [2]  # one batch, no extra pass to learn the embedding width
+        calls.clear()
+        emb, names, skipped = embed_images(tiny_metric, [images / "notes.txt"], num_workers=0)
+        assert emb.shape == (0, 24) and names == [] and len(skipped) == 1
+        assert calls == [1]  # nothing embedded: one dummy pass gives the width
+    finally:
+        handle.remove()
+
+
+def test_model_input_is_what_the_store_embeds(store32, images, tiny_metric):
+    x = store_mod.model_input(images / "img4.png", tiny_metric.spec.preprocessing)
+    size = tiny_metric.spec.preprocessing.image_size
+    assert x.dtype == torch.uint8 and x.shape == (3, size, size)
+    # Within a level or two of PIL's own 8-bit bicubic resize and crop (an independent path).
+    assert (x.float() - 255 * pil_prepared(images / "img4.png", size)[0]).abs().max() <= 2
+    with torch.no_grad():
+        emb = tiny_metric.embed(x[None].float() / 255)
+    torch.testing.assert_close(emb[0], store32.embeddings()[store32.paths.index("img4.png")], atol=1e-6, rtol=0)
+
+
+def test_labelled_rows(store32, images, tmp_path):
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("path,label\nimg2.png,y\nimg1.png,x\n")
+    rows, labels = store32.labelled(csv_path)
+    assert rows == [store32.paths.index("img1.png"), store32.paths.index("img2.png")] and labels == ["x", "y"]
+    csv_path.write_text(f"path,label\n{images / 'broken.png'},z\n")  # only a file the store skipped
+    with pytest.raises(ValueError, match="labels none of the images of store"):
+        store32.labelled(csv_path)
 
 
 def test_opening_errors(tmp_path, store32):
