@@ -69,12 +69,18 @@ def test_distance_of_pairs_csv(tmp_path, vit_folder, tiny_metric):
 
 @pytest.mark.parametrize("argv,match", [
     (["distance", "only-one.png"], "give two images A B, or --pairs"),
-    (["distance", "a.png", "b.png", "--batch-size", "0"], "--batch-size must be at least 1"),
-    (["distance", "--pairs", "missing.csv"], "pairs file not found"),
+    (["distance", "--pairs", "missing.csv"], "CSV file not found: missing.csv"),
 ])
 def test_distance_usage_errors(argv, match, capsys):
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_distance_batch_size_is_checked_while_parsing(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distance", "a.png", "b.png", "--batch-size", "0"])
+    assert exit_info.value.code == 2
+    assert "argument --batch-size: must be at least 1, but got 0" in capsys.readouterr().err
 
 
 def test_pairs_csv_without_header(tmp_path, capsys):

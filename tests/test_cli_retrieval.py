@@ -124,6 +124,27 @@ def test_dedup_against_flags_images_close_to_the_other_store(capsys, store, imag
     assert float(rows[1]["distance"]) == 0.0
 
 
+@pytest.mark.parametrize("extra", [["--index", "faiss"], ["--nprobe", "4"]])
+def test_dedup_refuses_index_options_it_would_ignore(capsys, store, extra):
+    code, _, err = run(capsys, "dedup", store, "--threshold", 0.1, *extra)
+    assert code == 2 and "--index and --nprobe choose how --against OTHER_STORE is searched" in err
+
+
+def test_unreadable_files_in_a_query_folder_are_skipped_and_listed(capsys, store, images, tmp_path):
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for name in ("img1.png", "notes.txt", "broken.png"):
+        (folder / name).write_bytes((images / name).read_bytes())
+    code, out, err = run(capsys, "search", store, folder, "--k", "1", "--json", "--device", "cpu")
+    assert code == 0
+    results = json.loads(out)["results"]
+    assert [os.path.basename(r["query"]) for r in results] == ["img1.png"]
+    assert os.path.basename(results[0]["neighbours"][0]["path"]) == "img1.png"
+    skipped = err.strip().splitlines()
+    assert len(skipped) == 2 and all(line.startswith("rpmetric search: skipped ") for line in skipped)
+    assert "broken.png" in skipped[0] and "notes.txt" in skipped[1]
+
+
 def test_classify_votes_with_labelled_images_only(capsys, store, images, tmp_path):
     labels = tmp_path / "labels.csv"
     # Originals labelled by parity; the planted copies stay unlabelled, so they cannot vote.
@@ -144,7 +165,6 @@ def test_classify_votes_with_labelled_images_only(capsys, store, images, tmp_pat
 @pytest.mark.parametrize("argv, message", [
     (["search", "{store}", "--k", "3"], "give query images \\(QUERY...\\) or --query-store STORE"),
     (["search", "{store}", "{images}/img1.png", "--query-store", "{store}"], "exactly one of them"),
-    (["search", "{store}", "{images}/img1.png", "--k", "0"], "--k must be at least 1, but got 0"),
     (["search", "{store}", "{images}/notes.txt"], "1 query file\\(s\\) cannot be read"),
     (["search", "{store}", "{images}/missing.png"], "Query .*missing.png does not exist"),
     (["search", "{images}", "--query-store", "{store}"], "is not an embedding store"),
@@ -158,23 +178,68 @@ def test_user_errors_exit_2_with_one_line(capsys, store, images, argv, message):
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["search", "{store}", "{images}/img1.png", "--k", "0"], "argument --k: must be at least 1, but got 0"),
+    (["search", "{store}", "{images}/img1.png", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    (["search", "{store}", "{images}/img1.png", "--index", "ivf", "--nprobe", "0"],
+     "argument --nprobe: must be at least 1, but got 0"),
+    (["classify", "{store}", "{images}/img1.png", "--labels", "l.csv", "--nprobe", "-3"],
+     "argument --nprobe: must be at least 1, but got -3"),
+    (["dedup", "{store}", "--threshold", "0.1", "--nprobe", "0"], "argument --nprobe: must be at least 1"),
+    (["embed", "{images}", "--out", "x", "--batch-size", "0"], "argument --batch-size: must be at least 1"),
+    (["embed", "{images}", "--out", "x", "--workers", "-1"], "argument --workers: must be at least 0, but got -1"),
+    (["embed", "{images}", "--out", "x", "--shard-size", "0"], "argument --shard-size: must be at least 1"),
+    (["eval", "retrieval", "{store}", "--queries", "q.csv", "--task", "duplicate", "--k", "0"],
+     "argument --k: must be at least 1, but got 0"),
+    (["eval", "retrieval", "{store}", "--queries", "q.csv", "--task", "duplicate", "--batch-size", "0"],
+     "argument --batch-size: must be at least 1, but got 0"),
+])
+def test_bad_counts_are_refused_while_parsing(capsys, store, images, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(store=store, images=images) for a in argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_missing_faiss_is_a_one_line_error(capsys, store, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     code, _, err = run(capsys, "search", store, "--query-store", store, "--index", "faiss")
     assert code == 2 and "pip install faiss-cpu" in err
 
 
+# `python -m rpmetric` with every shard write logged as "RANK k" (the module is patched, so the
+# real build code runs and calls it).
+LOGGING_LAUNCHER = """
+import os, sys
+import rpmetric.store as store
+from rpmetric.cli import main
+
+write = store._write_shard
+
+def logged(out, k, *rest):
+    with open(os.environ["SHARD_LOG"], "a") as f:
+        f.write(f"{os.environ['RANK']} {k}\\n")
+    write(out, k, *rest)
+
+store._write_shard = logged
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_torchrun_two_processes_write_the_same_store(store, images, vit_folder, tmp_path):
-    out = tmp_path / "two"
+    out, log, launcher = tmp_path / "two", tmp_path / "shards.log", tmp_path / "launch.py"
+    launcher.write_text(LOGGING_LAUNCHER)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "rpmetric", *embed_args(images, out, vit_folder)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+            str(launcher), *embed_args(images, out, vit_folder)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", SHARD_LOG=str(log))
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     one, two = EmbeddingStore(store), EmbeddingStore(out)
     assert two.paths == one.paths and two.skipped == one.skipped
     torch.testing.assert_close(two.embeddings(), one.embeddings(), atol=1e-5, rtol=0)
-    assert np.array_equal(np.load(out / "emb-00001.npy").shape, [4, 24])  # shard 1 came from rank 1
+    # 12 files in shards of 4: rank r writes shards r, r + 2, ...
+    writes = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    assert sorted(writes) == [(0, 0), (0, 2), (1, 1)]
 
 
 def test_eval_retrieval_knn_and_duplicate(capsys, store, images, tmp_path):
@@ -206,10 +271,26 @@ def test_eval_retrieval_knn_and_duplicate(capsys, store, images, tmp_path):
     assert result["robust_accuracy"] <= result["clean_accuracy"]
 
 
+def test_eval_retrieval_n_samples_limits_the_attack_not_the_clean_score(capsys, store, images, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{images / n},{n[3]}\n" for n in ORIGINALS))
+    queries = tmp_path / "queries.csv"
+    # As above: the 1-NN of each copy is its original, so the labels 0 and 3 are right and 5 is wrong.
+    queries.write_text(f"path,label\n{images / 'copy_noise.png'},0\n{images / 'copy_jpeg.jpg'},3\n"
+                       f"{images / 'copy_jpeg.jpg'},5\n")
+    code, out, _ = run(capsys, "eval", "retrieval", store, "--queries", queries, "--labels", labels, "--k", "1",
+                       "--device", "cpu", "--json", "--attack", "linf", "--eps", "0", "--steps", "1",
+                       "--n-samples", "1")
+    assert code == 0
+    result = json.loads(out)
+    assert result["n"] == 3 and result["clean_accuracy"] == pytest.approx(2 / 3)
+    assert result["n_attacked"] == 1 and result["robust_accuracy"] == 1.0  # eps 0 cannot change a decision
+    assert ["attacked" in r for r in result["records"]] == [True, False, False]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--task", "knn"], "--labels is needed with --task knn"),
     (["--task", "duplicate", "--eps", "4"], "--eps only apply to a robust evaluation; add --attack"),
-    (["--task", "duplicate", "--k", "0"], "--k must be at least 1"),
 ])
 def test_eval_retrieval_errors(capsys, store, tmp_path, extra, message):
     queries = tmp_path / "q.csv"

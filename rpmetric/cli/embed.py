@@ -6,12 +6,11 @@ Query images are embedded with the store's own model, so distances compare.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
 
-from .common import add_device_option, add_model_option, format_table
+from .common import add_device_option, add_model_option, at_least, format_table
 
 
 def register(sub) -> None:
@@ -42,11 +41,11 @@ def register_eval_retrieval(datasets) -> None:
                         "paths relative to the CSV's folder")
     q.add_argument("--task", choices=TASKS, default="knn", help="which decision to evaluate (default: knn)")
     q.add_argument("--labels", type=Path, default=None, help="with --task knn: CSV path,label for STORE's images")
-    q.add_argument("--k", type=int, default=5, help="with --task knn: neighbours that vote (default: 5)")
+    q.add_argument("--k", type=at_least(1), default=5, help="with --task knn: neighbours that vote (default: 5)")
     q.add_argument("--vote", choices=VOTES, default="majority", help="with --task knn: the vote rule (default: majority)")
     q.add_argument("--model", default=None, help="embed queries with this model instead of the store's; warns if it differs")
     add_device_option(q)
-    q.add_argument("--batch-size", type=int, default=16, help="queries attacked at once (default: 16)")
+    q.add_argument("--batch-size", type=at_least(1), default=16, help="queries attacked at once (default: 16)")
     q.add_argument("--json", action="store_true", help="print JSON (with one record per query) instead of a table")
     q.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     add_attack_options(q, target="each query image", samples="queries", counterattack=False)
@@ -70,9 +69,10 @@ def _register_embed(sub) -> None:
     add_model_option(p)
     add_device_option(p)
     p.add_argument("--dtype", choices=DTYPES, default="float16", help="stored precision (default: float16)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers decoding images (default: up to 4)")
-    p.add_argument("--shard-size", type=int, default=1024,
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--workers", type=at_least(0), default=None,
+                   help="DataLoader workers decoding images (default: up to 4)")
+    p.add_argument("--shard-size", type=at_least(1), default=1024,
                    help="files per shard, the unit an interruption can lose (default: 1024)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store in --out and start again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,24 +81,26 @@ def _register_embed(sub) -> None:
 
 def _add_query_options(p) -> None:
     p.add_argument("store", type=Path, metavar="STORE", help="store folder written by `rpmetric embed`")
-    p.add_argument("queries", nargs="*", type=Path, metavar="QUERY", help="query image files or folders of images")
+    p.add_argument("queries", nargs="*", type=Path, metavar="QUERY",
+                   help="query image files, or folders of images (their unreadable files are skipped and listed)")
     p.add_argument("--query-store", type=Path, default=None,
                    help="use the embeddings of this store (same model) as the queries instead of image files")
     p.add_argument("--model", default=None,
                    help="embed queries with this model instead of the store's (e.g. its folder moved); warns if it differs")
     add_device_option(p)
-    p.add_argument("--batch-size", type=int, default=32, help="query images per forward pass (default: 32)")
+    p.add_argument("--batch-size", type=at_least(1), default=32, help="query images per forward pass (default: 32)")
     _add_index_options(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _add_index_options(p) -> None:
+def _add_index_options(p, when: str = "") -> None:
     from ..retrieval import INDEXES
 
     p.add_argument("--index", choices=INDEXES, default="auto",
-                   help="exact: torch; faiss: FAISS flat (exact); ivf: FAISS IVF (approximate, fast); "
+                   help=f"{when}exact: torch; faiss: FAISS flat (exact); ivf: FAISS IVF (approximate, fast); "
                         "auto: ivf for at least 1,000,000 stored vectors and 10,000 queries, else exact (default: auto)")
-    p.add_argument("--nprobe", type=int, default=None, help="IVF cells searched per query (default: 1/8 of them)")
+    p.add_argument("--nprobe", type=at_least(1), default=None,
+                   help=f"{when}IVF cells searched per query (default: 1/8 of them)")
 
 
 def _register_search(sub) -> None:
@@ -107,7 +109,7 @@ def _register_search(sub) -> None:
         description="The K nearest stored images of each query by cosine distance (1 - cos).",
     )
     _add_query_options(p)
-    p.add_argument("--k", type=int, default=10, help="neighbours per query (default: 10)")
+    p.add_argument("--k", type=at_least(1), default=10, help="neighbours per query (default: 10)")
     p.set_defaults(func=run_search)
 
 
@@ -116,15 +118,16 @@ def _register_dedup(sub) -> None:
         "dedup", help="near-duplicate groups in a store, or images too close to another store",
         description="Group the images of STORE whose cosine distance (1 - cos) is at most --threshold "
                     "(connected components), as CSV `group,keep,path,distance_to_first` (keep=1 marks the "
-                    "first member, the one to keep). With --against OTHER, list instead the images of STORE "
-                    "within --threshold of any image of OTHER, as CSV `path,match,distance`.",
+                    "first member, the one to keep), found by an exact scan. With --against OTHER, list instead "
+                    "the images of STORE within --threshold of any image of OTHER, as CSV `path,match,distance`; "
+                    "--index and --nprobe choose how OTHER is searched.",
     )
     p.add_argument("store", type=Path, metavar="STORE", help="store folder written by `rpmetric embed`")
     p.add_argument("--threshold", type=float, required=True, help="largest distance that counts as a duplicate")
     p.add_argument("--against", type=Path, default=None, metavar="OTHER_STORE",
                    help="flag images of STORE too close to any image of this store (e.g. test or protected images)")
     p.add_argument("--out", type=Path, default=None, help="write the CSV here instead of stdout")
-    _add_index_options(p)
+    _add_index_options(p, when="with --against: ")
     p.set_defaults(func=run_dedup)
 
 
@@ -138,26 +141,13 @@ def _register_classify(sub) -> None:
     )
     _add_query_options(p)
     p.add_argument("--labels", type=Path, required=True, help="CSV with columns path,label for the store's images")
-    p.add_argument("--k", type=int, default=5, help="neighbours that vote (default: 5)")
+    p.add_argument("--k", type=at_least(1), default=5, help="neighbours that vote (default: 5)")
     p.add_argument("--vote", choices=VOTES, default="majority",
                    help="majority: one vote each; distance: weighted by 1/distance (default: majority)")
     p.set_defaults(func=run_classify)
 
 
 # -- commands ----------------------------------------------------------------------------------
-def _reporting_missing_dependency(run):
-    """Turn a missing optional dependency into the CLI's one-line error, not a traceback."""
-    def wrapper(args) -> int:
-        from ..retrieval import MissingDependencyError
-
-        try:
-            return run(args)
-        except MissingDependencyError as err:
-            print(f"rpmetric {args.command}: error: {err}", file=sys.stderr)
-            return 2
-    return wrapper
-
-
 def run_embed(args) -> int:
     from .. import distributed
     from ..metric import RobustDistance
@@ -178,45 +168,43 @@ def run_embed(args) -> int:
 
 
 def _queries(args, store):
-    """``(embeddings, names)`` of the queries: image files/folders, or another store."""
+    """``(embeddings, names)`` of the queries: image files/folders, or another store.
+
+    A named query file that cannot be read is an error; unreadable files found in a query folder
+    are skipped and listed on stderr, as ``embed`` skips them.
+    """
     from ..store import EmbeddingStore, embed_images, list_files
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, but got {args.batch_size}")
     if (args.query_store is None) == (not args.queries):
         raise ValueError("give query images (QUERY...) or --query-store STORE, exactly one of them")
     if args.query_store is not None:
         other = EmbeddingStore(args.query_store)
         store.check_same_model(other)
         return other.embeddings(), other.files
-    files = []
+    files, named = [], set()
     for q in args.queries:
         if q.is_dir():
             root, rel = list_files(q)
             files.extend(str(root / r) for r in rel)
         elif q.is_file():
             files.append(str(q))
+            named.add(str(q))
         else:
             raise FileNotFoundError(f"Query {q} does not exist")
     metric = store.load_metric(args.model, args.device)
     emb, names, skipped = embed_images(metric, files, batch_size=args.batch_size)
-    if skipped:
-        raise ValueError(f"{len(skipped)} query file(s) cannot be read: "
-                         + "; ".join(s["reason"] for s in skipped[:3]))
+    bad = [s for s in skipped if s["path"] in named]
+    if bad:
+        raise ValueError(f"{len(bad)} query file(s) cannot be read: " + "; ".join(s["reason"] for s in bad[:3]))
+    for s in skipped:
+        print(f"rpmetric {args.command}: skipped {s['reason']}", file=sys.stderr)
     return emb, names
 
 
-def _check_k(k: int) -> None:
-    if k < 1:
-        raise ValueError(f"--k must be at least 1, but got {k}")
-
-
-@_reporting_missing_dependency
 def run_search(args) -> int:
     from ..retrieval import search
     from ..store import EmbeddingStore
 
-    _check_k(args.k)
     store = EmbeddingStore(args.store)
     queries, names = _queries(args, store)
     hits = search(store.embeddings(), queries, args.k, index=args.index, nprobe=args.nprobe)
@@ -234,12 +222,15 @@ def run_search(args) -> int:
     return 0
 
 
-@_reporting_missing_dependency
 def run_dedup(args) -> int:
+    from ..files import write_csv
     from ..functional import cosine_distance
     from ..retrieval import find_near, group_duplicates
     from ..store import EmbeddingStore
 
+    if args.against is None and (args.index != "auto" or args.nprobe is not None):
+        raise ValueError("--index and --nprobe choose how --against OTHER_STORE is searched; grouping one store's "
+                         "duplicates always scans exactly, so drop them or add --against")
     store = EmbeddingStore(args.store)
     emb, files = store.embeddings(), store.files
     if args.against is not None:
@@ -257,37 +248,24 @@ def run_dedup(args) -> int:
             d = cosine_distance(emb[members[:1]], emb[members]).tolist()
             table.extend((g, int(m == members[0]), files[m], f"{dm:.6f}") for m, dm in zip(members, d))
         summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        writer = csv.writer(out)
-        writer.writerow(header)
-        writer.writerows(table)
-    finally:
-        if args.out:
-            out.close()
+    write_csv(args.out, header, table)
     print(summary, file=sys.stderr)
     return 0
 
 
-@_reporting_missing_dependency
 def run_classify(args) -> int:
     from ..retrieval import knn_classify
     from ..store import EmbeddingStore
 
-    _check_k(args.k)
     store = EmbeddingStore(args.store)
-    labels = store.read_labels(args.labels)
-    labelled = [i for i, label in enumerate(labels) if label is not None]
-    if not labelled:
-        raise ValueError(f"{args.labels} labels none of the images of store {store.path}")
+    labelled, labels = store.labelled(args.labels)
     queries, names = _queries(args, store)
-    reference = store.embeddings()[labelled]
-    predictions = knn_classify(reference, [labels[i] for i in labelled], queries, args.k, vote=args.vote,
+    predictions = knn_classify(store.embeddings()[labelled], labels, queries, args.k, vote=args.vote,
                                index=args.index, nprobe=args.nprobe)
     files = store.files
     results = [
         {"query": name, "label": p.label, "score": p.score,
-         "neighbours": [{"path": files[labelled[i]], "label": labels[labelled[i]], "distance": d}
+         "neighbours": [{"path": files[labelled[i]], "label": labels[i], "distance": d}
                         for i, d in zip(p.neighbours, p.distances)]}
         for name, p in zip(names, predictions)
     ]
@@ -302,62 +280,54 @@ def run_eval_retrieval(args) -> int:
     import torch
 
     from ..attacks import AttackConfig, attack_config_from_args
-    from ..images import read_pixels, unit_float
+    from ..files import read_csv_columns, write_json
     from ..robust_retrieval import evaluate_retrieval_attack
-    from ..files import read_csv_columns
-    from ..store import EmbeddingStore
+    from ..store import EmbeddingStore, model_input
 
     options = attack_config_from_args(args)  # checks the attack options before any work
-    _check_k(args.k)
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, but got {args.batch_size}")
     if (args.task == "knn") != (args.labels is not None):
         raise ValueError("--labels is needed with --task knn, and only then")
     store = EmbeddingStore(args.store)
     truth_column = "label" if args.task == "knn" else "match"
     rows = read_csv_columns(args.queries, ("path", truth_column))
-    if options is not None and options["n_samples"] is not None:
-        rows = rows[:options["n_samples"]]
     if not rows:
         raise ValueError(f"{args.queries} lists no queries")
     base = args.queries.resolve().parent
     reference, labels = store.embeddings(), None
     if args.task == "knn":
-        all_labels = store.read_labels(args.labels)
-        labelled = [i for i, label in enumerate(all_labels) if label is not None]
-        if not labelled:
-            raise ValueError(f"{args.labels} labels none of the images of store {store.path}")
-        reference, labels = reference[labelled], [all_labels[i] for i in labelled]
+        labelled, labels = store.labelled(args.labels)
+        reference = reference[labelled]
         truth = [r["label"] for r in rows]
     else:
         truth = store.locate([r["match"] for r in rows], base, source=args.queries)
         if None in truth:
             raise ValueError(f"{args.queries} names as a match a file that store {store.path} skipped as unreadable")
     metric = store.load_metric(args.model, args.device)
-    pp = metric.spec.preprocessing
-    from ..preprocess import resize_and_crop
-
-    # Resized in 8 bits, as the store's images were, so an unattacked query is embedded as in the store.
-    images = unit_float(torch.cat([resize_and_crop(read_pixels(base / r["path"])[None], pp) for r in rows]))
-    config = None
+    # Decoded as the store's images were, so an unattacked query is embedded as in the store; kept in
+    # uint8 (a quarter of float32's memory) until its batch is evaluated.
+    images = torch.stack([model_input(base / r["path"], metric.spec.preprocessing) for r in rows])
+    config, n_samples = None, None
     if options is not None:
-        config = AttackConfig.create(options["norm"], options["eps"], steps=options["steps"],
-                                     restarts=options["restarts"], seed=options["seed"])
+        options = dict(options)
+        n_samples = options.pop("n_samples")  # the other keys are AttackConfig.create's arguments
+        config = AttackConfig.create(**options)
     result = evaluate_retrieval_attack(metric, reference, images, truth, task=args.task, labels=labels, k=args.k,
                                        vote=args.vote, config=config, batch_size=args.batch_size,
-                                       names=[r["path"] for r in rows])
+                                       n_samples=n_samples, names=[r["path"] for r in rows])
     data = {"store": str(store.path), "queries": str(args.queries), **result.to_dict()}
     if args.task == "duplicate":  # name stored images by path rather than by row
         files = store.files
         for record in data["records"]:
             record.update({key: files[record[key]] for key in ("truth", "clean", "attacked") if key in record})
     if args.out is not None:
-        args.out.write_text(json.dumps(data, indent=1))
+        write_json(args.out, data)
     if args.json:
         print(json.dumps(data, indent=1))
     else:
         attack = "-" if config is None else f"{config.norm.value} eps {config.eps:.6g}, {config.steps} steps"
         robust = "-" if result.robust_accuracy is None else f"{100 * result.robust_accuracy:.1f}"
+        if result.robust_accuracy is not None and result.n_attacked < result.n:
+            robust += f" (first {result.n_attacked})"
         print(format_table([(args.task, result.n, f"{100 * result.clean_accuracy:.1f}", robust, attack)],
                            ["task", "queries", "clean %", "attacked %", "attack"]))
     return 0
