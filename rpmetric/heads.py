@@ -28,6 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import MissingDependencyError
+from .validation import check_int
+
 __all__ = [
     "HEAD_TYPES",
     "CONFIG_NAME",
@@ -36,7 +39,6 @@ __all__ = [
     "MLPHead",
     "WithMLPHead",
     "LoRAAttention",
-    "LoRAMultiheadAttention",
     "lora_targets",
     "attach_head",
     "head_state_dict",
@@ -88,9 +90,7 @@ class HeadConfig:
         if self.type not in HEAD_TYPES:
             raise ValueError(f"Argument `type` must be one of {HEAD_TYPES}, but got {self.type!r}.")
         for name in ("hidden", "r"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Argument `{name}` must be a positive integer, but got {value!r}.")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low=1))
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"Argument `dropout` must be in [0, 1), but got {self.dropout!r}.")
         object.__setattr__(self, "targets", tuple(self.targets))
@@ -126,10 +126,10 @@ class MLPHead(nn.Module):
         True
     """
 
-    def __init__(self, dim: int, hidden: int = 512):
+    def __init__(self, dim: int, hidden: int = 512, device=None):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = nn.Linear(dim, hidden, device=device)
+        self.fc2 = nn.Linear(hidden, dim, device=device)
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
 
@@ -189,12 +189,14 @@ class LoRAAttention(nn.Module):
     def __init__(self, base_layer: nn.Module, r: int, alpha: float, dropout: float):
         super().__init__()
         _check_plain_attention(base_layer)
-        width = base_layer.in_proj_weight.shape[1]
+        weight = base_layer.in_proj_weight
+        width = weight.shape[1]
         self.base_layer = base_layer
         self.scaling = alpha / r
         self.lora_dropout = nn.Dropout(dropout)
-        self.lora_A = nn.Parameter(torch.empty(r, width, dtype=base_layer.in_proj_weight.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(3 * width, r, dtype=base_layer.in_proj_weight.dtype))
+        # Where the base weights are: the backbone may already sit on a GPU (or be a meta model).
+        self.lora_A = nn.Parameter(torch.empty(r, width, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(3 * width, r, dtype=weight.dtype, device=weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear (and peft) initialise A
 
     def forward(self, query, key=None, value=None, key_padding_mask=None, need_weights=False, attn_mask=None,
@@ -226,10 +228,6 @@ class LoRAAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                              dropout_p=dropout_p if self.training else 0.0)
         return base.out_proj(out.transpose(1, 2).reshape(batch, length, width))
-
-
-# The original name, from when nn.MultiheadAttention was the only attention LoRA adapted.
-LoRAMultiheadAttention = LoRAAttention
 
 
 def _check_plain_attention(layer: nn.Module) -> None:
@@ -292,8 +290,8 @@ def _add_lora(backbone: nn.Module, config: HeadConfig) -> Tuple[nn.Module, HeadC
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError:
-            raise ModuleNotFoundError("LoRA on Linear layers (timm ViT qkv, ConvNeXt fc1/fc2) uses peft: "
-                                      "pip install peft (or rpmetric[train]).") from None
+            raise MissingDependencyError("LoRA on Linear layers (timm ViT qkv, ConvNeXt fc1/fc2) needs peft: "
+                                         "pip install 'rpmetric[train]' (or pip install peft).") from None
 
         # A string is matched by peft with re.fullmatch: exactly these modules, no namesakes.
         pattern = "(?:" + "|".join(re.escape(n) for n in linear) + ")"
@@ -320,7 +318,8 @@ def attach_head(backbone: nn.Module, config: HeadConfig, dim: Optional[int] = No
         dim = dim or config.dim
         if not dim:
             raise ValueError("An MLP head needs the embedding size: pass `dim` or set HeadConfig.dim.")
-        return WithMLPHead(backbone, MLPHead(dim, config.hidden)), replace(config, dim=int(dim))
+        device = next(backbone.parameters(), torch.empty(0)).device  # the head goes where the backbone is
+        return WithMLPHead(backbone, MLPHead(dim, config.hidden, device=device)), replace(config, dim=int(dim))
     return _add_lora(backbone, config)
 
 
@@ -357,11 +356,10 @@ def load_head_state(module: nn.Module, state: Dict[str, torch.Tensor], where: st
     if bad:
         raise ValueError(f"{where}: shape of {bad[0]!r} is {tuple(state[bad[0]].shape)}, "
                          f"expected {tuple(own[bad[0]].shape)}.")
-    params = dict(module.named_parameters())
-    buffers = dict(module.named_buffers())
+    params = dict(module.named_parameters())  # head tensors are all parameters (MLP weights, LoRA A/B)
     with torch.no_grad():
         for name, value in state.items():
-            (params.get(name) if name in params else buffers[name]).copy_(value)
+            params[name].copy_(value)
 
 
 def head_dropouts(module: nn.Module) -> List[nn.Module]:

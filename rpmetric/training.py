@@ -38,6 +38,7 @@ from .heads import (HeadConfig, attach_head, base_model_reference, head_dropouts
                     load_head_state, save_head_folder)
 from .preprocess import resize_and_crop
 from .scoring import twoafc_score
+from .validation import check_int
 
 __all__ = ["TrainConfig", "TrainResult", "hinge_loss", "train_nights", "CHECKPOINT_NAME", "ADVERSARIAL_NORMS"]
 
@@ -78,9 +79,9 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("epochs", "attack_steps"):
-            _positive_int(name, getattr(self, name))
+            object.__setattr__(self, name, check_int(name, getattr(self, name), low=1))
         if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size)
+            object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, low=1))
         if self.adversarial is not None and self.adversarial not in ADVERSARIAL_NORMS:
             raise ValueError(f"Argument `adversarial` must be one of {ADVERSARIAL_NORMS} or None, "
                              f"but got {self.adversarial!r}.")
@@ -380,8 +381,3 @@ def _read_checkpoint(path: Path, settings: dict) -> dict:
                          f"saved {{{', '.join(f'{k}: {saved.get(k)}' for k in changed)}}}; resume with the same "
                          "options, or choose another output folder.")
     return state
-
-
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Argument `{name}` must be a positive integer, but got {value!r}.")

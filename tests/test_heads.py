@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -11,8 +12,7 @@ from torch import nn
 import rpmetric
 import tinymodels
 from rpmetric.encoder import Encoder, load_encoder
-from rpmetric.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, LoRAAttention, LoRAMultiheadAttention,
-                            MLPHead, attach_head,
+from rpmetric.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, LoRAAttention, MLPHead, attach_head,
                             head_parameters, head_state_dict, load_head_state, lora_targets, save_head_folder)
 
 IMAGES = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -88,7 +88,7 @@ def test_lora_attention_equals_merged_weight():
     """Independent path: PyTorch's own MultiheadAttention with W + (alpha/r) B A merged in."""
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(8, 2, batch_first=True).eval()
-    lora = LoRAMultiheadAttention(mha, r=2, alpha=0.5, dropout=0.3).eval()
+    lora = LoRAAttention(mha, r=2, alpha=0.5, dropout=0.3).eval()
     with torch.no_grad():
         lora.lora_B.normal_()
     x = torch.randn(3, 5, 8)
@@ -101,7 +101,7 @@ def test_lora_attention_equals_merged_weight():
 
 
 def test_lora_attention_rejects_cross_attention():
-    lora = LoRAMultiheadAttention(nn.MultiheadAttention(8, 2), r=2, alpha=1.0, dropout=0.0)
+    lora = LoRAAttention(nn.MultiheadAttention(8, 2), r=2, alpha=1.0, dropout=0.0)
     x = torch.randn(5, 3, 8)
     with pytest.raises(ValueError, match="self-attention only"):
         lora(x, torch.randn(5, 3, 8), x)
@@ -255,12 +255,48 @@ def test_head_weights_that_do_not_fit_are_reported(vit_folder):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(type="linear"), r"`type` must be one of \('mlp', 'lora'\), but got 'linear'"),
-    (dict(type="lora", r=0), r"`r` must be a positive integer, but got 0"),
+    (dict(type="lora", r=0), r"`r` must be at least 1, but got 0"),
     (dict(type="lora", dropout=1.0), r"`dropout` must be in \[0, 1\), but got 1.0"),
 ])
 def test_head_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         HeadConfig(**kwargs)
+
+
+def test_head_config_sizes_must_be_integers():
+    with pytest.raises(TypeError, match=r"`hidden` must be an integer, but got 8.5"):
+        HeadConfig("mlp", hidden=8.5)
+
+
+class _Holder(nn.Module):
+    """A backbone with one LoRA target, ``attn`` (MultiheadAttention) or ``attn.qkv`` (a timm-style Linear)."""
+
+    def __init__(self, kind: str, device=None):
+        super().__init__()
+        if kind == "mha":
+            self.attn = nn.MultiheadAttention(8, 2, device=device)
+        else:
+            self.attn = nn.Module()
+            self.attn.qkv = nn.Linear(8, 24, device=device)
+
+
+@pytest.mark.parametrize("make, config", [
+    (lambda: _Holder("mha", device="meta"), HeadConfig("lora", r=2)),
+    (lambda: _Holder("qkv", device="meta"), HeadConfig("lora", r=2)),
+    (lambda: nn.Linear(3, 4, device="meta"), HeadConfig("mlp", hidden=8, dim=4)),
+])
+def test_heads_are_created_on_the_backbone_s_device(make, config):
+    module, _ = attach_head(make(), config)
+    params = head_parameters(module)
+    assert params and all(p.device.type == "meta" for p in params)
+
+
+def test_lora_on_linear_layers_without_peft_names_the_extra(monkeypatch):
+    from rpmetric.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` raise ImportError
+    with pytest.raises(MissingDependencyError, match=r"needs peft: pip install 'rpmetric\[train\]'"):
+        attach_head(_Holder("qkv"), HeadConfig("lora", r=2))
 
 
 def test_unknown_head_setting_and_missing_targets():

@@ -189,13 +189,18 @@ def test_head_trained_on_a_relative_model_path_loads_from_another_directory(nigh
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(adversarial="l2"), r"`adversarial` must be one of \('linf',\) or None, but got 'l2'"),
-    (dict(batch_size=0), r"`batch_size` must be a positive integer, but got 0"),
-    (dict(epochs=1.5), r"`epochs` must be a positive integer, but got 1.5"),
+    (dict(batch_size=0), r"`batch_size` must be at least 1, but got 0"),
+    (dict(attack_steps=0), r"`attack_steps` must be at least 1, but got 0"),
     (dict(eps=0), r"`eps` must be positive"),
 ])
 def test_train_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(HeadConfig("mlp"), **kwargs)
+
+
+def test_train_config_counts_must_be_integers():
+    with pytest.raises(TypeError, match=r"`epochs` must be an integer, but got 1.5"):
+        TrainConfig(HeadConfig("mlp"), epochs=1.5)
 
 
 def test_pgd_stays_in_the_ball_and_raises_the_loss(vit_folder):
