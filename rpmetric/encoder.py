@@ -65,7 +65,13 @@ class Encoder(nn.Module):
         return self.backbone(x.to(_param_dtype(self.backbone))).float()
 
     def embed(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Same interface as :meth:`RobustDistance.embed`, without input checks."""
+        """Embeddings of images in [0, 1]; called like :meth:`RobustDistance.embed` so that code taking
+        either (the attacks' feature wrapper) can call ``embed(x, normalize=...)``.
+
+        Differs in two ways: no input checks or ``value_range`` (inputs are [0, 1]), and
+        ``normalize`` defaults to False here (True there), because an encoder's embedding is the
+        raw one :meth:`forward` returns. Code that may get either passes ``normalize`` explicitly.
+        """
         f = self(x)
         return torch.nn.functional.normalize(f, dim=-1) if normalize else f
 
