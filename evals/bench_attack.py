@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,17 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def random_weight_metric(arch: str, folder: Path):
-    import open_clip
-    import tinymodels
-
-    import rpmetric
-
-    tinymodels.save_open_clip(folder / "model", open_clip.get_model_config(arch))
-    return rpmetric.RobustDistance(str(folder / "model"), device="cpu")
+from _common import save_random_open_clip
 
 
 def triplets_judged_correctly(metric, folder: Path, n: int):
@@ -106,11 +95,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
+    import rpmetric
     from rpmetric.attacks import evaluate_attack
 
     with tempfile.TemporaryDirectory(prefix="rpmetric-bench-attack-") as tmp:
         tmp = Path(tmp)
-        metric = random_weight_metric(args.arch, tmp)
+        metric = rpmetric.RobustDistance(str(save_random_open_clip(args.arch, tmp / "model")[0]), device="cpu")
         triplets = triplets_judged_correctly(metric, tmp, args.batch)
         size = metric.encoder.image_size
         x = torch.rand(args.batch, 3, size, size)

@@ -30,28 +30,10 @@ import json
 import math
 import statistics
 import tempfile
-import time
-from typing import Callable, Dict
 
 import torch
 
-from _common import save_random_open_clip
-
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def interleaved_clock_times(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, Dict[str, list]]:
-    """``{clock: {name: [seconds per call]}}``, alternating the functions after one warm-up round."""
-    for fn in fns.values():
-        fn()
-    times = {clock: {name: [] for name in fns} for clock in CLOCKS}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = {clock: read() for clock, read in CLOCKS.items()}
-            fn()
-            for clock, read in CLOCKS.items():
-                times[clock][name].append(read() - start[clock])
-    return times
+from _common import interleaved_clock_timings, save_random_open_clip
 
 
 def main() -> None:
@@ -75,11 +57,11 @@ def main() -> None:
         # The two cases must really be what they claim, or the ratios mean nothing.
         if stable(encoder, x).flagged.any() or not flagged(encoder, x).flagged.all():
             raise RuntimeError("the stable/flagged cases did not flag none/all images")
-        times = interleaved_clock_times({
+        times = interleaved_clock_timings({
             "plain_forward": lambda: encoder(x),
             "all_stable": lambda: stable.defended_features(encoder, x),
             "all_falsely_stable": lambda: flagged.defended_features(encoder, x),
-        }, repeats=args.repeats)
+        }, repeats=args.repeats, warmup=1)
     attention = type(encoder.backbone.transformer.resblocks[0].attn)
     report = {"model": "ViT-B-32 (random weights), 224 px, CPU",
               "attention": f"{attention.__module__}.{attention.__qualname__}", "batch": args.batch, "threads": args.threads,
