@@ -267,3 +267,20 @@ def test_untrained_head_is_saved_when_no_epoch_beats_it(nights, vit_folder, tmp_
     assert torch.count_nonzero(best["mlp_head.fc2.weight"]) == 0
     last = torch.load(tmp_path / "mlp" / CHECKPOINT_NAME, weights_only=True)["head"]
     assert torch.count_nonzero(last["mlp_head.fc2.weight"]) > 0  # training did move the weights
+
+
+@pytest.mark.parametrize("head", ["mlp", "lora"])
+def test_cli_defaults_are_the_recipe_s(head):
+    from rpmetric.cli import build_parser
+    from rpmetric.cli.train import config_from_args
+
+    args = build_parser().parse_args(["train", "nights", "x", "--model", "m", "--head", head, "--out", "o"])
+    assert config_from_args(args) == TrainConfig(HeadConfig(head))
+
+
+def test_cli_refuses_a_zero_count_by_option_name(capsys):
+    from rpmetric.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "nights", "x", "--model", "m", "--head", "mlp", "--out", "o", "--epochs", "0"])
+    assert "--epochs: must be at least 1, but got 0" in capsys.readouterr().err
