@@ -381,32 +381,67 @@ def test_convert_vit_lora_adapter_onto_open_clip_in_projection(vit_folder, tmp_p
         torch.testing.assert_close(metric(x, y), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_convert_convnext_lora_keeps_module_names(convnext_folder, tmp_path):
+# The tiny ConvNeXt's (open_clip "test_convnext") stages: stage -> (blocks, width); MLP ratio 4.
+TINY_CONVNEXT_STAGES = {0: (1, 24), 1: (2, 32), 2: (4, 48), 3: (2, 64)}
+
+
+def test_convert_convnext_lora_adapter_onto_open_clip_mlps(convnext_folder, tmp_path):
+    """PEFT adapter keys as the authors save them for ConvNeXt; checked against open_clip with
+    fc.weight + (alpha/r) B A merged into every MLP layer by hand."""
     from safetensors.torch import save_file
 
-    targets = lora_targets(load_encoder(str(convnext_folder)).backbone)
-    state = {}
-    for name in targets:
-        state[f"base_model.model.model.{name}.lora_A.weight"] = torch.zeros(2, 1)
-    save_file(state, str(tmp_path / "adapter_model.safetensors"))
-    with pytest.raises(ValueError, match="has no matching A/B partner"):
-        _converter().convert("lora", tmp_path, str(convnext_folder), tmp_path / "head")
-    headed, config = _headed(convnext_folder, HeadConfig("lora", r=2, alpha=0.5, dropout=0.3))
-    ours = head_state_dict(headed.backbone)
-    theirs = {f"base_model.model.model.{k.replace('.default', '')}": v for k, v in ours.items()}
-    save_file(theirs, str(tmp_path / "adapter_model.safetensors"))
-    _converter().convert("lora", tmp_path, str(convnext_folder), tmp_path / "head")
-    loaded = rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
-    assert loaded.spec.preprocessing.resize_mode == "squash"
-    assert set(load_file_keys(tmp_path / "head")) == set(ours)
-    converted = dict(loaded.encoder.backbone.named_parameters())
-    assert all(torch.equal(converted[k], v) for k, v in ours.items())
-
-
-def load_file_keys(folder):
     from safetensors.torch import load_file
 
-    return load_file(str(folder / WEIGHTS_NAME)).keys()
+    # ConvNeXt's layer scale starts at 1e-6, which would hide the MLPs (and their adapters): set it to 1.
+    folder = tmp_path / "convnext"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text((convnext_folder / "open_clip_config.json").read_text())
+    weights = load_file(str(convnext_folder / "open_clip_model.safetensors"))
+    save_file({k: torch.ones_like(v) if k.endswith(".gamma") else v for k, v in weights.items()},
+              str(folder / "open_clip_model.safetensors"))
+    r, alpha = 2, 0.5
+    gen = torch.Generator().manual_seed(5)
+    state = {}
+    for stage, (blocks, width) in TINY_CONVNEXT_STAGES.items():
+        for block in range(blocks):
+            for fc, (n_in, n_out) in (("fc1", (width, 4 * width)), ("fc2", (4 * width, width))):
+                prefix = f"base_model.model.model.trunk.stages.{stage}.blocks.{block}.mlp.{fc}"
+                state[f"{prefix}.lora_A.weight"] = torch.randn(r, n_in, generator=gen)
+                state[f"{prefix}.lora_B.weight"] = torch.randn(n_out, r, generator=gen)
+    adapter = tmp_path / "lora-convnext"
+    adapter.mkdir()
+    lone = {k: v for k, v in state.items() if "stages.3.blocks.1.mlp.fc2.lora_B" not in k}
+    save_file(lone, str(adapter / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="has no matching A/B partner"):
+        _converter().convert("lora", adapter, str(folder), tmp_path / "head")
+    save_file(state, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": r, "lora_alpha": alpha, "lora_dropout": 0.3,
+                                                             "target_modules": ["fc1", "fc2"], "peft_type": "LORA"}))
+    _converter().convert("lora", adapter, str(folder), tmp_path / "head")
+    metric = rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+    assert metric.spec.preprocessing.resize_mode == "squash"
+
+    reference = tinymodels.load_reference_open_clip(folder)
+    plain = tinymodels.load_reference_open_clip(folder)
+    x, y = torch.rand(2, 3, 40, 30), torch.rand(2, 3, 40, 30)
+    mean = torch.tensor(tinymodels.CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(tinymodels.CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        for stage, (blocks, _) in TINY_CONVNEXT_STAGES.items():
+            for block in range(blocks):
+                mlp = reference.visual.trunk.stages[stage].blocks[block].mlp
+                for fc in ("fc1", "fc2"):
+                    prefix = f"base_model.model.model.trunk.stages.{stage}.blocks.{block}.mlp.{fc}"
+                    b, a = state[f"{prefix}.lora_B.weight"], state[f"{prefix}.lora_A.weight"]
+                    getattr(mlp, fc).weight += (alpha / r) * b @ a
+
+        def distance(model):
+            fx, fy = (model.encode_image((_squashed(z) - mean) / std) for z in (x, y))
+            return 1 - torch.nn.functional.cosine_similarity(fx, fy)
+
+        expected = distance(reference)
+        torch.testing.assert_close(metric(x, y), expected, rtol=1e-4, atol=1e-5)
+        assert (distance(plain) - expected).abs().max() > 0.1  # the adapters matter
 
 
 def test_converter_errors(tmp_path):
