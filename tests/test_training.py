@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Dict, Optional
 
 import numpy as np
 import pytest
@@ -20,16 +21,16 @@ from rpmetric.training import CHECKPOINT_NAME, TrainConfig, hinge_loss, train_ni
 SIZES = {"train": 32, "val": 12, "test": 8}
 
 
-def write_learnable_nights(root: Path, seed: int = 0) -> Path:
+def write_learnable_nights(root: Path, seed: int = 0, sizes: Optional[Dict[str, int]] = None) -> Path:
     """NIGHTS layout where one distortion brightens the reference and the other swaps its red and
     blue channels; people always pick the brightened one, on a random side.
 
     The tiny random ViT mostly finds the channel swap closer (untrained val score 1/6), so a head
-    must learn the rule to score above it.
+    must learn the rule to score above it. ``sizes`` (triplets per split) defaults to SIZES.
     """
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    splits = [s for s, n in SIZES.items() for _ in range(n)]
+    splits = [s for s, n in (sizes or SIZES).items() for _ in range(n)]
     with open(root / "data.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(datagen.NIGHTS_HEADER)
