@@ -17,7 +17,6 @@ L2 normalisation and evaluation, attacks and counterattacks work unchanged.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -29,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import MissingDependencyError
+from .files import write_json
 from .validation import check_int
 
 __all__ = [
@@ -407,10 +407,8 @@ def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[st
     meta = {"format": FORMAT_VERSION, "base_model": base_model, "head": config.to_dict(),
             "preprocessing": preprocessing or {}, "training": training or {}, "rpmetric_version": __version__}
     save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_NAME))
-    # The config last: a folder with a config always has its weights.
-    tmp = folder / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(folder / CONFIG_NAME)
+    # The config last (and atomically): a folder with a config always has its weights.
+    write_json(folder / CONFIG_NAME, meta)
     return folder
 
 

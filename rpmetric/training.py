@@ -17,7 +17,6 @@ folder, so ``resume=True`` continues exactly: the final weights equal an uninter
 from __future__ import annotations
 
 import json
-import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -32,6 +31,7 @@ from .attacks.logits import TwoAFCLogits, human_labels
 from .datasets import TripletImages, collate_images, read_nights
 from .encoder import Encoder, load_encoder
 from .evaluation import nights_total
+from .files import atomic_write
 from .functional import cosine_distance
 from .images import unit_float
 from .heads import (HeadConfig, attach_head, base_model_reference, head_dropouts, head_parameters, head_state_dict,
@@ -366,9 +366,7 @@ def _dropout_off(model: nn.Module):
 
 # -- checkpoints ------------------------------------------------------------------------------
 def _write_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: an interruption leaves the previous checkpoint intact
+    atomic_write(path, partial(torch.save, state))  # an interruption leaves the previous checkpoint intact
 
 
 def _read_checkpoint(path: Path, settings: dict) -> dict:
