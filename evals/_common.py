@@ -6,7 +6,6 @@ Importing it puts ``tests/`` on ``sys.path``: the benchmarks build their models 
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,3 @@ def interleaved_timings(fns: Dict[str, Callable[[], object]], repeats: int, warm
     """Wall-clock seconds per call of each function (see :func:`interleaved_clock_timings`)."""
     return interleaved_clock_timings(fns, repeats, warmup, {"wall": time.perf_counter})["wall"]
 
-
-# Kept for evals/bench_train.py, which imports it; new code should call statistics.median.
-median = statistics.median
