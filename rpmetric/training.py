@@ -1,11 +1,11 @@
 """Fine-tuning a head on NIGHTS with DreamSim's hinge loss; selection on val, scores on test.
 
-Two ways through the data:
+Under an MLP head the backbone is frozen, so every image goes through it once, up front, and
+scores (val, test) are computed from those cached embeddings. Training then takes one of two ways:
 
-- *cached*: an MLP head without adversarial training acts on the embedding only, so every image
-  goes through the frozen backbone once, up front, and the epochs run on those embeddings;
-- *images*: LoRA (it changes the backbone's output) and adversarial training (the attacked
-  reference must go through the backbone) run the backbone on every batch.
+- *cached*: an MLP without adversarial training runs its epochs on the cached embeddings only;
+- *images*: LoRA (it changes the backbone's output) runs the backbone on every batch; adversarial
+  training runs it on the attacked reference (with an MLP, left and right come from the cache).
 
 The encoder stays frozen and in eval mode as everywhere in rpmetric; the trainer opts in only the
 head: its parameters get ``requires_grad`` and its own dropout modules (LoRA's) go to train mode.
@@ -97,6 +97,11 @@ class TrainConfig:
         """Train on embeddings computed once (an MLP without adversarial training)."""
         return self.head.type == "mlp" and self.adversarial is None
 
+    @property
+    def embeds_once(self) -> bool:
+        """Embed every image once up front: the backbone is frozen under an MLP head."""
+        return self.head.type == "mlp"
+
     def describe(self) -> dict:
         out = asdict(self)
         out["head"] = self.head.to_dict()
@@ -175,12 +180,9 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     base = load_encoder(base_model).to(device)
     torch.manual_seed(config.seed)
     run = _Run(config, splits, device, progress)
-    if config.cached:
+    if config.embeds_once:
         run.cache = {name: run.embed(base, triplets, f"embedding {name}") for name, triplets in splits.items()}
         dim = run.cache["train"][0].shape[1]
-    elif config.head.type == "mlp":
-        with torch.no_grad():
-            dim = base(torch.zeros(1, 3, base.image_size, base.image_size, device=device)).shape[1]
     else:
         dim = None
     module, head_config = attach_head(base.backbone, config.head, dim=dim)
@@ -286,7 +288,7 @@ class _Run:
         # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)).tolist()
         desc = f"epoch {epoch}/{self.config.epochs}"
-        if self.cache is not None:
+        if self.config.cached:
             train = self.cache["train"]
             chunks = [order[i:i + self.config.batch] for i in range(0, n, self.config.batch)]
             for rows in tqdm(chunks, desc=desc, leave=False, disable=not self.progress):
@@ -296,9 +298,16 @@ class _Run:
         for batch in self.batches(model, self.splits["train"], order, self.config.batch, desc):
             ref, left, right = (unit_float(batch[k].to(self.device)) for k in ("ref", "left", "right"))
             p = batch["p"]
-            if self.config.adversarial:
-                ref = self.attack(model, ref, left, right, p)
-            f_ref, f_left, f_right = model(torch.cat([ref, left, right])).chunk(3)
+            if self.cache is not None:  # an adversarial MLP: only the reference needs the backbone
+                rows = batch["index"]
+                f_left, f_right = (model.backbone.mlp_head(e[rows]) for e in self.cache["train"][1:])
+                f_ref = model(self.attack(model, ref, f_left, f_right, p))
+            else:
+                if self.config.adversarial:
+                    with torch.no_grad(), _dropout_off(model):
+                        clean_left, clean_right = model(torch.cat([left, right])).chunk(2)
+                    ref = self.attack(model, ref, clean_left, clean_right, p)
+                f_ref, f_left, f_right = model(torch.cat([ref, left, right])).chunk(3)
             self.step(optimizer, f_ref, f_left, f_right, p)
 
     def step(self, optimizer, ref, left, right, p) -> None:
@@ -308,8 +317,10 @@ class _Run:
         loss.backward()
         optimizer.step()
 
-    def attack(self, model: Encoder, ref, left, right, p) -> torch.Tensor:
+    def attack(self, model: Encoder, ref, f_left, f_right, p) -> torch.Tensor:
         """PGD in pixel space on the reference, maximising the 2AFC cross-entropy of the human choice.
+
+        ``f_left`` and ``f_right`` are the clean embeddings of the other two images (held fixed).
 
         A plain fixed-budget PGD rather than the evaluators' APGD: APGD's adaptive step size,
         restarts and per-sample bookkeeping are built to find the worst case for evaluation; in a
@@ -319,8 +330,6 @@ class _Run:
         eps = self.config.eps / 255.0
         step = 2.5 * eps / self.config.attack_steps
         labels = human_labels(p).to(self.device)
-        with torch.no_grad(), _dropout_off(model):
-            f_left, f_right = model(torch.cat([left, right])).chunk(2)
         logits = TwoAFCLogits(model, f_left, f_right)
         x = (ref + torch.empty_like(ref).uniform_(-eps, eps)).clamp(0.0, 1.0)
         with _dropout_off(model):

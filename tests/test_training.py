@@ -100,6 +100,17 @@ def test_mlp_training_beats_the_untrained_head_and_embeds_each_image_once(nights
     assert evaluation.results["val"]["score"] == pytest.approx(result.val_history[result.best_epoch])
 
 
+def test_adversarial_mlp_embeds_left_right_and_scored_splits_once(nights, vit_folder, tmp_path, monkeypatch):
+    # Under an MLP the backbone is frozen, so only the attacked reference needs it during training.
+    captured = []
+    _count_backbone_images(monkeypatch, captured)
+    steps = 2
+    config = TrainConfig(HeadConfig("mlp", hidden=16), epochs=1, batch_size=8, adversarial="linf", attack_steps=steps)
+    train_nights(nights, str(vit_folder), tmp_path / "adv", config, progress=False, device="cpu")
+    # Every image once, up front; then per train reference: each PGD step and the training forward.
+    assert captured[0].images_seen == 3 * sum(SIZES.values()) + SIZES["train"] * (steps + 1)
+
+
 # LoRA runs are the slow ones: one uninterrupted run serves three tests. alpha = r makes the
 # update's scale 1, so that two epochs on 32 triplets are enough to learn.
 LORA = TrainConfig(HeadConfig("lora", r=4, alpha=4.0), epochs=2, batch_size=8, lr=1e-2, seed=7)
@@ -215,7 +226,7 @@ def test_pgd_stays_in_the_ball_and_raises_the_loss(vit_folder):
         logits = TwoAFCLogits(encoder, f_left, f_right)
         p = (logits(ref).argmax(1) == 0).double()  # people disagree with the clean decision
     run = training._Run(TrainConfig(HeadConfig("mlp"), adversarial="linf", eps=8, attack_steps=5), {}, "cpu", False)
-    attacked = run.attack(encoder, ref, left, right, p)
+    attacked = run.attack(encoder, ref, f_left, f_right, p)
     assert (attacked - ref).abs().max() <= 8 / 255 + 1e-6 and attacked.min() >= 0 and attacked.max() <= 1
     labels = p.long()
     with torch.no_grad():
