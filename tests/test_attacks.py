@@ -200,17 +200,9 @@ def test_missing_pyautoattack_says_how_to_install(monkeypatch, tiny_metric, fool
 
 
 # -- the evaluation: known answers on the generated layouts --------------------------------
-@pytest.fixture(scope="module")
-def nights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nights")
-    datagen.nights_known(root, size=(40, 48))
-    return root
-
-
 @pytest.fixture()
-def fresh_nights(tmp_path):
-    datagen.nights_known(tmp_path / "nights", size=(40, 48))
-    return tmp_path / "nights"
+def nights(nights_known):
+    return nights_known[0]  # conftest's shared read-only copy
 
 
 def test_nights_clean_binary_accuracy_hand_worked_and_eps0(tiny_metric, nights):
