@@ -186,8 +186,10 @@ class Counterattack:
         """Choose and set ``tau_threshold`` so that a share ``target_rate`` of clean images is flagged.
 
         The threshold lies halfway between the ``k``-th and ``k+1``-th smallest ``tau``, with
-        ``k = round(target_rate * n)``, so exactly ``k`` of the ``n`` images are flagged unless
-        several share that ``tau``.
+        ``k = round(target_rate * n)`` (half the smallest for ``k = 0``, 1.5 times the largest for
+        ``k = n``), so exactly ``k`` of the ``n`` images are flagged unless several share that
+        ``tau``. It never lies on an observed ``tau``, so rounding noise of 1e-8 (a different batch
+        position or thread count) cannot flip a calibration image's flag.
 
         Args:
             encoder: as for the other methods (see the class doc).
@@ -360,18 +362,22 @@ def _image_seed(seed: int, image: torch.Tensor) -> int:
 
 
 def _threshold_for_rate(taus: torch.Tensor, rate: float) -> float:
-    """A threshold below which (strictly) ``round(rate * n)`` of the sorted ``taus`` fall."""
+    """A threshold halfway between two observed ``taus``, below which (strictly) about ``rate * n`` fall.
+
+    Never on an observed tau: an image whose tau sat exactly on the threshold would flip its flag
+    with the 1e-8 rounding noise of its batch position. Below the smallest tau the cut is half the
+    smallest (tau >= 0), above the largest it is 1.5 times the largest. When taus repeat, the cut
+    nearest to ``round(rate * n)`` flagged images is taken (the lower on a tie).
+    """
     # In float32 like tau itself: the flags compare float32 tau with the threshold cast to float32.
-    ordered = taus.float().sort().values
-    n = len(ordered)
-    k = int(round(rate * n))
-    if k == 0:
-        return float(ordered[0])
-    if k == n:
-        return float(torch.nextafter(ordered[-1], torch.tensor(math.inf)))
-    below, above = ordered[k - 1], ordered[k]
-    middle = (below + above) / 2
-    return float(middle if middle > below else above)  # adjacent floats: the midpoint rounds down
+    values, counts = taus.float().unique(sorted=True, return_counts=True)
+    k = int(round(rate * len(taus)))
+    below = torch.cat([values.new_zeros(1), values])  # cut c lies between below[c] and above[c]
+    above = torch.cat([values, values[-1:] * 2])
+    cuts = (below + above) / 2
+    flagged = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # images with tau < cuts[c]
+    best = int((flagged - k).abs().argmin())  # argmin takes the first: the lower cut on a tie
+    return float(cuts[best])
 
 
 def encoder_parts(model) -> Tuple[object, Callable[[torch.Tensor], torch.Tensor], Optional[object]]:

@@ -84,9 +84,14 @@ def test_threshold_for_rate_hand_worked():
     taus = torch.tensor([0.1, 0.4, 0.2, 0.3])
     assert _threshold_for_rate(taus, 0.5) == pytest.approx(0.25)
     assert _threshold_for_rate(taus, 0.25) == pytest.approx(0.15)
-    assert _threshold_for_rate(taus, 0.0) == pytest.approx(0.1)  # tau < 0.1: none
-    largest = float(torch.tensor(0.4))  # float32, like tau
-    assert largest < _threshold_for_rate(taus, 1.0) < largest + 1e-7  # just above the largest: all
+    assert _threshold_for_rate(taus, 0.0) == pytest.approx(0.05)  # halfway between 0 and the smallest: none
+    assert _threshold_for_rate(taus, 1.0) == pytest.approx(0.6)  # halfway between the largest and twice it: all
+    # Repeated taus: no cut gives 2 of 5; 1 (between 0.1 and 0.2) and 3 (between 0.2 and 0.3) are
+    # equally near, and the lower is taken. 3 of 5 asks for 0.25 exactly.
+    repeated = torch.tensor([0.1, 0.2, 0.2, 0.3, 0.3])
+    assert _threshold_for_rate(repeated, 0.4) == pytest.approx(0.15)
+    assert _threshold_for_rate(repeated, 0.6) == pytest.approx(0.25)
+    assert _threshold_for_rate(torch.tensor([0.2, 0.2]), 0.5) == pytest.approx(0.1)
 
 
 # -- stable and falsely-stable images ------------------------------------------------------
