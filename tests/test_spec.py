@@ -1,4 +1,4 @@
-import re
+import csv
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ REQUIRED_HUB_IDS = {
     "chs20/dino-vitb16-fare4", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
     "laion/CLIP-convnext_base_w-laion2B-s13B-b82K-augreg", "timm/vit_base_patch16_224.dino",
 }
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "REFERENCE.md"
+PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "published_nights.csv"
 
 
 def test_zoo_has_every_published_checkpoint():
@@ -50,24 +50,23 @@ def test_preprocessing_follows_the_authors(name, family, resize, mean0):
     assert spec.preprocessing.mean[0] == mean0
 
 
-def _reference_rows():
-    """(hub id, [clean, linf, l2]) rows of the model table in ../shared/REFERENCE.md."""
+def _published_rows():
+    """{hub id: [clean, linf, l2]} of tests/fixtures/published_nights.csv (None: not published)."""
+    lines = [line for line in PUBLISHED.read_text().splitlines() if line and not line.startswith("#")]
     rows = {}
-    for line in REFERENCE.read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 4 and "/" in cells[2] and re.search(r"\d+\.\d", cells[3]):
-            nums = [None if v.strip() in ("–", "-") else float(v) for v in cells[3].split("(")[0].split("/")]
-            rows[cells[2]] = nums + [None] * (3 - len(nums))
+    for row in csv.DictReader(lines):
+        rows[row["hub_id"]] = [float(row[k]) if row[k] else None for k in ("clean", "linf", "l2")]
     return rows
 
 
-@pytest.mark.skipif(not REFERENCE.exists(), reason="../shared/REFERENCE.md is not beside this checkout")
-def test_published_numbers_match_reference_table():
-    rows = _reference_rows()
-    assert len(rows) >= 6
+def test_published_numbers_match_the_papers_table():
+    rows = _published_rows()
+    assert len(rows) == 7
+    with_numbers = {rpmetric.get_spec(n).hub_id: rpmetric.get_spec(n) for n in rpmetric.list_models()
+                    if rpmetric.get_spec(n).published}
+    assert set(with_numbers) == set(rows)  # no model carries figures the table lacks, and none is missing
     for hub_id, (clean, linf, l2) in rows.items():
-        spec = next(rpmetric.get_spec(n) for n in rpmetric.list_models() if rpmetric.get_spec(n).hub_id == hub_id)
-        pub = spec.published[0]
+        pub = with_numbers[hub_id].published[0]
         assert (pub.clean, pub.linf, pub.l2) == (clean, linf, l2), hub_id
         assert pub.source
 
