@@ -4,13 +4,16 @@ The engine takes *distances* (a :class:`EncoderDistances` around any RobustDista
 pixel baseline :class:`PixelL2`) and named groups of records (NIGHTS splits, BAPPS categories).
 It is built for long runs:
 
-- each image of a triplet is embedded once, in one encoder pass over ``cat([ref, left, right])``;
+- each image of a triplet is embedded once, in one encoder pass over ``cat([ref, left, right])``,
+  and identical images within a batch once in all (see :mod:`rpmetric.unique`);
 - a DataLoader decodes and resizes images in worker processes, so the encoder is the bottleneck;
 - results go to an append-only :class:`~rpmetric.runlog.RunLog` batch by batch, and a resumed run
   recomputes only the missing batches;
 - under torchrun, whole batches are dealt to the processes. Batches are cut from the full
   dataset order the same way in every case, so a resumed or sharded run evaluates exactly the same
-  batches as an uninterrupted single process, and gets bit-identical distances and score.
+  batches as an uninterrupted single process. With the same thread count, its distances are
+  bit-identical; across thread or process counts they agree to about 1e-6 (BLAS rounding), and
+  ties between identical images stay exact by construction.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .images import unit_float
 from .preprocess import resize_and_crop
 from .runlog import RunLog
 from .scoring import jnd_map, twoafc_score
+from .unique import embed_unique
 
 __all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evaluate", "load_groups", "nights_total",
            "TASKS", "DATASETS"]
@@ -108,6 +112,11 @@ class EncoderDistances:
                 "counterattack": None if counter is None else repr(counter)}
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
+        # Each distinct image once: identical images (a tie triplet's left and right) then get
+        # identical embeddings whatever their batch positions, and the tie is exact on any BLAS.
+        return embed_unique(self._embed, x)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = unit_float(x.to(self.metric.device, non_blocking=True))  # 8-bit batches travel as such
         amp = torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else nullcontext()
         # A counterattack leaves inference mode by itself for its gradient steps.

@@ -8,7 +8,14 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cosine_distance", "distance"]
+__all__ = ["cosine_distance", "distance", "DISTANCE_TOLERANCE"]
+
+# How far apart the distances of the same images may lie when they were embedded in different
+# batches, positions or thread counts (BLAS rounding is about 1e-7 per embedding element, which
+# moves a cosine distance by far less). Threshold tests (dedup, --against) allow this slack, so
+# that the same image stored twice is within a threshold of 0. Exact ties between identical images
+# do not need it: rpmetric embeds them once (rpmetric.unique).
+DISTANCE_TOLERANCE = 1e-6
 
 
 def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

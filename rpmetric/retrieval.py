@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MissingDependencyError
-from .functional import cosine_distance
+from .functional import DISTANCE_TOLERANCE, cosine_distance
 from .validation import check_int
 
 __all__ = [
@@ -200,7 +200,8 @@ def _check_threshold(threshold: float) -> float:
 
 
 def near_pairs(embeddings, threshold: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """All pairs ``i < j`` with ``1 - cos <= threshold``: ``(i, j, distance)`` tensors.
+    """All pairs ``i < j`` with ``1 - cos <= threshold`` (plus ``DISTANCE_TOLERANCE``, for rounding):
+    ``(i, j, distance)`` tensors.
 
     Exact, blockwise over the upper triangle (quadratic in N: fine to a few hundred thousand rows).
 
@@ -225,7 +226,9 @@ def near_pairs(embeddings, threshold: float) -> Tuple[torch.Tensor, torch.Tensor
     i = torch.cat(found_i) if found_i else torch.zeros(0, dtype=torch.long)
     j = torch.cat(found_j) if found_j else torch.zeros(0, dtype=torch.long)
     d = cosine_distance(emb[i], emb[j])
-    keep = d <= threshold  # the metric's own distance decides; the similarity only proposed candidates
+    # The metric's own distance decides (the similarity only proposed candidates), with the slack
+    # for rounding across batches: the same image stored twice is within a threshold of 0.
+    keep = d <= threshold + DISTANCE_TOLERANCE
     return i[keep], j[keep], d[keep]
 
 
@@ -282,7 +285,7 @@ def find_near(embeddings, reference, threshold: float, *, index: str = "auto",
     threshold = _check_threshold(threshold)
     hits = search(reference, embeddings, k=1, index=index, nprobe=nprobe)
     d, ref = hits.distances[:, 0], hits.indices[:, 0]
-    rows = torch.nonzero(d <= threshold, as_tuple=True)[0]
+    rows = torch.nonzero(d <= threshold + DISTANCE_TOLERANCE, as_tuple=True)[0]
     return rows, ref[rows], d[rows]
 
 

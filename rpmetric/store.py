@@ -35,6 +35,7 @@ from ._version import __version__
 from .files import atomic_write, read_csv_columns, write_json
 from .images import read_pixels, unit_float
 from .preprocess import resize_and_crop
+from .unique import embed_unique
 
 __all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model_input", "DTYPES"]
 
@@ -155,7 +156,8 @@ def _embed_loader(encoder, loader, device: torch.device) -> Iterator[Tuple[List[
             if images is None:
                 yield [], np.zeros((0, 0), np.float32), failed
                 continue
-            f = encoder(unit_float(images.to(device, non_blocking=True))).float()
+            # Identical images of a batch get one embedding (see rpmetric.unique).
+            f = embed_unique(lambda x: encoder(unit_float(x.to(device, non_blocking=True))), images).float()
             yield indices, torch.nn.functional.normalize(f, dim=-1).cpu().numpy(), failed
 
 

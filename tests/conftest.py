@@ -8,11 +8,14 @@ import pytest
 import torch
 
 import datagen
+import perturbed
 import tinymodels
 
 # Tests never reach the network; a test that needs the Hub must use a pre-filled cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The suite must pass with 1 and with 2 threads (BLAS rounding differs between them):
+# RPMETRIC_TEST_THREADS=1 python -m pytest runs it single-threaded.
+torch.set_num_threads(int(os.environ.get("RPMETRIC_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -86,3 +89,18 @@ def fresh_nights(tmp_path):
     root = tmp_path / "nights"
     datagen.nights_known(root)
     return root
+
+
+@pytest.fixture()
+def perturbed_metric(vit_folder):
+    """A RobustDistance on the tiny ViT whose backbone adds a batch-position, batch-size and
+    thread-count dependent perturbation of about 1e-6 (see ``perturbed.py``)."""
+    import rpmetric
+
+    return perturbed.wrap(rpmetric.RobustDistance(str(vit_folder), device="cpu"))
+
+
+@pytest.fixture()
+def perturbed_backbones(monkeypatch):
+    """Every backbone that rpmetric builds in this test (e.g. through the CLI) is perturbed."""
+    perturbed.install(monkeypatch)

@@ -15,6 +15,7 @@ from ..images import unit_float
 from ..preprocess import resize_and_crop
 from ..runlog import RunLog
 from ..scoring import binary_agreements
+from ..unique import embed_unique
 from ..validation import check_int
 from .apgd import perturbation_norms, run_apgd
 from .config import AttackConfig, Norm
@@ -173,13 +174,9 @@ def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: Atta
     p = batch["p"].double()
     y = human_labels(p).to(device)
 
-    plain = PlainFeatures(embedder)
-    with torch.no_grad():  # the left and right embeddings: once per triplet, outside the attack
-        e_left, e_right = plain(left), plain(right)
-    judge = TwoAFCLogits(plain, e_left, e_right)
-    clean = _distances(judge, ref)
+    judge, clean = _clean_judge(PlainFeatures(embedder), ref, left, right)
     clean_ok = _agreement(clean, p)
-    attacked = run_apgd(TwoAFCLogits(PlainFeatures(embedder, amp=True), e_left, e_right), ref, y, config,
+    attacked = run_apgd(TwoAFCLogits(PlainFeatures(embedder, amp=True), judge.e_left, judge.e_right), ref, y, config,
                         correct=torch.tensor(clean_ok, device=device) > 0).images
     linf, l2 = _checked_norms(attacked, ref, config)
     adv = _distances(judge, attacked)
@@ -199,14 +196,12 @@ def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: Atta
 def _defence_records(embedder, counterattack, ref, left, right, attacked, p, y, config) -> List[dict]:
     """Per triplet: the defended metric clean, against the transferred images (non-adaptive), and
     against an attack through the defence (adaptive: BPDA with EOT over its random start)."""
-    defended = DefendedFeatures(embedder, counterattack)
-    with torch.no_grad():
-        e_left, e_right = defended(left), defended(right)
-    judge = TwoAFCLogits(defended, e_left, e_right)
-    clean_ok = _agreement(_distances(judge, ref), p)
+    judge, clean = _clean_judge(DefendedFeatures(embedder, counterattack), ref, left, right)
+    clean_ok = _agreement(clean, p)
     transfer_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(_distances(judge, attacked), p))]
     seeds = eot_seeds(counterattack, config.seed, config.eot_samples)
-    through = TwoAFCLogits(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), e_left, e_right)
+    through = TwoAFCLogits(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), judge.e_left,
+                           judge.e_right)
     adaptive_images = run_apgd(through, ref, y, config, correct=torch.tensor(clean_ok, device=ref.device) > 0,
                                eot_iter=config.eot_samples).images
     linf, l2 = _checked_norms(adaptive_images, ref, config)
@@ -216,10 +211,24 @@ def _defence_records(embedder, counterattack, ref, left, right, attacked, p, y, 
             for c, t, a, li, l2i in zip(clean_ok, transfer_ok, adaptive_ok, linf, l2)]
 
 
+def _clean_judge(features, ref: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
+    """``(judge, clean (d0, d1))``: the left and right embeddings, computed once per triplet outside
+    the attack, and the clean distances. Each distinct image is embedded once, so a triplet whose
+    left and right are the same image is an exact tie on any machine."""
+    with torch.no_grad():
+        f_ref, e_left, e_right = embed_unique(features, torch.cat([ref, left, right])).chunk(3)
+    judge = TwoAFCLogits(features, e_left, e_right)
+    return judge, _split(judge.logits(f_ref))
+
+
 def _distances(judge: TwoAFCLogits, images: torch.Tensor):
     """``(d0, d1)`` lists: ``1 - cos`` to the left and right embeddings, a fresh full-precision pass."""
     with torch.no_grad():
-        d = 1.0 - judge(images)
+        return _split(judge(images))
+
+
+def _split(logits: torch.Tensor):
+    d = 1.0 - logits
     return d[:, 0].tolist(), d[:, 1].tolist()
 
 

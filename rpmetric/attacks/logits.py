@@ -43,7 +43,10 @@ class TwoAFCLogits(nn.Module):
         self.e_right = e_right.detach()
 
     def forward(self, x_ref: torch.Tensor) -> torch.Tensor:
-        f = self.features(x_ref)
+        return self.logits(self.features(x_ref))
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        """The logits of reference embeddings ``f`` ``[N, D]`` already computed."""
         return torch.stack([1.0 - cosine_distance(f, self.e_left), 1.0 - cosine_distance(f, self.e_right)], dim=1)
 
     def select(self, rows: torch.Tensor) -> "TwoAFCLogits":
