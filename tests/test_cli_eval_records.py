@@ -32,6 +32,22 @@ def _default_logs(folder):
 # -- settings: every defence and setting that shapes a number, and only what applies -------------
 # -- default run logs ---------------------------------------------------------------------------
 # -- options --------------------------------------------------------------------------------------
+def test_repeated_split_options_accumulate(fresh_nights, capsys):
+    assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0",
+                 "--split", "val", "--split", "train", "val"]) == 0
+    assert list(_rows(capsys.readouterr().out)) == ["val", "train"]  # each once, in order
+
+
+def test_repeated_category_options_accumulate(tmp_path, capsys):
+    for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
+        datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
+    out = tmp_path / "b.json"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--workers", "0",
+                 "--categories", "cnn", "--categories", "traditional", "--out", str(out)]) == 0
+    assert list(_rows(capsys.readouterr().out)) == ["cnn", "traditional"]
+    assert json.loads(out.read_text())["selection"]["categories"] == ["cnn", "traditional"]
+
+
 def test_skip_bad_reports_a_short_row_once(fresh_nights, tmp_path, capsys):
     with open(fresh_nights / "data.csv", "a") as f:
         f.write("short-row,0.5\n")  # too short to name its split: bad in every split read

@@ -37,12 +37,16 @@ def register(sub) -> None:
         q = datasets.add_parser(name, help=summary, description=f"{summary}. {layout}")
         q.add_argument("root", type=Path, metavar="ROOT", help="dataset folder")
         if name == "nights":
-            q.add_argument("--split", nargs="+", default=["test"], choices=NIGHTS_SPLITS, metavar="SPLIT",
-                           help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)} (default: test)")
+            # extend: a repeated option adds to the list (argparse's default would keep the last one only)
+            q.add_argument("--split", nargs="+", action="extend", default=None, choices=NIGHTS_SPLITS,
+                           metavar="SPLIT", help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)}; "
+                                                 "repeatable (default: test)")
         else:
             categories = BAPPS_2AFC_CATEGORIES if name == "bapps" else BAPPS_JND_CATEGORIES
-            q.add_argument("--categories", nargs="+", default=list(categories), choices=categories,
-                           metavar="CATEGORY", help=f"categories, of {', '.join(categories)} (default: all)")
+            q.add_argument("--categories", nargs="+", action="extend", default=None, choices=categories,
+                           metavar="CATEGORY", help=f"categories, of {', '.join(categories)}; repeatable "
+                                                    "(default: all)")
+        q.set_defaults(default_names=["test"] if name == "nights" else list(categories))
         if name == "bapps":
             q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS, help="2afc/train or 2afc/val (default: val)")
         _add_run_options(q)
@@ -94,7 +98,7 @@ def run(args) -> int:
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
     try:
-        names = args.split if args.dataset == "nights" else args.categories
+        names = _selection(args)
         subset = getattr(args, "subset", "val")
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
@@ -141,6 +145,12 @@ def run(args) -> int:
         for path in [log, *(log.with_name(f"{log.name}.attack-{g}.jsonl") for g in groups)]:
             path.unlink(missing_ok=True)
     return 0
+
+
+def _selection(args) -> list:
+    """The splits or categories asked for, each once, in the order given (the default when none)."""
+    given = args.split if args.dataset == "nights" else args.categories
+    return list(dict.fromkeys(given or args.default_names))
 
 
 def _attack(args, distances, groups, result, options, log):
