@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sys
 from typing import Callable, Iterable, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -428,6 +429,22 @@ def _inputs(encoder, x) -> Tuple[Embed, torch.Tensor]:
 _PIXEL_UNIT = 255.0  # the CLI takes eps and step size in 1/255 units, as the papers state them
 
 
+def pixel_unit_notice(option: str, value: float) -> Optional[str]:
+    """A warning for an l-inf radius typed in 1/255 units that looks like a fraction of the [0, 1]
+    range (0 < value < 0.5, e.g. 0.0157 for 4/255), or None.
+
+    Example:
+        >>> pixel_unit_notice("--eps", 0.0157)
+        '--eps 0.0157 is in units of 1/255, so it is taken as 0.0157/255 = 6.16e-05; for a fraction of the [0, 1] range, write it times 255: --eps 4'
+        >>> pixel_unit_notice("--eps", 4) is None
+        True
+    """
+    if not 0 < value < 0.5:
+        return None
+    return (f"{option} {value:g} is in units of 1/255, so it is taken as {value:g}/255 = {value / _PIXEL_UNIT:.3g}; "
+            f"for a fraction of the [0, 1] range, write it times 255: {option} {value * _PIXEL_UNIT:.3g}")
+
+
 def add_counterattack_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--counterattack`` and its knobs to a command's parser.
 
@@ -477,6 +494,9 @@ def counterattack_from_args(args: argparse.Namespace) -> Optional[Counterattack]
             options = ", ".join("--" + dest.replace("_", "-") for dest in given)
             raise ValueError(f"{options} only apply with --counterattack; add --counterattack or drop them.")
         return None
+    notice = pixel_unit_notice("--counterattack-eps", given.get("counterattack_eps", 0))
+    if notice:
+        print(f"rpmetric {getattr(args, 'command', '')}: warning: {notice}", file=sys.stderr)
     kwargs = {_KNOBS[dest][0]: value / _PIXEL_UNIT if _KNOBS[dest][1] else value for dest, value in given.items()}
     try:
         return Counterattack(**kwargs)

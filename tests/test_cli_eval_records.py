@@ -32,6 +32,28 @@ def _default_logs(folder):
 # -- settings: every defence and setting that shapes a number, and only what applies -------------
 # -- default run logs ---------------------------------------------------------------------------
 # -- options --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("option, value, fraction", [("--eps", "0.0157", True), ("--eps", "0.2", True),
+                                                      ("--eps", "4", False), ("--eps", "0", False),
+                                                      ("--counterattack-eps", "0.0157", True),
+                                                      ("--counterattack-eps", "2", False)])
+def test_a_linf_eps_that_looks_like_a_fraction_is_warned_about(fresh_nights, option, value, fraction, capsys):
+    extra = ["--attack", "linf"] if option == "--eps" else ["--counterattack"]
+    code = main(["eval", "nights", str(fresh_nights), "--model", "l2", *extra, option, value])
+    assert code == 2  # l2 refuses attacks and counterattacks, after the options were read
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    if not fraction:
+        assert warnings == []
+        return
+    [line] = warnings
+    assert f"{option} {value}" in line and "1/255" in line and f"{float(value) / 255:.3g}" in line
+    assert f"{option} {float(value) * 255:.3g}" in line  # how to write the fraction meant
+
+
+def test_l2_eps_below_one_half_is_not_warned_about(fresh_nights, capsys):
+    assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--attack", "l2", "--eps", "0.25"]) == 2
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_repeated_split_options_accumulate(fresh_nights, capsys):
     assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0",
                  "--split", "val", "--split", "train", "val"]) == 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from ..counterattack import pixel_unit_notice
 from ..evaluation import nights_total
 from .config import AttackConfig, Norm
 
@@ -78,6 +80,9 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
     eps = given["eps"]
     if eps is not None:
         _check_cli_eps(norm, eps)
+        notice = pixel_unit_notice("--eps", eps) if norm is Norm.LINF else None
+        if notice:
+            print(f"rpmetric {getattr(args, 'command', '')}: warning: {notice}", file=sys.stderr)
         if norm is Norm.LINF:
             eps = eps / 255  # the command line states l-inf radii as the papers do, in 1/255 units
     defaults = AttackConfig()
