@@ -144,6 +144,18 @@ class Counterattack:
                 f"tau_threshold={self.tau_threshold:.6g}, beta={self.beta:g}, seed={self.seed}, "
                 f"skip_stable={self.skip_stable}, tau_encoder={tau_encoder})")
 
+    def to_dict(self) -> dict:
+        """The settings as JSON-ready data (radii as fractions of [0, 1]), for results to record.
+
+        Example:
+            >>> Counterattack(tau_threshold=0.05).to_dict()["tau_threshold"]
+            0.05
+        """
+        return {"eps": self.eps, "step_size": self.step_size, "steps": self.steps,
+                "tau_threshold": self.tau_threshold, "beta": self.beta, "seed": self.seed,
+                "skip_stable": self.skip_stable,
+                "tau_encoder": None if self.tau_encoder is None else type(self.tau_encoder).__name__}
+
     # -- public API ------------------------------------------------------------------------
     def step_weights(self) -> torch.Tensor:
         """The weights ``softmax(beta * k)`` of ``delta_0 .. delta_steps``, float32 ``[steps + 1]``."""

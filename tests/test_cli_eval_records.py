@@ -30,6 +30,36 @@ def _default_logs(folder):
 
 
 # -- settings: every defence and setting that shapes a number, and only what applies -------------
+def test_counterattack_and_its_settings_are_in_the_json(nights_known, vit_folder, tmp_path, capsys):
+    root, _ = nights_known
+    out = tmp_path / "ca.json"
+    assert main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "val", "--workers", "0",
+                 "--counterattack", "--tau-threshold", "0.05", "--counterattack-steps", "3",
+                 "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["counterattack"]["tau_threshold"] == 0.05 and settings["counterattack"]["steps"] == 3
+    assert settings["counterattack"]["eps"] == pytest.approx(4 / 255)  # the default, in [0, 1] units
+    assert settings["attack"] is None
+
+
+def test_no_counterattack_is_recorded_as_none(fresh_nights, tmp_path):
+    out = tmp_path / "l2.json"
+    assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["counterattack"] is None
+
+
+def test_the_subset_is_logged_for_bapps_only(fresh_nights, tmp_path):
+    log = tmp_path / "nights.jsonl"
+    assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0", "--log", str(log)]) == 0
+    assert "subset" not in _config(log)
+    for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
+        datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
+    log = tmp_path / "bapps.jsonl"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "cnn", "--workers", "0",
+                 "--log", str(log)]) == 0
+    assert _config(log)["subset"] == "val"
+
+
 # -- default run logs ---------------------------------------------------------------------------
 # -- options --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, value, fraction", [("--eps", "0.0157", True), ("--eps", "0.2", True),

@@ -103,8 +103,8 @@ def run(args) -> int:
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
         log, default_log = _log_path(args, distances.name)
-        run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
-                      "model_argument": args.model}
+        run_config = {"dataset": args.dataset, "root": str(args.root.resolve()),
+                      **({"subset": subset} if args.dataset == "bapps" else {}), "model_argument": args.model}
         result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                           resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
                           progress=True, max_batches=args.max_batches)
@@ -135,6 +135,7 @@ def run(args) -> int:
     print(format_table(rows, headers))
     if args.out is not None:
         summary = _summary(args, distances, task, names, subset, results, result, world)
+        summary["settings"].update(_defences(counterattack, attack))
         if attacked is not None:
             summary["attack"] = attacked
         write_json(args.out, summary)
@@ -176,6 +177,13 @@ def _report_skipped(skipped, unit: str) -> None:
     print(f"rpmetric eval: skipped {len(skipped)} bad {unit}(s):", file=sys.stderr)
     for item in skipped:
         print(f"  {item['group']}/{item['id']}: {item['reason']}", file=sys.stderr)
+
+
+def _defences(counterattack, attack) -> dict:
+    """The counterattack and the attack as the JSON's settings record them; None for what is off."""
+    if attack is not None:
+        attack = {k: v for k, v in attack.items() if k != "eot_samples" or counterattack is not None}
+    return {"counterattack": None if counterattack is None else counterattack.to_dict(), "attack": attack}
 
 
 def _summary(args, distances, task, names, subset, results, result, world) -> dict:
