@@ -60,6 +60,28 @@ def test_the_subset_is_logged_for_bapps_only(fresh_nights, tmp_path):
     assert _config(log)["subset"] == "val"
 
 
+def test_n_samples_shows_attacked_counts_and_the_total(nights_known, vit_folder, tmp_path, capsys):
+    root, _ = nights_known
+    out, log = tmp_path / "robust.json", tmp_path / "robust.jsonl"
+    assert main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "test", "--workers", "0",
+                 "--attack", "linf", "--steps", "1", "--n-samples", "1", "--out", str(out), "--log", str(log)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "n attacked" in lines[0]
+    rows = _rows("\n".join(lines))
+    # split, n, 2AFC, then the attacked count: 1 of each test part, 2 in all
+    assert [rows[g][0] for g in ("test_imagenet", "test_no_imagenet", "total")] == ["4", "2", "6"]
+    assert [rows[g][2] for g in ("test_imagenet", "test_no_imagenet", "total")] == ["1", "1", "2"]
+    assert len(rows["total"]) == len(rows["test_imagenet"])  # the total row's attack cells are filled
+    summary = json.loads(out.read_text())
+    assert summary["attack"]["total"]["n"] == 2
+    # no counterattack: eot_samples does not apply, so it is neither reported nor logged
+    assert "eot_samples" not in summary["attack"]["test_imagenet"]["attack"]
+    attack_log = tmp_path / "robust.jsonl.attack-test_imagenet.jsonl"
+    assert "eot_samples" not in _config(attack_log)["attack"]
+    assert summary["settings"]["attack"]["n_samples"] == 1 and summary["settings"]["attack"]["steps"] == 1
+    assert "eot_samples" not in summary["settings"]["attack"]
+
+
 # -- default run logs ---------------------------------------------------------------------------
 # -- options --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, value, fraction", [("--eps", "0.0157", True), ("--eps", "0.2", True),

@@ -105,7 +105,8 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
     options from :func:`attack_config_from_args`; ``{group: AttackResult.to_dict()}``.
 
     Each group has its own run log, ``LOG.attack-GROUP.jsonl`` beside ``log``. When both NIGHTS test
-    parts were attacked in full, ``"total"`` holds their size-weighted mean, like the 2AFC total.
+    parts were attacked, ``"total"`` holds their mean weighted by the attacked counts (with
+    ``n_samples``, the first N of each part), like the 2AFC total.
 
     Example:
         >>> results = attack_groups(metric, {"test_imagenet": triplets}, options, batch_size=16)  # doctest: +SKIP
@@ -119,24 +120,25 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
                                  resume=resume and runlog is not None and runlog.exists(), progress=progress,
                                  **options)
         results[group] = result.to_dict()
-    if all(g in results and results[g]["n"] == len(groups[g]) for g in _NIGHTS_TEST):
+    if all(g in results for g in _NIGHTS_TEST):
         results["total"] = _weighted_total(results)
     return results
 
 
 def attack_columns(summary: Optional[dict], defended: bool) -> List[str]:
-    """Table cells (percent) for one group's attack summary; ``attack_headers(defended)`` names them."""
+    """Table cells for one group's attack summary, the attacked count then percentages;
+    ``attack_headers(defended)`` names them."""
     if summary is None:
         return [""] * len(attack_headers(defended))
     cells = [summary["clean_accuracy"], summary["robust_accuracy"]]
     if defended:
         ca = summary.get("counterattack") or {}
         cells += [ca.get("clean_accuracy"), ca.get("nonadaptive_accuracy"), ca.get("adaptive_accuracy")]
-    return ["" if v is None else f"{100 * v:.2f}" for v in cells]
+    return [str(summary["n"])] + ["" if v is None else f"{100 * v:.2f}" for v in cells]
 
 
 def attack_headers(defended: bool) -> List[str]:
-    headers = ["clean acc (%)", "robust acc (%)"]
+    headers = ["n attacked", "clean acc (%)", "robust acc (%)"]
     return headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
 
 
