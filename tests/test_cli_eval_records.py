@@ -83,6 +83,83 @@ def test_n_samples_shows_attacked_counts_and_the_total(nights_known, vit_folder,
 
 
 # -- default run logs ---------------------------------------------------------------------------
+def test_default_logs_are_named_by_root_split_and_model(fresh_nights, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(fresh_nights, other)
+    common = ["--model", "l2", "--workers", "0", "--batch-size", "1", "--max-batches", "1"]
+    assert main(["eval", "nights", str(fresh_nights), *common, "--split", "test"]) == 3
+    assert main(["eval", "nights", str(other), *common, "--split", "test"]) == 3  # another root: not blocked
+    assert main(["eval", "nights", str(other), *common, "--split", "val"]) == 3  # another split
+    names = _default_logs(tmp_path)
+    assert len(names) == 3
+    assert any("nights" in n and "test" in n and "l2" in n for n in names)
+    assert any("other" in n and "val" in n for n in names)
+
+
+def test_an_interrupted_run_leaves_no_empty_log(fresh_nights, tmp_path, monkeypatch, capsys):
+    import rpmetric.evaluation
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    args = ["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0"]
+    with monkeypatch.context() as patch:
+        patch.setattr(rpmetric.evaluation, "_measure", interrupt)
+        assert main(args) == 130
+        assert main([*args, "--log", str(tmp_path / "mine.jsonl")]) == 130
+    assert _default_logs(tmp_path) == [] and not (tmp_path / "mine.jsonl").exists()
+    assert main(args) == 0  # the same run is not refused
+
+
+def test_an_interrupted_run_keeps_a_log_with_finished_batches(fresh_nights, tmp_path, monkeypatch, capsys):
+    import rpmetric.evaluation
+
+    measure, calls = rpmetric.evaluation._measure, []
+
+    def second_interrupts(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(rpmetric.evaluation, "_measure", second_interrupts)
+    assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0", "--batch-size", "1"]) == 130
+    [name] = _default_logs(tmp_path)
+    assert len((tmp_path / name).read_text().splitlines()) == 2  # config and the finished batch
+
+
+@pytest.mark.parametrize("records, removed", [([], True), (['{"key": "a"'], True),  # a torn line is no record
+                                              (['{"key": "a"}\n'], False)])
+def test_remove_if_empty_keeps_finished_records(tmp_path, records, removed):
+    from rpmetric.runlog import RunLog, remove_if_empty
+
+    path = tmp_path / "run.jsonl"
+    RunLog(path, {"model": "l2"}, resume=False)
+    with open(path, "a") as f:
+        f.write("".join(records))
+    assert remove_if_empty(path) is removed and path.exists() is not removed
+
+
+def test_remove_if_empty_keeps_what_is_not_a_run_log(tmp_path):
+    from rpmetric.runlog import remove_if_empty
+
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me")
+    assert remove_if_empty(other) is False and other.read_text() == "keep me"
+    assert remove_if_empty(tmp_path / "missing.jsonl") is False
+
+
+def test_a_missing_pyautoattack_is_reported_before_the_clean_pass(fresh_nights, vit_folder, tmp_path,
+                                                                  monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # `import pyautoattack` fails
+    monkeypatch.setitem(sys.modules, "pyautoattack.autopgd_base", None)
+    code = main(["eval", "nights", str(fresh_nights), "--model", str(vit_folder), "--workers", "0",
+                 "--attack", "linf"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pyautoattack" in err
+    assert "2AFC" not in err and _default_logs(tmp_path) == []  # no clean pass ran
+
+
 # -- options --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, value, fraction", [("--eps", "0.0157", True), ("--eps", "0.2", True),
                                                       ("--eps", "4", False), ("--eps", "0", False),

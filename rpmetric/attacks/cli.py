@@ -12,7 +12,8 @@ from ..counterattack import pixel_unit_notice
 from ..evaluation import nights_total
 from .config import AttackConfig, Norm
 
-__all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_columns", "attack_headers"]
+__all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_log_path", "attack_columns",
+           "attack_headers"]
 
 _OPTIONS = ("eps", "steps", "restarts", "n_samples", "seed", "eot_samples")
 
@@ -95,6 +96,9 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
     n_samples = given["n_samples"]
     if n_samples is not None and n_samples < 1:
         raise ValueError(f"Argument `--n-samples` must be at least 1, but got {n_samples}.")
+    from .apgd import apgd_class
+
+    apgd_class()  # a missing pyautoattack fails now, not after the clean evaluation
     return {"norm": config.norm.value, "eps": config.eps, "steps": config.steps, "restarts": config.restarts,
             "seed": config.seed, "eot_samples": config.eot_samples, "n_samples": n_samples}
 
@@ -115,7 +119,7 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
 
     results = {}
     for group, records in groups.items():
-        runlog = None if log is None else Path(log).with_name(f"{Path(log).name}.attack-{group}.jsonl")
+        runlog = None if log is None else attack_log_path(log, group)
         result = evaluate_attack(metric, records, batch_size=batch_size, workers=workers, runlog_path=runlog,
                                  resume=resume and runlog is not None and runlog.exists(), progress=progress,
                                  **options)
@@ -123,6 +127,11 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
     if all(g in results for g in _NIGHTS_TEST):
         results["total"] = _weighted_total(results)
     return results
+
+
+def attack_log_path(log, group: str) -> Path:
+    """The run log of the attack on ``group`` beside the clean run's ``log``: ``LOG.attack-GROUP.jsonl``."""
+    return Path(log).with_name(f"{Path(log).name}.attack-{group}.jsonl")
 
 
 def attack_columns(summary: Optional[dict], defended: bool) -> List[str]:

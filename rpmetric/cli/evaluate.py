@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import sys
@@ -71,8 +74,9 @@ def _add_run_options(q) -> None:
                    help="write one row per triplet (group,id,d0,d1,p) or pair (group,id,d,same)")
     q.add_argument("--log", type=Path, default=None, metavar="FILE.jsonl",
                    help="run log of per-sample results, written as the run proceeds (default: OUT.log.jsonl beside "
-                        "--out, else ./rpmetric-eval-DATASET-MODEL.log.jsonl; a default log is deleted once the run "
-                        "completes)")
+                        "--out, else ./rpmetric-eval-DATASET-ROOT-SPLITS-MODEL-HASH.log.jsonl, HASH of the resolved "
+                        "ROOT, splits or categories and model; a default log is deleted once the run completes, "
+                        "and any new log that holds no finished batch when the run fails or is interrupted)")
     q.add_argument("--resume", action="store_true", help="continue an interrupted run from its log")
     q.add_argument("--skip-bad", action="store_true",
                    help="skip triplets with missing or unreadable files and report them, instead of stopping")
@@ -102,12 +106,13 @@ def run(args) -> int:
         subset = getattr(args, "subset", "val")
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
-        log, default_log = _log_path(args, distances.name)
+        log, default_log = _log_path(args, distances.name, names, subset)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()),
                       **({"subset": subset} if args.dataset == "bapps" else {}), "model_argument": args.model}
-        result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
-                          resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
-                          progress=True, max_batches=args.max_batches)
+        with _no_empty_logs([log], rank == 0):
+            result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
+                              resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
+                              progress=True, max_batches=args.max_batches)
     finally:
         distributed.shutdown()
     if rank != 0:
@@ -123,7 +128,10 @@ def run(args) -> int:
     total = nights_total(results) if args.dataset == "nights" else None
     if total is not None:
         results["total"] = total
-    attacked = _attack(args, distances, groups, result, attack, log) if attack is not None else None
+    attacked = None
+    if attack is not None:
+        with _no_empty_logs(_log_files(log, groups)[1:], True):
+            attacked = _attack(args, distances, groups, result, attack, log)
     label = "split" if args.dataset == "nights" else "category"
     headers = [label, "n", "mAP (%)" if task == "jnd" else "2AFC (%)"]
     rows = [[g, r["n"], f"{100 * r['score']:.2f}"] for g, r in results.items()]
@@ -143,7 +151,7 @@ def run(args) -> int:
         columns = ["group", "id", *spec.outputs, spec.target]
         write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in result.records))
     if default_log:  # complete: everything is in the outputs now
-        for path in [log, *(log.with_name(f"{log.name}.attack-{g}.jsonl") for g in groups)]:
+        for path in _log_files(log, groups):
             path.unlink(missing_ok=True)
     return 0
 
@@ -164,13 +172,45 @@ def _attack(args, distances, groups, result, options, log):
                          log=log, resume=args.resume, progress=True)
 
 
-def _log_path(args, model_name: str):
+def _log_path(args, model_name: str, names, subset: str):
+    """``(log, whether it is a default one)``. A default log beside no ``--out`` is named by what the
+    run reads, so that runs on other data, splits or models never share (or block) one: readable
+    parts, and a short hash of the resolved root, the selection and the model."""
     if args.log is not None:
         return args.log, False
     if args.out is not None:
         return args.out.with_name(args.out.name + ".log.jsonl"), True
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_")
-    return Path(f"rpmetric-eval-{args.dataset}-{slug}.log.jsonl"), True
+    root = args.root.resolve()
+    subset = subset if args.dataset == "bapps" else None
+    identity = json.dumps([args.dataset, str(root), subset, list(names), args.model, model_name])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    parts = [args.dataset, root.name, *([subset] if subset else []), "+".join(names), model_name]
+    slug = "-".join(re.sub(r"[^A-Za-z0-9._+]+", "_", part).strip("_")[:40] for part in parts)
+    return Path(f"rpmetric-eval-{slug}-{digest}.log.jsonl"), True
+
+
+def _log_files(log: Path, groups) -> list:
+    """The clean run's log, then the attack's log of each group."""
+    from ..attacks.cli import attack_log_path
+
+    return [log, *(attack_log_path(log, g) for g in groups)]
+
+
+@contextlib.contextmanager
+def _no_empty_logs(paths, enabled: bool):
+    """On an error or Ctrl-C, delete the logs among ``paths`` that this block created and that hold no
+    finished batch, so that the same command can start again; a log with finished batches stays, for
+    --resume."""
+    new = [path for path in paths if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        if enabled:
+            from ..runlog import remove_if_empty
+
+            for path in new:
+                remove_if_empty(path)
+        raise
 
 
 def _report_skipped(skipped, unit: str) -> None:
