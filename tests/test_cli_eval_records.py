@@ -48,6 +48,16 @@ def test_no_counterattack_is_recorded_as_none(fresh_nights, tmp_path):
     assert json.loads(out.read_text())["settings"]["counterattack"] is None
 
 
+def test_jnd_records_no_attack_setting(tmp_path):
+    entries, _ = datagen.JND_KNOWN
+    datagen.write_bapps_jnd(tmp_path / "bapps", "cnn", entries)
+    out = tmp_path / "jnd.json"
+    assert main(["eval", "jnd", str(tmp_path / "bapps"), "--model", "l2", "--categories", "cnn", "--workers", "0",
+                 "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert "attack" not in settings and settings["counterattack"] is None  # JND offers no attack
+
+
 def test_the_subset_is_logged_for_bapps_only(fresh_nights, tmp_path):
     log = tmp_path / "nights.jsonl"
     assert main(["eval", "nights", str(fresh_nights), "--model", "l2", "--workers", "0", "--log", str(log)]) == 0

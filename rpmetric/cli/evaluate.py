@@ -143,7 +143,7 @@ def run(args) -> int:
     print(format_table(rows, headers))
     if args.out is not None:
         summary = _summary(args, distances, task, names, subset, results, result, world)
-        summary["settings"].update(_defences(counterattack, attack))
+        summary["settings"].update(_defences(args, counterattack, attack))
         if attacked is not None:
             summary["attack"] = attacked
         write_json(args.out, summary)
@@ -219,11 +219,14 @@ def _report_skipped(skipped, unit: str) -> None:
         print(f"  {item['group']}/{item['id']}: {item['reason']}", file=sys.stderr)
 
 
-def _defences(counterattack, attack) -> dict:
-    """The counterattack and the attack as the JSON's settings record them; None for what is off."""
-    if attack is not None:
-        attack = {k: v for k, v in attack.items() if k != "eot_samples" or counterattack is not None}
-    return {"counterattack": None if counterattack is None else counterattack.to_dict(), "attack": attack}
+def _defences(args, counterattack, attack) -> dict:
+    """The counterattack and the attack as the JSON's settings record them: None for what is off,
+    nothing for what the dataset does not offer (JND has no attack)."""
+    settings = {"counterattack": None if counterattack is None else counterattack.to_dict()}
+    if hasattr(args, "attack"):
+        settings["attack"] = attack if attack is None or counterattack is not None else {
+            k: v for k, v in attack.items() if k != "eot_samples"}  # it applies to a counterattack only
+    return settings
 
 
 def _summary(args, distances, task, names, subset, results, result, world) -> dict:
