@@ -446,15 +446,17 @@ def pixel_unit_notice(option: str, value: float) -> Optional[str]:
     range (0 < value < 0.5, e.g. 0.0157 for 4/255), or None.
 
     Example:
-        >>> pixel_unit_notice("--eps", 0.0157)
-        '--eps 0.0157 is in units of 1/255, so it is taken as 0.0157/255 = 6.16e-05; for a fraction of the [0, 1] range, write it times 255: --eps 4'
+        >>> print(pixel_unit_notice("--eps", 0.0157))  # doctest: +NORMALIZE_WHITESPACE
+        --eps 0.0157 is in units of 1/255, so it is taken as 0.0157/255 = 6.16e-05;
+        for a fraction of the [0, 1] range, write it times 255: --eps 4
         >>> pixel_unit_notice("--eps", 4) is None
         True
     """
     if not 0 < value < 0.5:
         return None
-    return (f"{option} {value:g} is in units of 1/255, so it is taken as {value:g}/255 = {value / _PIXEL_UNIT:.3g}; "
-            f"for a fraction of the [0, 1] range, write it times 255: {option} {value * _PIXEL_UNIT:.3g}")
+    taken, meant = value / _PIXEL_UNIT, value * _PIXEL_UNIT
+    return (f"{option} {value:g} is in units of 1/255, so it is taken as {value:g}/255 = {taken:.3g}; "
+            f"for a fraction of the [0, 1] range, write it times 255: {option} {meant:.3g}")
 
 
 def add_counterattack_options(parser: argparse.ArgumentParser) -> None:
