@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
+import sys
 from typing import Callable, Iterable, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -142,6 +143,18 @@ class Counterattack:
         return (f"Counterattack(eps={self.eps:.6g}, step_size={self.step_size:.6g}, steps={self.steps}, "
                 f"tau_threshold={self.tau_threshold:.6g}, beta={self.beta:g}, seed={self.seed}, "
                 f"skip_stable={self.skip_stable}, tau_encoder={tau_encoder})")
+
+    def to_dict(self) -> dict:
+        """The settings as JSON-ready data (radii as fractions of [0, 1]), for results to record.
+
+        Example:
+            >>> Counterattack(tau_threshold=0.05).to_dict()["tau_threshold"]
+            0.05
+        """
+        return {"eps": self.eps, "step_size": self.step_size, "steps": self.steps,
+                "tau_threshold": self.tau_threshold, "beta": self.beta, "seed": self.seed,
+                "skip_stable": self.skip_stable,
+                "tau_encoder": None if self.tau_encoder is None else type(self.tau_encoder).__name__}
 
     # -- public API ------------------------------------------------------------------------
     def step_weights(self) -> torch.Tensor:
@@ -434,6 +447,24 @@ def _inputs(encoder, x) -> Tuple[Embed, torch.Tensor]:
 _PIXEL_UNIT = 255.0  # the CLI takes eps and step size in 1/255 units, as the papers state them
 
 
+def pixel_unit_notice(option: str, value: float) -> Optional[str]:
+    """A warning for an l-inf radius typed in 1/255 units that looks like a fraction of the [0, 1]
+    range (0 < value < 0.5, e.g. 0.0157 for 4/255), or None.
+
+    Example:
+        >>> print(pixel_unit_notice("--eps", 0.0157))  # doctest: +NORMALIZE_WHITESPACE
+        --eps 0.0157 is in units of 1/255, so it is taken as 0.0157/255 = 6.16e-05;
+        for a fraction of the [0, 1] range, write it times 255: --eps 4
+        >>> pixel_unit_notice("--eps", 4) is None
+        True
+    """
+    if not 0 < value < 0.5:
+        return None
+    taken, meant = value / _PIXEL_UNIT, value * _PIXEL_UNIT
+    return (f"{option} {value:g} is in units of 1/255, so it is taken as {value:g}/255 = {taken:.3g}; "
+            f"for a fraction of the [0, 1] range, write it times 255: {option} {meant:.3g}")
+
+
 def add_counterattack_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--counterattack`` and its knobs to a command's parser.
 
@@ -483,6 +514,9 @@ def counterattack_from_args(args: argparse.Namespace) -> Optional[Counterattack]
             options = ", ".join("--" + dest.replace("_", "-") for dest in given)
             raise ValueError(f"{options} only apply with --counterattack; add --counterattack or drop them.")
         return None
+    notice = pixel_unit_notice("--counterattack-eps", given.get("counterattack_eps", 0))
+    if notice:
+        print(f"rpmetric {getattr(args, 'command', '')}: warning: {notice}", file=sys.stderr)
     kwargs = {_KNOBS[dest][0]: value / _PIXEL_UNIT if _KNOBS[dest][1] else value for dest, value in given.items()}
     try:
         return Counterattack(**kwargs)

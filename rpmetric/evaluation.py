@@ -426,6 +426,7 @@ def load_groups(dataset: str, root, names: Sequence[str], subset: str = "val",
         parts = ["test_imagenet", "test_no_imagenet"] if dataset == "nights" and name == "test" else [name]
         expanded += [p for p in parts if p not in expanded]
     groups, skipped = {}, {}
+    reported = set()  # a NIGHTS row too short to name its split is bad in every split read: report it once
     for name in expanded:
         bad: Optional[List[BadItem]] = [] if skip_bad else None
         if dataset == "nights":
@@ -434,6 +435,8 @@ def load_groups(dataset: str, root, names: Sequence[str], subset: str = "val",
             groups[name] = read_bapps_2afc(root, name, subset, skipped=bad)
         else:
             groups[name] = read_bapps_jnd(root, name, skipped=bad)
+        bad = [b for b in bad or [] if (b.id, b.reason) not in reported]
+        reported.update((b.id, b.reason) for b in bad)
         if bad:
             skipped[name] = bad
     return ("2afc" if dataset in ("nights", "bapps") else "jnd"), groups, skipped

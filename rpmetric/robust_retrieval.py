@@ -177,5 +177,5 @@ def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Ten
         record["attacked"] = a
     clean = sum(c == t for c, t in zip(clean_pred, truth)) / n if n else float("nan")
     robust = sum(a == t for a, t in zip(attacked_pred, truth)) / n_attacked if n_attacked else None
-    return RetrievalAttackResult(task, n, clean, robust, config.to_dict() if config is not None else None, records,
-                                 n_attacked)
+    recorded = config.to_dict(defended=False) if config is not None else None  # no counterattack here
+    return RetrievalAttackResult(task, n, clean, robust, recorded, records, n_attacked)

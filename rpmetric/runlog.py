@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Union
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "remove_if_empty"]
 
 
 class RunLog:
@@ -108,6 +108,31 @@ class RunLog:
                 raise ValueError(f"{self.path}, line {number} is corrupt (not a JSON record with a 'key'); delete the "
                                  "log to start over.") from None
             self.done[key] = record
+
+
+def remove_if_empty(path: Union[str, Path]) -> bool:
+    """Delete a run log that holds its config line only (its run stopped before finishing a batch),
+    so that the same run can start again without ``resume``; True if it was deleted.
+
+    A torn last line counts as no record, as on resume. Anything that is not a run log is kept.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "run.jsonl")
+        >>> _ = RunLog(path, {"model": "l2"}, resume=False)
+        >>> remove_if_empty(path), os.path.exists(path)
+        (True, False)
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return False
+    if not data.startswith(b'{"config"') or data.count(b"\n") > 1:
+        return False
+    path.unlink()
+    return True
 
 
 _MISSING = object()

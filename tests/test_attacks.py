@@ -555,17 +555,18 @@ def test_attack_groups_per_split_with_the_nights_total(tiny_metric, nights, tmp_
     again = attack_groups(tiny_metric, groups, options, batch_size=3, log=log, resume=True, progress=False)
     assert again == results
     partial = attack_groups(tiny_metric, groups, {**options, "n_samples": 1}, batch_size=3, progress=False)
-    assert "total" not in partial  # a total of partial splits would not be the NIGHTS total
+    # a total over what was attacked, weighted by the attacked counts: ti-left-0 right, tn-left-1 wrong
+    assert partial["total"]["n"] == 2 and partial["total"]["clean_accuracy"] == pytest.approx(1 / 2)
 
 
 def test_attack_table_cells():
     from rpmetric.attacks import attack_columns, attack_headers
 
-    summary = {"clean_accuracy": 0.875, "robust_accuracy": 0.125,
+    summary = {"n": 8, "clean_accuracy": 0.875, "robust_accuracy": 0.125,
                "counterattack": {"clean_accuracy": 0.75, "nonadaptive_accuracy": 0.5, "adaptive_accuracy": 0.0}}
-    assert attack_columns(summary, defended=False) == ["87.50", "12.50"]
-    assert attack_columns(summary, defended=True) == ["87.50", "12.50", "75.00", "50.00", "0.00"]
-    assert attack_columns(None, defended=True) == [""] * 5 == [""] * len(attack_headers(True))
+    assert attack_columns(summary, defended=False) == ["8", "87.50", "12.50"]
+    assert attack_columns(summary, defended=True) == ["8", "87.50", "12.50", "75.00", "50.00", "0.00"]
+    assert attack_columns(None, defended=True) == [""] * 6 == [""] * len(attack_headers(True))
 
 
 def _parsed(argv):

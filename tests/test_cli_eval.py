@@ -189,7 +189,7 @@ def test_attack_columns_and_json(nights_known, vit_folder, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert "clean acc (%)" in lines[0] and "robust acc (%)" in lines[0]
     # binary accuracy by hand: tn-left-1 (p=1: people chose right, the metric left) wrong, tn-left-q right
-    assert lines[2].split()[:4] == ["test_no_imagenet", "2", "37.50", "50.00"]
+    assert lines[2].split()[:5] == ["test_no_imagenet", "2", "37.50", "2", "50.00"]
     attack = json.loads(out.read_text())["attack"]["test_no_imagenet"]
     assert attack["n"] == 2 and attack["clean_accuracy"] == 0.5 and attack["attack"]["steps"] == 2
     assert 0.0 <= attack["robust_accuracy"] <= 0.5

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from ..counterattack import pixel_unit_notice
 from ..evaluation import nights_total
 from .config import AttackConfig, Norm
 
-__all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_columns", "attack_headers"]
+__all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_log_path", "attack_columns",
+           "attack_headers"]
 
 _OPTIONS = ("eps", "steps", "restarts", "n_samples", "seed", "eot_samples")
 
@@ -78,6 +81,9 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
     eps = given["eps"]
     if eps is not None:
         _check_cli_eps(norm, eps)
+        notice = pixel_unit_notice("--eps", eps) if norm is Norm.LINF else None
+        if notice:
+            print(f"rpmetric {getattr(args, 'command', '')}: warning: {notice}", file=sys.stderr)
         if norm is Norm.LINF:
             eps = eps / 255  # the command line states l-inf radii as the papers do, in 1/255 units
     defaults = AttackConfig()
@@ -90,6 +96,9 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
     n_samples = given["n_samples"]
     if n_samples is not None and n_samples < 1:
         raise ValueError(f"Argument `--n-samples` must be at least 1, but got {n_samples}.")
+    from .apgd import apgd_class
+
+    apgd_class()  # a missing pyautoattack fails now, not after the clean evaluation
     return {"norm": config.norm.value, "eps": config.eps, "steps": config.steps, "restarts": config.restarts,
             "seed": config.seed, "eot_samples": config.eot_samples, "n_samples": n_samples}
 
@@ -100,7 +109,8 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
     options from :func:`attack_config_from_args`; ``{group: AttackResult.to_dict()}``.
 
     Each group has its own run log, ``LOG.attack-GROUP.jsonl`` beside ``log``. When both NIGHTS test
-    parts were attacked in full, ``"total"`` holds their size-weighted mean, like the 2AFC total.
+    parts were attacked, ``"total"`` holds their mean weighted by the attacked counts (with
+    ``n_samples``, the first N of each part), like the 2AFC total.
 
     Example:
         >>> results = attack_groups(metric, {"test_imagenet": triplets}, options, batch_size=16)  # doctest: +SKIP
@@ -109,29 +119,35 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
 
     results = {}
     for group, records in groups.items():
-        runlog = None if log is None else Path(log).with_name(f"{Path(log).name}.attack-{group}.jsonl")
+        runlog = None if log is None else attack_log_path(log, group)
         result = evaluate_attack(metric, records, batch_size=batch_size, workers=workers, runlog_path=runlog,
                                  resume=resume and runlog is not None and runlog.exists(), progress=progress,
                                  **options)
         results[group] = result.to_dict()
-    if all(g in results and results[g]["n"] == len(groups[g]) for g in _NIGHTS_TEST):
+    if all(g in results for g in _NIGHTS_TEST):
         results["total"] = _weighted_total(results)
     return results
 
 
+def attack_log_path(log, group: str) -> Path:
+    """The run log of the attack on ``group`` beside the clean run's ``log``: ``LOG.attack-GROUP.jsonl``."""
+    return Path(log).with_name(f"{Path(log).name}.attack-{group}.jsonl")
+
+
 def attack_columns(summary: Optional[dict], defended: bool) -> List[str]:
-    """Table cells (percent) for one group's attack summary; ``attack_headers(defended)`` names them."""
+    """Table cells for one group's attack summary, the attacked count then percentages;
+    ``attack_headers(defended)`` names them."""
     if summary is None:
         return [""] * len(attack_headers(defended))
     cells = [summary["clean_accuracy"], summary["robust_accuracy"]]
     if defended:
         ca = summary.get("counterattack") or {}
         cells += [ca.get("clean_accuracy"), ca.get("nonadaptive_accuracy"), ca.get("adaptive_accuracy")]
-    return ["" if v is None else f"{100 * v:.2f}" for v in cells]
+    return [str(summary["n"])] + ["" if v is None else f"{100 * v:.2f}" for v in cells]
 
 
 def attack_headers(defended: bool) -> List[str]:
-    headers = ["clean acc (%)", "robust acc (%)"]
+    headers = ["n attacked", "clean acc (%)", "robust acc (%)"]
     return headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
 
 

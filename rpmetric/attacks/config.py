@@ -89,8 +89,10 @@ class AttackConfig:
         return cls(norm, eps, check_int("steps", steps, 1), check_int("restarts", restarts, 1),
                    check_int("seed", seed, 0), check_int("eot_samples", eot_samples, 1))
 
-    def to_dict(self) -> dict:
-        """The config as JSON-ready data (what results and run logs record)."""
-        return {"attack": "apgd-ce", "norm": self.norm.value, "eps": self.eps, "steps": self.steps,
-                "restarts": self.restarts, "seed": self.seed, "eot_samples": self.eot_samples}
+    def to_dict(self, defended: bool = True) -> dict:
+        """The config as JSON-ready data (what results and run logs record); ``eot_samples`` only
+        when ``defended`` (the attack runs on a counterattack), as it applies to nothing else."""
+        config = {"attack": "apgd-ce", "norm": self.norm.value, "eps": self.eps, "steps": self.steps,
+                  "restarts": self.restarts, "seed": self.seed}
+        return {**config, "eot_samples": self.eot_samples} if defended else config
 

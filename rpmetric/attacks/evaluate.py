@@ -311,7 +311,7 @@ def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, ke
     return {
         "task": "robust-2afc",
         "model": getattr(spec, "name", type(metric).__name__),
-        "attack": config.to_dict(),
+        "attack": config.to_dict(defended=counterattack is not None),
         "counterattack": None if counterattack is None else repr(counterattack),
         "batch_size": batch_size,
         "n": len(keys),

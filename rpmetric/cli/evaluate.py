@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import sys
@@ -37,12 +40,16 @@ def register(sub) -> None:
         q = datasets.add_parser(name, help=summary, description=f"{summary}. {layout}")
         q.add_argument("root", type=Path, metavar="ROOT", help="dataset folder")
         if name == "nights":
-            q.add_argument("--split", nargs="+", default=["test"], choices=NIGHTS_SPLITS, metavar="SPLIT",
-                           help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)} (default: test)")
+            # extend: a repeated option adds to the list (argparse's default would keep the last one only)
+            q.add_argument("--split", nargs="+", action="extend", default=None, choices=NIGHTS_SPLITS,
+                           metavar="SPLIT", help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)}; "
+                                                 "repeatable (default: test)")
         else:
             categories = BAPPS_2AFC_CATEGORIES if name == "bapps" else BAPPS_JND_CATEGORIES
-            q.add_argument("--categories", nargs="+", default=list(categories), choices=categories,
-                           metavar="CATEGORY", help=f"categories, of {', '.join(categories)} (default: all)")
+            q.add_argument("--categories", nargs="+", action="extend", default=None, choices=categories,
+                           metavar="CATEGORY", help=f"categories, of {', '.join(categories)}; repeatable "
+                                                    "(default: all)")
+        q.set_defaults(default_names=["test"] if name == "nights" else list(categories))
         if name == "bapps":
             q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS, help="2afc/train or 2afc/val (default: val)")
         _add_run_options(q)
@@ -67,8 +74,9 @@ def _add_run_options(q) -> None:
                    help="write one row per triplet (group,id,d0,d1,p) or pair (group,id,d,same)")
     q.add_argument("--log", type=Path, default=None, metavar="FILE.jsonl",
                    help="run log of per-sample results, written as the run proceeds (default: OUT.log.jsonl beside "
-                        "--out, else ./rpmetric-eval-DATASET-MODEL.log.jsonl; a default log is deleted once the run "
-                        "completes)")
+                        "--out, else ./rpmetric-eval-DATASET-ROOT-SPLITS-MODEL-HASH.log.jsonl, HASH of the resolved "
+                        "ROOT, splits or categories and model; a default log is deleted once the run completes, "
+                        "and any new log that holds no finished batch when the run fails or is interrupted)")
     q.add_argument("--resume", action="store_true", help="continue an interrupted run from its log")
     q.add_argument("--skip-bad", action="store_true",
                    help="skip triplets with missing or unreadable files and report them, instead of stopping")
@@ -94,16 +102,17 @@ def run(args) -> int:
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
     try:
-        names = args.split if args.dataset == "nights" else args.categories
+        names = _selection(args)
         subset = getattr(args, "subset", "val")
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
-        log, default_log = _log_path(args, distances.name)
-        run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
-                      "model_argument": args.model}
-        result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
-                          resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
-                          progress=True, max_batches=args.max_batches)
+        log, default_log = _log_path(args, distances.name, names, subset)
+        run_config = {"dataset": args.dataset, "root": str(args.root.resolve()),
+                      **({"subset": subset} if args.dataset == "bapps" else {}), "model_argument": args.model}
+        with _no_empty_logs([log], rank == 0):
+            result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
+                              resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
+                              progress=True, max_batches=args.max_batches)
     finally:
         distributed.shutdown()
     if rank != 0:
@@ -119,7 +128,10 @@ def run(args) -> int:
     total = nights_total(results) if args.dataset == "nights" else None
     if total is not None:
         results["total"] = total
-    attacked = _attack(args, distances, groups, result, attack, log) if attack is not None else None
+    attacked = None
+    if attack is not None:
+        with _no_empty_logs(_log_files(log, groups)[1:], True):
+            attacked = _attack(args, distances, groups, result, attack, log)
     label = "split" if args.dataset == "nights" else "category"
     headers = [label, "n", "mAP (%)" if task == "jnd" else "2AFC (%)"]
     rows = [[g, r["n"], f"{100 * r['score']:.2f}"] for g, r in results.items()]
@@ -131,6 +143,7 @@ def run(args) -> int:
     print(format_table(rows, headers))
     if args.out is not None:
         summary = _summary(args, distances, task, names, subset, results, result, world)
+        summary["settings"].update(_defences(args, counterattack, attack))
         if attacked is not None:
             summary["attack"] = attacked
         write_json(args.out, summary)
@@ -138,9 +151,15 @@ def run(args) -> int:
         columns = ["group", "id", *spec.outputs, spec.target]
         write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in result.records))
     if default_log:  # complete: everything is in the outputs now
-        for path in [log, *(log.with_name(f"{log.name}.attack-{g}.jsonl") for g in groups)]:
+        for path in _log_files(log, groups):
             path.unlink(missing_ok=True)
     return 0
+
+
+def _selection(args) -> list:
+    """The splits or categories asked for, each once, in the order given (the default when none)."""
+    given = args.split if args.dataset == "nights" else args.categories
+    return list(dict.fromkeys(given or args.default_names))
 
 
 def _attack(args, distances, groups, result, options, log):
@@ -153,19 +172,61 @@ def _attack(args, distances, groups, result, options, log):
                          log=log, resume=args.resume, progress=True)
 
 
-def _log_path(args, model_name: str):
+def _log_path(args, model_name: str, names, subset: str):
+    """``(log, whether it is a default one)``. A default log beside no ``--out`` is named by what the
+    run reads, so that runs on other data, splits or models never share (or block) one: readable
+    parts, and a short hash of the resolved root, the selection and the model."""
     if args.log is not None:
         return args.log, False
     if args.out is not None:
         return args.out.with_name(args.out.name + ".log.jsonl"), True
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name).strip("_")
-    return Path(f"rpmetric-eval-{args.dataset}-{slug}.log.jsonl"), True
+    root = args.root.resolve()
+    subset = subset if args.dataset == "bapps" else None
+    identity = json.dumps([args.dataset, str(root), subset, list(names), args.model, model_name])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
+    parts = [args.dataset, root.name, *([subset] if subset else []), "+".join(names), model_name]
+    slug = "-".join(re.sub(r"[^A-Za-z0-9._+]+", "_", part).strip("_")[:40] for part in parts)
+    return Path(f"rpmetric-eval-{slug}-{digest}.log.jsonl"), True
+
+
+def _log_files(log: Path, groups) -> list:
+    """The clean run's log, then the attack's log of each group."""
+    from ..attacks.cli import attack_log_path
+
+    return [log, *(attack_log_path(log, g) for g in groups)]
+
+
+@contextlib.contextmanager
+def _no_empty_logs(paths, enabled: bool):
+    """On an error or Ctrl-C, delete the logs among ``paths`` that this block created and that hold no
+    finished batch, so that the same command can start again; a log with finished batches stays, for
+    --resume."""
+    new = [path for path in paths if not path.exists()]
+    try:
+        yield
+    except BaseException:
+        if enabled:
+            from ..runlog import remove_if_empty
+
+            for path in new:
+                remove_if_empty(path)
+        raise
 
 
 def _report_skipped(skipped, unit: str) -> None:
     print(f"rpmetric eval: skipped {len(skipped)} bad {unit}(s):", file=sys.stderr)
     for item in skipped:
         print(f"  {item['group']}/{item['id']}: {item['reason']}", file=sys.stderr)
+
+
+def _defences(args, counterattack, attack) -> dict:
+    """The counterattack and the attack as the JSON's settings record them: None for what is off,
+    nothing for what the dataset does not offer (JND has no attack)."""
+    settings = {"counterattack": None if counterattack is None else counterattack.to_dict()}
+    if hasattr(args, "attack"):
+        settings["attack"] = attack if attack is None or counterattack is not None else {
+            k: v for k, v in attack.items() if k != "eot_samples"}  # it applies to a counterattack only
+    return settings
 
 
 def _summary(args, distances, task, names, subset, results, result, world) -> dict:
