@@ -415,23 +415,30 @@ def test_update_embeds_only_new_and_changed_files_and_drops_removed_ones(tmp_pat
     assert (tmp_path / "s" / "manifest.json").stat().st_mtime_ns == stamp
 
 
-def test_an_interrupted_update_resumes(tmp_path, tiny_metric, monkeypatch):
+def interrupted_update(tmp_path, metric, monkeypatch, writes_before_dying: int) -> Path:
+    """The source folder of a store in tmp_path/s whose update, after change_folder, was killed
+    after writing that many shards."""
     src = changed_copy(tmp_path)
-    build_store(src, tmp_path / "s", tiny_metric, **KW)
+    build_store(src, tmp_path / "s", metric, **KW)
     change_folder(src)
     real_write = store_mod._write_shard
     writes = []
 
     def write_then_die(*args):
-        if len(writes) == 2:
+        if len(writes) == writes_before_dying:
             raise KeyboardInterrupt
         writes.append(args[1])
         real_write(*args)
 
     monkeypatch.setattr(store_mod, "_write_shard", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        build_store(src, tmp_path / "s", tiny_metric, update=True, **KW)
+        build_store(src, tmp_path / "s", metric, update=True, **KW)
     monkeypatch.setattr(store_mod, "_write_shard", real_write)
+    return src
+
+
+def test_an_interrupted_update_resumes(tmp_path, tiny_metric, monkeypatch):
+    src = interrupted_update(tmp_path, tiny_metric, monkeypatch, 2)
     kept = (tmp_path / "s" / "emb-00000.npy").stat().st_mtime_ns
     resumed = build_store(src, tmp_path / "s", tiny_metric, **KW)  # a plain rerun finishes the update
     assert (tmp_path / "s" / "emb-00000.npy").stat().st_mtime_ns == kept
@@ -473,22 +480,7 @@ def test_list_paths_resolve_against_the_list_folder_and_a_missing_one_is_named(t
 
 
 def test_an_interrupted_update_of_a_folder_that_changes_again_updates_again(tmp_path, tiny_metric, monkeypatch):
-    src = changed_copy(tmp_path)
-    build_store(src, tmp_path / "s", tiny_metric, **KW)
-    change_folder(src)
-    real_write = store_mod._write_shard
-    writes = []
-
-    def write_once_then_die(*args):
-        if writes:
-            raise KeyboardInterrupt
-        writes.append(args[1])
-        real_write(*args)
-
-    monkeypatch.setattr(store_mod, "_write_shard", write_once_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        build_store(src, tmp_path / "s", tiny_metric, update=True, **KW)
-    monkeypatch.setattr(store_mod, "_write_shard", real_write)
+    src = interrupted_update(tmp_path, tiny_metric, monkeypatch, 1)
     save_image(src / "a-first.png", 30)  # shifts every file by one place in the plan
     (src / "img7.png").unlink()
     calls, handle = count_encoder_calls(tiny_metric)
