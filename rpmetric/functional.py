@@ -39,7 +39,8 @@ _CACHE_SIZE = 4
 _CACHE_LOCK = threading.Lock()
 
 
-def distance(x: torch.Tensor, y: torch.Tensor, model=None, *, device=None, value_range=(0.0, 1.0)) -> torch.Tensor:
+def distance(x: torch.Tensor, y: torch.Tensor, model=None, *, device=None, value_range=(0.0, 1.0),
+             clamp: bool = False) -> torch.Tensor:
     """Perceptual distance ``[N]`` between image batches, loading (once) and caching the model.
 
     Args:
@@ -47,6 +48,8 @@ def distance(x: torch.Tensor, y: torch.Tensor, model=None, *, device=None, value
         model: zoo name, ``hf-hub:ORG/NAME`` or local folder; None for the default model.
         device: where to run; defaults to the device of ``x``.
         value_range: the range the images are in.
+        clamp: clamp inputs into ``value_range`` rather than refuse values outside it, with
+            gradients passed straight through (see :class:`~rpmetric.RobustDistance`).
 
     Example:
         >>> import rpmetric, torch
@@ -55,11 +58,11 @@ def distance(x: torch.Tensor, y: torch.Tensor, model=None, *, device=None, value
     from .metric import RobustDistance
 
     device = torch.device(device) if device is not None else x.device if isinstance(x, torch.Tensor) else None
-    key = (str(model), str(device), tuple(float(v) for v in value_range))
+    key = (str(model), str(device), tuple(float(v) for v in value_range), clamp)
     with _CACHE_LOCK:
         metric = _CACHE.get(key)
         if metric is None:
-            metric = RobustDistance(model, device=device, value_range=value_range)
+            metric = RobustDistance(model, device=device, value_range=value_range, clamp=clamp)
             _CACHE[key] = metric
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)

@@ -14,14 +14,28 @@ from .validation import check_int
 __all__ = ["load_image", "read_rgb", "read_pixels", "unit_float"]
 
 _EXIF_ORIENTATION = 0x0112
+# Pillow's convert("RGB") clips these modes at 255 rather than scaling them, so that a 16-bit
+# image loads as white; they are scaled here instead.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_CHUNK_PIXELS = 1 << 20  # rows are scaled in blocks of about this many pixels, to bound the temporaries
+# 16-bit value -> nearest 8-bit level (v * 255 / 65535 is never a tie: it is v / 257).
+_LEVELS_16 = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def read_rgb(path: Union[str, Path]) -> np.ndarray:
-    """``H x W x 3`` uint8 RGB array; grayscale, palette and RGBA files are converted, EXIF rotation applied.
+    """``H x W x 3`` uint8 RGB array of an image file, in any of Pillow's pixel modes; EXIF rotation applied.
+
+    Modes of more than 8 bits are scaled to 8, rounding to nearest: 16-bit (``I;16``, ``I;16B``,
+    ``I;16L``) and 32-bit integer (``I``, read as 16-bit values in [0, 65535], as Pillow writes it
+    to PNG) by 255/65535, 32-bit float (``F``) from [0, 1]. Pillow's ``convert("RGB")`` converts
+    every other mode: transparency is dropped (the colour under it is kept) and CMYK goes through
+    Pillow's conversion. Pillow itself decodes 16-bit colour PNGs to 8 bits, keeping the high byte
+    of each value (within one level of rounding).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a readable image.
+        ValueError: the file is not a readable image, or its ``I`` or ``F`` pixels lie outside the
+            range those modes are read in.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -34,11 +48,42 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
             # a third of the decoding time of a typical JPEG: only call them when needed.
             if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
                 img = ImageOps.exif_transpose(img)
+            if img.mode in _WIDE_MODES:
+                return _wide_to_rgb(np.asarray(img), img.mode, path)
             if img.mode != "RGB":
                 img = img.convert("RGB")
             return np.asarray(img)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} cannot be read as an image: {err}") from None
+
+
+def _wide_to_rgb(a: np.ndarray, mode: str, path: Path) -> np.ndarray:
+    """``H x W`` pixels of a 16-bit, 32-bit integer or float mode as ``H x W x 3`` uint8 grey."""
+    lo, hi = (a.min(), a.max()) if a.size else (0, 0)  # NaN propagates into both
+    if mode == "F":
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{path} holds NaN or infinite pixels; float (mode F) images must hold values in [0, 1].")
+        tol = 1e-3  # float rounding at the ends of the range, removed by the clip below
+        if lo < -tol or hi > 1 + tol:
+            raise ValueError(
+                f"{path} holds 32-bit float pixels in [{lo:.4g}, {hi:.4g}]; float (mode F) images are read as "
+                "[0, 1]: rescale the file into [0, 1], or save it with 8 or 16 bits per channel."
+            )
+    elif lo < 0 or hi > 65535:
+        raise ValueError(
+            f"{path} holds 32-bit integer pixels in [{lo}, {hi}]; integer (mode I) images are read as 16-bit "
+            "values in [0, 65535]: rescale the file into that range, or save it with 8 or 16 bits per channel."
+        )
+    out = np.empty(a.shape + (3,), np.uint8)
+    rows = max(1, _CHUNK_PIXELS // max(1, a.shape[1]))
+    for r in range(0, a.shape[0], rows):
+        block = a[r:r + rows]
+        if mode == "F":
+            grey = np.floor(np.clip(block, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+        else:
+            grey = _LEVELS_16[block.astype(np.uint16)]
+        out[r:r + rows] = grey[..., None]
+    return out
 
 
 def read_pixels(path: Union[str, Path]) -> torch.Tensor:

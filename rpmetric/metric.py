@@ -47,10 +47,16 @@ class RobustDistance(nn.Module):
             for every metric that uses it.
         counterattack: an optional test-time defence applied to every image before embedding
             (see :class:`rpmetric.Counterattack`); None for none.
+        clamp: clamp inputs into ``value_range`` instead of refusing values outside it, for loss
+            loops whose images drift out of range. The clamp passes gradients straight through
+            (as if it were the identity), so pixels outside the range still get gradients. NaN and
+            infinite values are refused either way.
 
     The encoder is frozen and stays in eval mode; gradients flow to the input images only, so
     the metric can serve as a loss. Under ``torch.autocast`` the encoder runs in reduced precision
-    and the distance is computed in float32.
+    and the distance is computed in float32. float16 and bfloat16 inputs are cast to float32 inside
+    (on the CPU torch cannot resize them) and give float32 distances; gradients reach them in their
+    own dtype.
 
     Example:
         >>> import torch, rpmetric
@@ -61,9 +67,12 @@ class RobustDistance(nn.Module):
     """
 
     def __init__(self, model=None, *, device=None, value_range=(0.0, 1.0), resize: Optional[bool] = None,
-                 counterattack=None):
+                 counterattack=None, clamp: bool = False):
         super().__init__()
         self.value_range = check_value_range(value_range)
+        if not isinstance(clamp, bool):
+            raise TypeError(f"Argument `clamp` must be True or False, but got {clamp!r}.")
+        self.clamp = clamp
         if isinstance(model, Encoder):
             encoder = model
             if resize is not None:
@@ -89,7 +98,8 @@ class RobustDistance(nn.Module):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return f"model={self.spec.name!r}, value_range={self.value_range}, resize={self.encoder.resize}"
+        return (f"model={self.spec.name!r}, value_range={self.value_range}, resize={self.encoder.resize}, "
+                f"clamp={self.clamp}")
 
     # -- API -------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -99,13 +109,13 @@ class RobustDistance(nn.Module):
             normalize: L2-normalise (the default); False gives the projected embedding ``f``
                 before normalisation, as used by the counterattack.
         """
-        f = self.features(self._to_unit(x, check_images(x, "x", self.value_range)))
+        f = self.features(self._to_unit(x, self._check(x, "x")))
         return nn.functional.normalize(f, dim=-1) if normalize else f
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distances ``[N]`` between ``x`` and ``y`` (a batch of 1 on either side broadcasts)."""
-        x_range = check_images(x, "x", self.value_range)
-        y_range = check_images(y, "y", self.value_range)
+        x_range = self._check(x, "x")
+        y_range = self._check(y, "y")
         check_batches(x, y)
         x, y = self._to_unit(x, x_range), self._to_unit(y, y_range)
         # Two passes rather than one over cat([x, y]): on CPU a batch of 2N measured slower than two
@@ -119,7 +129,7 @@ class RobustDistance(nn.Module):
         This is what ``forward`` and ``embed`` do first; tools that work in pixel space
         (attacks, the counterattack) use it to accept the same inputs as the metric.
         """
-        return self._to_unit(x, check_images(x, "x", self.value_range))
+        return self._to_unit(x, self._check(x, "x"))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Raw embeddings ``[N, D]`` of images already in [0, 1] (any size), through the counterattack
@@ -129,12 +139,20 @@ class RobustDistance(nn.Module):
         return self.encoder(x)
 
     # -- internals -------------------------------------------------------------------------
+    def _check(self, x, name: str):
+        return check_images(x, name, self.value_range, clamp=self.clamp)
+
     def _to_unit(self, x: torch.Tensor, observed) -> torch.Tensor:
-        """Map ``value_range`` to [0, 1]; ``observed`` is the (min, max) validation found."""
+        """Map ``value_range`` to [0, 1] in float32 at least; ``observed`` is the (min, max) validation found."""
         low, high = self.value_range
         x = x.to(self.device)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         if (low, high) != (0.0, 1.0):
             x = (x - low) / (high - low)
         if observed[0] < low or observed[1] > high:
-            x = x.clamp(0.0, 1.0)  # removes the tolerated rounding overshoot only
+            clamped = x.clamp(0.0, 1.0)
+            # clamp=True: straight through, so drifted pixels keep their gradients; otherwise this
+            # only removes the rounding overshoot that validation tolerates.
+            x = x + (clamped - x).detach() if self.clamp else clamped
         return x

@@ -3,11 +3,14 @@
 Layout of a store folder::
 
     manifest.json        what the store is: model spec, package version, dim, dtype, root, the
-                         embedded paths in order, the skipped files with reasons, the shard list
+                         embedded paths in order, the skipped files with reasons, the shard list,
+                         and the size and mtime of every input file
     emb-00000.npy        [n, dim] float16 or float32 embeddings of shard 0 (readable files only)
-    shard-00000.json     shard 0's embedded paths and skipped files; written last, so its presence
-                         marks the shard complete
+    shard-00000.json     shard 0's embedded paths and skipped files with their sizes and mtimes, and
+                         the plan it belongs to; written last, so its presence marks the shard complete
     ...
+    reuse.json           only while an update runs: the rows of the previous store that are still
+    reuse-emb.npy        valid (same path, size and mtime), gathered before its shards are replaced
 
 The input files (sorted) are cut into fixed shards of ``shard_size`` files before any work starts,
 and that plan is saved in the manifest. Each shard is written atomically (temporary file, then
@@ -16,16 +19,22 @@ automatically and embeds only the missing shards. Under ``torchrun`` rank r take
 r+2W, ...; because shards are fixed by the plan, the result is the same store as a single process
 writes, and rank 0 finishes the manifest once every rank is done (``--out`` must be on a filesystem
 all ranks share).
+
+A rerun on a source whose files were added, removed or changed (size or mtime) since the plan was
+made is refused, or with ``update=True`` re-planned: the still valid rows are first gathered into
+``reuse-emb.npy``, then a new plan is saved and only new and changed files are embedded. That run
+resumes like any other, as its shard records name the plan they belong to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -40,8 +49,9 @@ from .unique import embed_unique
 __all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model_input", "DTYPES"]
 
 FORMAT = "rpmetric-embeddings"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: file sizes and mtimes ("stats"), shard records name their plan
 MANIFEST = "manifest.json"
+REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
 # Settings that must match for a rerun to resume an existing store rather than start a new one.
 _PLAN_KEYS = ("model", "dtype", "shard_size", "source")
@@ -57,13 +67,21 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
     """The files to embed: ``(root, paths relative to root)``, sorted.
 
     Args:
-        source: a folder (walked recursively; hidden files and folders are left out) or a text
-            file listing one path per line (relative paths are relative to the list's folder;
-            blank lines and lines starting with ``#`` are ignored).
+        source: a folder (walked recursively, following symlinked folders and files; hidden files
+            and folders are left out) or a text file listing one path per line (relative paths are
+            relative to the list file's folder, not to the working directory; blank lines and lines
+            starting with ``#`` are ignored).
         exclude: a folder to leave out of the walk (the store itself, when it lies inside).
 
     Every regular file is listed, images or not: a file that cannot be decoded is reported as
-    skipped later, with the reason, rather than silently ignored.
+    skipped later, with the reason, rather than silently ignored. Each real folder is walked once,
+    so a symlink loop ends, and a folder that two symlinks reach is listed under the first of them
+    in sorted order.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist, or a list names a file that does not (the
+            message names the list, the line and the resolved path).
+        ValueError: a list names no files, or a folder cannot be listed.
 
     Example:
         >>> import tempfile, pathlib
@@ -72,27 +90,87 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
         >>> list_files(d)[1]
         ['a/c.jpg', 'b.png']
     """
+    root, paths, _ = _listing(source, exclude)
+    return root, paths
+
+
+def _listing(source: Union[str, Path], exclude: Optional[Path] = None) -> Tuple[Path, List[str], Dict[str, list]]:
+    """:func:`list_files` and ``{path: [size, mtime_ns]}`` of each listed file."""
     source = Path(source).expanduser()
     if source.is_dir():
         root = source.resolve()
-        skip = exclude.resolve() if exclude is not None else None
-        paths = []
-        for path in root.rglob("*"):
-            rel = path.relative_to(root)
-            if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-                continue
-            if skip is not None and (path == skip or skip in path.parents):
-                continue
-            paths.append(rel.as_posix())
-        return root, sorted(paths)
+        found = _walk(root, exclude.resolve() if exclude is not None else None)
+        paths = sorted(found)
+        return root, paths, {p: found[p] for p in paths}
     if source.is_file():
-        root = source.resolve().parent
-        lines = [line.strip() for line in source.read_text().splitlines()]
-        paths = [line for line in lines if line and not line.startswith("#")]
-        if not paths:
-            raise ValueError(f"The file list {source} names no files; give one path per line.")
-        return root, paths
-    raise FileNotFoundError(f"Input {source} does not exist; give a folder of images or a text file listing image paths.")
+        return _read_list(source)
+    raise missing_source(source)
+
+
+def missing_source(source) -> FileNotFoundError:
+    """The error for a SOURCE that does not exist (the command line checks it before loading a model)."""
+    return FileNotFoundError(f"Input {source} does not exist; give a folder of images or a text file listing image paths.")
+
+
+def _file_stats(st: os.stat_result) -> list:
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _walk(root: Path, skip: Optional[Path]) -> Dict[str, list]:
+    """``{path relative to root: [size, mtime_ns]}`` of the non-hidden files under ``root`` (see :func:`list_files`)."""
+    found: Dict[str, list] = {}
+    seen = set()  # (device, inode) of every folder walked: the loop protection
+    stack = [(root, "")]
+    while stack:  # depth first, in sorted order, without recursion (trees may be deep)
+        folder, prefix = stack.pop()
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)  # the stack pops them in order
+        except OSError as err:
+            raise ValueError(f"Folder {folder} cannot be listed ({err.strerror or err}); fix its permissions "
+                             "or leave it out of the source.") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():  # follows symlinks, as is_file below does
+                    real = Path(os.path.realpath(entry.path))
+                    if skip is None or not (real == skip or skip in real.parents):
+                        stack.append((folder / entry.name, f"{prefix}{entry.name}/"))
+                elif entry.is_file():
+                    found[prefix + entry.name] = _file_stats(entry.stat())
+            except OSError:  # a dangling symlink, or a file removed while walking
+                continue
+    return found
+
+
+def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list]]:
+    root = source.resolve().parent
+    paths, stats, missing = [], {}, []
+    for number, line in enumerate(source.read_text().splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        resolved = root / name  # an absolute path stays as it is
+        try:
+            stats[name] = _file_stats(resolved.stat())
+        except OSError:
+            missing.append((number, name, resolved))
+        paths.append(name)
+    if missing:
+        number, name, resolved = missing[0]
+        more = f" ({len(missing) - 1} more listed file{' is' if len(missing) == 2 else 's are'} missing)" if len(missing) > 1 else ""
+        raise FileNotFoundError(
+            f"{source}, line {number}: {name!r} resolves to {resolved}, which does not exist{more}; paths in a "
+            f"list file are relative to its folder ({root}), not to the working directory, unless absolute."
+        )
+    if not paths:
+        raise ValueError(f"The file list {source} names no files; give one path per line.")
+    return root, paths, stats
 
 
 # -- decoding in DataLoader workers ------------------------------------------------------------
@@ -214,20 +292,52 @@ def _shard_names(k: int) -> Tuple[str, str]:
     return f"emb-{k:05d}.npy", f"shard-{k:05d}.json"
 
 
-def _shard_done(out: Path, k: int) -> bool:
+def _shard_done(out: Path, k: int, plan_id: Optional[str]) -> bool:
+    """Shard ``k`` of the plan ``plan_id`` is written (a shard of an earlier plan is not)."""
     emb_name, meta_name = _shard_names(k)
-    return (out / meta_name).is_file() and (out / emb_name).is_file()
+    if not ((out / meta_name).is_file() and (out / emb_name).is_file()):
+        return False
+    return json.loads((out / meta_name).read_text()).get("plan") == plan_id
 
 
-def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: List[dict]) -> None:
+def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: List[dict],
+                 plan_id: Optional[str] = None, stats: Optional[dict] = None) -> None:
     emb_name, meta_name = _shard_names(k)
     atomic_write(out / emb_name, lambda f: np.save(f, emb, allow_pickle=False))
-    # The shard's record comes last: its presence is what marks the shard complete.
-    write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped})
+    # The shard's record comes last: its presence is what marks the shard complete. The sizes and
+    # mtimes of its files let a later update reuse its rows.
+    names = paths + [s["path"] for s in skipped]
+    write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped,
+                                 "plan": plan_id, "stats": {p: (stats or {}).get(p) for p in names}})
 
 
-def _prepare_out(out: Path, plan: dict, overwrite: bool) -> dict:
-    """Create ``out`` or validate it for resuming; returns the plan to follow (the saved one when resuming)."""
+def _plan_id(files: List[str], stats: dict, shard_size: int) -> str:
+    """A digest of what a plan embeds: equal listings give equal ids, so an unchanged rerun resumes."""
+    text = json.dumps([shard_size, [[f, stats.get(f)] for f in files]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _changes(saved: dict, current: dict) -> Tuple[List[str], List[str], List[str]]:
+    """``(added, removed, changed)`` paths between two ``{path: [size, mtime_ns]}`` listings."""
+    added = sorted(current.keys() - saved.keys())
+    removed = sorted(saved.keys() - current.keys())
+    changed = sorted(p for p in current.keys() & saved.keys() if list(current[p]) != list(saved[p]))
+    return added, removed, changed
+
+
+def _change_message(source, out: Path, added, removed, changed) -> str:
+    example = (added or changed or removed)[0]
+    return (f"{source} has changed since store {out} was built: {len(added)} added, {len(removed)} removed, "
+            f"{len(changed)} changed file(s), e.g. {example!r}; pass --update (update=True) to embed the new and "
+            "changed files and drop the removed ones, or --overwrite (overwrite=True) to rebuild the store.")
+
+
+def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -> dict:
+    """Create ``out`` or validate it for resuming; returns the plan to follow (the saved one when resuming).
+
+    A source that changed since the saved plan is refused, or with ``update`` re-planned: the
+    still valid rows are gathered into the reuse files first, then the new plan is saved.
+    """
     manifest = out / MANIFEST
     if out.exists() and not out.is_dir():
         raise ValueError(f"Output {out} is a file; `--out` must be a folder for the embedding store.")
@@ -239,7 +349,15 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool) -> dict:
                 f"{out} already holds a store built with different {', '.join(changed)}; rerun with the same "
                 f"settings to resume it, pass --overwrite (overwrite=True) to rebuild it, or choose another --out."
             )
-        return saved
+        # A store from before format 2 recorded no sizes or mtimes: every file counts as new.
+        added, removed, changed = _changes(saved.get("stats") or {}, plan["stats"])
+        if not (added or removed or changed):
+            return saved
+        if not update:
+            raise ValueError(_change_message(plan["source"], out, added, removed, changed))
+        _gather_reusable(out, plan)
+        write_json(manifest, plan)  # from here on, the old plan's shards are not done: they are replaced
+        return plan
     if manifest.is_file():
         _remove_store_files(out)
     elif out.is_dir() and any(out.iterdir()):
@@ -251,15 +369,81 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool) -> dict:
 
 def _remove_store_files(out: Path) -> None:
     # Only what a store writes: an --out pointed at the wrong folder must not wipe unrelated files.
-    for pattern in (MANIFEST, "emb-*.npy", "shard-*.json", ".*.tmp-*"):
+    for pattern in (MANIFEST, "emb-*.npy", "shard-*.json", REUSE, REUSE_EMBEDDINGS, ".*.tmp-*"):
         for path in out.glob(pattern):
             path.unlink()
 
 
+def _records(out: Path) -> Iterator[dict]:
+    """The records on disk that hold rows: the reuse record, then every shard record (of any plan)."""
+    for path in [out / REUSE] + sorted(out.glob("shard-*.json")):
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record.get("stats") and (record.get("embeddings") is None or (out / record["embeddings"]).is_file()):
+                yield record
+
+
+def _gather_reusable(out: Path, plan: dict) -> None:
+    """Copy into the reuse files every row and skip reason on disk whose file is unchanged (same
+    path, size and mtime as in ``plan``). Streams one record at a time; the reuse record comes last."""
+    stats = plan["stats"]
+    rows: Dict[str, Tuple[str, int]] = {}  # path -> (embeddings file, row)
+    skipped: Dict[str, str] = {}
+    for record in _records(out):
+        def unchanged(path):
+            return path in stats and record["stats"].get(path) == stats[path]
+
+        for i, path in enumerate(record["paths"]):
+            if path not in rows and unchanged(path):
+                rows[path] = (record["embeddings"], i)
+        for entry in record["skipped"]:
+            if entry["path"] not in skipped and unchanged(entry["path"]):
+                skipped[entry["path"]] = entry["reason"]
+    paths = [p for p in plan["files"] if p in rows]
+    name = None
+    if paths:
+        by_file: Dict[str, List[Tuple[int, int]]] = {}  # embeddings file -> [(reuse row, its row)]
+        for j, p in enumerate(paths):
+            by_file.setdefault(rows[p][0], []).append((j, rows[p][1]))
+        name = REUSE_EMBEDDINGS
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        try:
+            target = None
+            for f, pairs in by_file.items():  # one source file open at a time
+                source_rows = np.load(out / f, mmap_mode="r", allow_pickle=False)
+                if target is None:
+                    target = np.lib.format.open_memmap(tmp, mode="w+", dtype=source_rows.dtype,
+                                                       shape=(len(paths), source_rows.shape[1]))
+                target[[j for j, _ in pairs]] = source_rows[[i for _, i in pairs]]
+                del source_rows
+            target.flush()
+            del target
+            os.replace(tmp, out / name)  # replaces the reuse file it may have read from
+        finally:
+            tmp.unlink(missing_ok=True)
+    write_json(out / REUSE, {"embeddings": name, "paths": paths,
+                             "skipped": [{"path": p, "reason": r} for p, r in skipped.items()],
+                             "stats": {p: stats[p] for p in paths + list(skipped)}})
+
+
+def _reusable(out: Path, plan: dict) -> Dict[str, tuple]:
+    """``{path: (embedding row or None, skip reason or None)}`` of the reuse files, for files unchanged in ``plan``."""
+    path = out / REUSE
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    stats = plan.get("stats") or {}
+    emb = np.load(out / record["embeddings"], mmap_mode="r", allow_pickle=False) if record["embeddings"] else None
+    reuse = {p: (emb[i], None) for i, p in enumerate(record["paths"]) if record["stats"].get(p) == stats.get(p)}
+    reuse.update({e["path"]: (None, e["reason"]) for e in record["skipped"]
+                  if record["stats"].get(e["path"]) == stats.get(e["path"])})
+    return reuse
+
+
 def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtype: str = "float16",
                 shard_size: int = 1024, batch_size: int = 32, num_workers: Optional[int] = None,
-                overwrite: bool = False, progress: bool = True, max_shards: Optional[int] = None,
-                ) -> Optional["EmbeddingStore"]:
+                overwrite: bool = False, update: bool = False, progress: bool = True,
+                max_shards: Optional[int] = None) -> Optional["EmbeddingStore"]:
     """Embed every file of ``source`` into the store folder ``out``, resuming an interrupted build.
 
     Under ``torchrun`` call it on every rank (after :func:`rpmetric.distributed.init_from_env`):
@@ -268,13 +452,18 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
     Args:
         source: a folder of images or a text file listing image paths (see :func:`list_files`).
         out: the store folder; created if missing. If it holds an unfinished store with the same
-            settings, the build resumes; a finished one is returned as is.
+            settings, the build resumes; a finished one is returned as is. Either is refused if
+            files of ``source`` were added, removed or changed (size or mtime) since, unless
+            ``update``.
         metric: a :class:`~rpmetric.RobustDistance` whose encoder embeds the images.
         dtype: ``"float16"`` (half the disk) or ``"float32"``.
         shard_size: files per shard, the unit of work that an interruption can lose.
         batch_size: images per forward pass.
         num_workers: DataLoader workers decoding images; None for :func:`default_workers`.
         overwrite: delete an existing store in ``out`` and start again.
+        update: bring an existing store in ``out`` up to date with a changed ``source``: embed only
+            the new and changed files, keep the rows of unchanged ones, drop removed ones. An
+            interrupted update resumes like any build.
         progress: show a tqdm progress bar (rank 0 only).
         max_shards: stop after writing this many new shards on this rank, leaving the store
             unfinished (for time-boxed runs; a later call continues).
@@ -282,6 +471,10 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
     Returns:
         The finished :class:`EmbeddingStore`, or None when the build stopped early (``max_shards``)
         or on ranks other than 0.
+
+    Raises:
+        ValueError: bad settings, a store in ``out`` that does not match them or ``source``, or a
+            store in which not one file could be read as an image.
 
     Example:
         >>> store = build_store("images/", "store/", rpmetric.RobustDistance())  # doctest: +SKIP
@@ -294,93 +487,137 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
     _check_positive("batch_size", batch_size)
     num_workers = default_workers() if num_workers is None else num_workers
     _check_positive("num_workers", num_workers, 0)
+    if update and overwrite:
+        raise ValueError("Arguments `update` and `overwrite` exclude each other: pass update or overwrite, not both.")
     out = Path(out).expanduser().resolve()
     rank, world = distributed.rank_and_world()
 
-    plan = _make_plan(source, out, metric, dtype, shard_size, overwrite) if rank == 0 else None
+    plan = _make_plan(source, out, metric, dtype, shard_size, overwrite, update) if rank == 0 else None
     plan = distributed.broadcast_object(plan)
     if isinstance(plan, str):  # rank 0 failed to prepare: every rank stops with its message
         raise ValueError(plan)
     if plan.get("complete"):
-        return EmbeddingStore(out) if rank == 0 else None
+        if rank != 0:
+            return None
+        _remove_reuse(out)  # left by an update stopped after it finished the manifest
+        return _not_empty(EmbeddingStore(out), source)
 
-    root, files = Path(plan["root"]), plan["files"]
+    files, plan_id = plan["files"], plan.get("plan_id")
     n_shards = -(-len(files) // shard_size)
-    mine = [k for k in distributed.shard(range(n_shards), rank, world) if not _shard_done(out, k)]
+    mine = [k for k in distributed.shard(range(n_shards), rank, world) if not _shard_done(out, k, plan_id)]
     if max_shards is not None:
         mine = mine[:max_shards]
-    _embed_shards(metric, out, root, files, mine, dtype, shard_size, batch_size, num_workers, progress and rank == 0)
+    _embed_shards(metric, out, plan, mine, batch_size, num_workers, progress and rank == 0)
 
     distributed.barrier()
     if rank != 0:
         return None
-    if not all(_shard_done(out, k) for k in range(n_shards)):
+    if not all(_shard_done(out, k, plan_id) for k in range(n_shards)):
         return None  # stopped early by max_shards: the saved plan lets the next call resume
     _finish_manifest(out, plan, n_shards)
-    return EmbeddingStore(out)
+    return _not_empty(EmbeddingStore(out), source)
 
 
-def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite: bool):
+def _not_empty(store: "EmbeddingStore", source) -> "EmbeddingStore":
+    if not len(store):
+        example = f" (e.g. {store.skipped[0]['reason']})" if store.skipped else ""
+        raise ValueError(f"None of the {len(store.skipped)} files of {source} could be read as an image{example}; "
+                         f"the store {store.path} is empty. Give a folder or list of images that Pillow reads.")
+    return store
+
+
+def _remove_reuse(out: Path) -> None:
+    for name in (REUSE, REUSE_EMBEDDINGS):
+        (out / name).unlink(missing_ok=True)
+
+
+def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite: bool, update: bool):
     """Rank 0's part: list the files and prepare ``out``; a user error comes back as its message."""
     try:
-        root, files = list_files(source, exclude=out)
+        root, files, stats = _listing(source, exclude=out)
         if not files:
-            raise ValueError(f"Input {source} holds no files to embed.")
+            raise ValueError(f"Input {source} holds no files to embed (hidden files and folders are left out); "
+                             "give a folder of images or a text file listing image paths.")
         plan = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "rpmetric_version": __version__,
             "model": spec_dict(metric.spec), "model_ref": metric.spec.local_path or metric.spec.name,
             "dtype": dtype, "normalized": True, "shard_size": shard_size,
             "source": str(Path(source).expanduser().resolve()), "root": str(root), "complete": False,
-            "files": files,
+            "files": files, "stats": stats, "plan_id": _plan_id(files, stats, shard_size),
         }
-        return _prepare_out(out, plan, overwrite)
+        return _prepare_out(out, plan, overwrite, update)
     except (ValueError, FileNotFoundError) as err:
         if distributed.is_distributed():
             return str(err)
         raise
 
 
-def _embed_shards(metric, out: Path, root: Path, files: List[str], shards: List[int], dtype: str,
-                  shard_size: int, batch_size: int, num_workers: int, progress: bool) -> None:
+def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: int, num_workers: int,
+                  progress: bool) -> None:
+    """Write ``shards`` of ``plan``: rows of unchanged files come from the reuse files, the rest are embedded."""
     from tqdm.auto import tqdm
 
-    spans = {k: range(k * shard_size, min((k + 1) * shard_size, len(files))) for k in shards}
     if not shards:
         return
+    files, dtype, shard_size = plan["files"], plan["dtype"], plan["shard_size"]
+    spans = {k: range(k * shard_size, min((k + 1) * shard_size, len(files))) for k in shards}
+    reuse = _reusable(out, plan)
+    todo = {k: [i for i in spans[k] if files[i] not in reuse] for k in shards}
     # Batches never cross a shard boundary, so each shard can be written as soon as its last batch is in.
     # (Smaller first batches to start the encoder sooner were tried and lost: on a busy CPU every encoder
     # call pays a large fixed cost in thread synchronisation.)
-    batches = [b for k in shards for b in _batches(spans[k], batch_size)]
-    absolute = [str(root / f) for f in files]
-    loader = _loader(absolute, batches, metric.spec.preprocessing, num_workers, metric.device.type == "cuda")
-    bar = tqdm(total=sum(len(spans[k]) for k in shards), unit="img", desc="embed", disable=not progress)
+    batches = [b for k in shards for b in _batches(todo[k], batch_size)]
+    absolute = [str(Path(plan["root"]) / f) for f in files]
+    loader = _loader(absolute, batches, metric.spec.preprocessing, num_workers, metric.device.type == "cuda") if batches else []
+    bar = tqdm(total=sum(len(todo[k]) for k in shards), unit="img", desc="embed", disable=not progress)
     pending = iter(shards)
-    k = next(pending)
-    dim = None  # known from the first embedded batch; a dummy forward only if a shard has no readable file
+    dim = None  # known from the first row; a dummy forward only if no shard has a readable file
     got: dict = {}  # file index -> embedding row
     reasons: dict = {}  # file index -> why it was skipped
+
+    def start(k):
+        for i in spans[k]:
+            if files[i] in reuse:
+                row, reason = reuse[files[i]]
+                if row is None:
+                    reasons[i] = reason
+                else:
+                    got[i] = row
+        return k
+
+    def write_finished(k):
+        """Write shard ``k`` and the ones after it while they are complete; returns the shard to fill next."""
+        nonlocal dim
+        while k is not None and len(got) + len(reasons) == len(spans[k]):
+            kept = [i for i in spans[k] if i in got]
+            if kept:
+                rows = np.stack([got[i] for i in kept])
+                dim = rows.shape[1]
+            else:
+                dim = _output_dim(metric) if dim is None else dim
+                rows = np.zeros((0, dim), np.float32)
+            _write_shard(out, k, rows.astype(dtype), [files[i] for i in kept],
+                         [{"path": files[i], "reason": reasons[i]} for i in spans[k] if i in reasons],
+                         plan.get("plan_id"), plan.get("stats"))
+            got.clear()
+            reasons.clear()
+            k = next(pending, None)
+            if k is not None:
+                start(k)
+        return k
+
     with bar:
+        k = write_finished(start(next(pending)))
         for indices, emb, failed in _embed_loader(metric.encoder, loader, metric.device):
             got.update(zip(indices, emb))
             dim = emb.shape[1] if len(indices) else dim
             reasons.update(failed)
             bar.update(len(indices) + len(failed))
-            if len(got) + len(reasons) < len(spans[k]):
-                continue
-            kept = [i for i in spans[k] if i in got]
-            if kept:
-                rows = np.stack([got[i] for i in kept])
-            else:
-                dim = _output_dim(metric) if dim is None else dim
-                rows = np.zeros((0, dim), np.float32)
-            _write_shard(out, k, rows.astype(dtype), [files[i] for i in kept],
-                         [{"path": files[i], "reason": reasons[i]} for i in spans[k] if i in reasons])
-            got, reasons = {}, {}
-            k = next(pending, None)
+            k = write_finished(k)
 
 
 def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
-    manifest = {key: value for key, value in plan.items() if key != "files"}
+    manifest = {key: value for key, value in plan.items() if key != "files"}  # "stats" keeps every name
     shards, paths, skipped = [], [], []
     for k in range(n_shards):
         meta = json.loads((out / _shard_names(k)[1]).read_text())
@@ -390,6 +627,12 @@ def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
     dim = np.load(out / shards[0]["embeddings"], mmap_mode="r").shape[1]  # every shard is written [n, dim]
     manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
     write_json(out / MANIFEST, manifest)
+    # Left over by an update: the reuse files, and the shards of a larger earlier plan.
+    _remove_reuse(out)
+    for path in list(out.glob("emb-*.npy")) + list(out.glob("shard-*.json")):
+        number = path.stem.split("-")[1]
+        if number.isdigit() and int(number) >= n_shards:
+            path.unlink()
 
 
 # -- reading -----------------------------------------------------------------------------------

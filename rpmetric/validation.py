@@ -54,8 +54,13 @@ def check_value_range(value_range) -> Tuple[float, float]:
     return lo, hi
 
 
-def check_images(x, name: str, value_range: Tuple[float, float]) -> Tuple[float, float]:
+def check_images(x, name: str, value_range: Tuple[float, float], clamp: Optional[bool] = None) -> Tuple[float, float]:
     """Raise TypeError/ValueError unless ``x`` is a float ``[N, 3, H, W]`` batch within ``value_range``.
+
+    Args:
+        clamp: the metric's ``clamp`` option: True accepts (finite) values outside ``value_range``,
+            which the caller clamps; False names the option in the range error; None (for callers
+            without the option) does neither.
 
     Returns:
         The batch's (min, max), so callers need no second pass over the pixels.
@@ -93,10 +98,12 @@ def check_images(x, name: str, value_range: Tuple[float, float]) -> Tuple[float,
     if lo_val in (float("inf"), float("-inf")) or hi_val in (float("inf"), float("-inf")):
         raise ValueError(f"`{name}` contains infinite values; check the preprocessing that produced it.")
     tol = 1e-3 * (high - low)
-    if lo_val < low - tol or hi_val > high + tol:
+    if not clamp and (lo_val < low - tol or hi_val > high + tol):
         raise ValueError(
             f"`{name}` has values in [{lo_val:.4g}, {hi_val:.4g}], outside value_range=({low:g}, {high:g})."
             + _range_hint(lo_val, hi_val, (low, high))
+            + (" If they drifted there in an optimisation loop, pass clamp=True to RobustDistance or "
+               "rpmetric.distance to clamp them into value_range." if clamp is False else "")
         )
     return lo_val, hi_val
 

@@ -310,3 +310,69 @@ def test_eval_retrieval_help_speaks_of_queries_and_has_no_eot(capsys):
         main(["eval", "retrieval", "store", "--queries", "q.csv", "--eot-samples", "2"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --eot-samples" in capsys.readouterr().err
+
+
+# -- embed: symlinks, empty results, changed folders, list files ----------------------------------
+def test_embed_follows_a_symlinked_folder(capsys, vit_folder, tmp_path):
+    from test_store import save_image
+
+    save_image(tmp_path / "real" / "a.png", 1)
+    save_image(tmp_path / "real" / "b.png", 2)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "loop").symlink_to(tmp_path / "src", target_is_directory=True)
+    code, out, err = run(capsys, *embed_args(tmp_path / "src", tmp_path / "s", vit_folder))
+    assert code == 0 and "2 images embedded" in out, err
+    assert EmbeddingStore(tmp_path / "s").paths == ["link/a.png", "link/b.png"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda src: (src / "a.txt").write_text("x"), r"None of the 1 files of .*src could be read as an image"),
+    (lambda src: (src / ".hidden.png").write_text("x"), r"Input .*src holds no files to embed"),
+    (lambda src: (src / "gone").symlink_to(src.parent / "nowhere", target_is_directory=True),
+     r"Input .*src holds no files to embed"),
+], ids=["unreadable-only", "hidden-only", "dangling-link"])
+def test_embed_with_nothing_embedded_is_an_error(capsys, vit_folder, tmp_path, make, message):
+    src = tmp_path / "src"
+    src.mkdir()
+    make(src)
+    code, out, err = run(capsys, *embed_args(src, tmp_path / "s", vit_folder))
+    assert code == 2 and "embedded" not in out
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_embed_refuses_a_changed_folder_and_updates_it_with_update(capsys, vit_folder, tmp_path):
+    from test_store import change_folder
+
+    src = make_image_folder(tmp_path / "src")
+    assert run(capsys, *embed_args(src, tmp_path / "s", vit_folder))[0] == 0
+    change_folder(src)
+    code, _, err = run(capsys, *embed_args(src, tmp_path / "s", vit_folder))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert re.search(r"1 added, 1 removed, 1 changed file\(s\), e.g. 'img10.png'; pass --update", err), err
+    code, out, err = run(capsys, *embed_args(src, tmp_path / "s", vit_folder), "--update")
+    assert code == 0 and "10 images embedded" in out, err
+    paths = EmbeddingStore(tmp_path / "s").paths
+    assert "img10.png" in paths and "img5.png" not in paths
+    with pytest.raises(SystemExit) as exit_info:
+        main(embed_args(src, tmp_path / "s", vit_folder) + ["--update", "--overwrite"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_embed_names_a_missing_listed_file_and_how_list_paths_resolve(capsys, vit_folder, tmp_path):
+    (tmp_path / "lists").mkdir()
+    listing = tmp_path / "lists" / "files.txt"
+    listing.write_text("# images\nimgs/a.png\n")
+    code, _, err = run(capsys, *embed_args(listing, tmp_path / "s", vit_folder))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert re.search(r"files.txt, line 2: 'imgs/a.png' resolves to .*lists/imgs/a.png, which does not exist; "
+                     r"paths in a list file are relative to its folder", err), err
+    with pytest.raises(SystemExit):
+        main(["embed", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "relative to the list file's folder" in help_text and "--update" in help_text
+
+
+def test_embed_checks_its_source_before_loading_the_model(capsys, tmp_path):
+    code, _, err = run(capsys, "embed", tmp_path / "nope", "--out", tmp_path / "s", "--model", tmp_path / "no-model")
+    assert code == 2 and re.search(r"Input .*nope does not exist", err), err

@@ -136,3 +136,61 @@ def test_cosine_distance_hand_values():
 
 def test_repr_names_model(tiny_metric):
     assert "value_range=(0.0, 1.0)" in repr(tiny_metric)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reduced_precision_inputs_are_computed_in_float32(tiny_metric, vit_folder, dtype):
+    # 40x40: the resize to the model's 32 px has no half-precision kernel on the CPU.
+    x, y = torch.rand(2, 3, 40, 40).to(dtype), torch.rand(2, 3, 40, 40).to(dtype)
+    d = tiny_metric(x, y)
+    assert d.dtype == torch.float32
+    assert torch.equal(d, tiny_metric(x.float(), y.float()))  # the same pixels, given in float32
+    assert torch.equal(tiny_metric.embed(x), tiny_metric.embed(x.float()))
+    assert torch.equal(rpmetric.distance(x, y, model=str(vit_folder), device="cpu"), d)
+    x.requires_grad_(True)
+    tiny_metric(x, y).sum().backward()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def drifted(n=2, seed=0):
+    """Images an unclamped optimisation loop drifted to [-0.05, 1.05]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 40, 40, generator=g) * 1.1 - 0.05
+    x[0, 0, 0, :2] = torch.tensor([-0.05, 1.05])
+    return x
+
+
+def test_out_of_range_error_names_the_clamp_option(tiny_metric):
+    with pytest.raises(ValueError, match=r"`x` has values in \[-0.05, 1.05\], outside value_range=\(0, 1\)\..*"
+                                         r"pass clamp=True to RobustDistance or rpmetric.distance"):
+        tiny_metric(drifted(), torch.rand(2, 3, 40, 40))
+
+
+@pytest.mark.parametrize("value_range", [(0.0, 1.0), (-1.0, 1.0)])
+def test_clamp_lets_a_drifted_input_through_and_gradients_reach_it(vit_folder, tiny_metric, value_range):
+    low, high = value_range
+    metric = rpmetric.RobustDistance(str(vit_folder), device="cpu", value_range=value_range, clamp=True)
+    assert "clamp=True" in repr(metric)
+    y = torch.rand(2, 3, 40, 40)
+    x = (drifted() * (high - low) + low).requires_grad_(True)
+    d = metric(x, y * (high - low) + low)
+    # Independently: clamp by hand, map to [0, 1], and use the unclamped [0, 1] metric.
+    x_in = ((x.detach().clamp(low, high) - low) / (high - low)).requires_grad_(True)
+    expected = tiny_metric(x_in, y)
+    torch.testing.assert_close(d, expected, atol=1e-6, rtol=0)
+    d.sum().backward()
+    expected.sum().backward()
+    # The clamp passes gradients straight through, so pixels outside the range still get them.
+    outside = (x.detach() < low) | (x.detach() > high)
+    assert outside.any() and x.grad[outside].abs().sum() > 0
+    torch.testing.assert_close(x.grad, x_in.grad / (high - low), atol=1e-6, rtol=1e-4)
+    with pytest.raises(ValueError, match="NaN"):
+        metric(torch.full((1, 3, 40, 40), float("nan")), y)
+
+
+def test_functional_distance_takes_clamp(vit_folder, tiny_metric):
+    x, y = drifted(), torch.rand(2, 3, 40, 40)
+    with pytest.raises(ValueError, match="clamp=True"):
+        rpmetric.distance(x, y, model=str(vit_folder), device="cpu")
+    torch.testing.assert_close(rpmetric.distance(x, y, model=str(vit_folder), device="cpu", clamp=True),
+                               tiny_metric(x.clamp(0, 1), y), atol=1e-6, rtol=0)

@@ -311,3 +311,184 @@ def test_a_different_model_warns_or_refuses(store32, tmp_path, images, tiny_metr
     other = build_store(images, tmp_path / "other", other_metric, num_workers=0, progress=False)
     with pytest.raises(ValueError, match="were built with different models"):
         store32.check_same_model(other)
+
+
+# -- symlinks, empty results, changed folders, list files -----------------------------------------
+def save_image(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def linked_folder(tmp_path: Path) -> Path:
+    """A source folder that reaches images through a symlinked folder and a symlinked file, with two loops."""
+    elsewhere = tmp_path / "elsewhere"
+    save_image(elsewhere / "a.png", 1)
+    save_image(elsewhere / "b.png", 2)
+    root = tmp_path / "root"
+    save_image(root / "own.png", 3)
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)
+    (root / "f.png").symlink_to(elsewhere / "a.png")
+    (root / "sub").mkdir()
+    (root / "sub" / "back").symlink_to(root, target_is_directory=True)  # a loop through an ancestor
+    (root / "self").symlink_to(".", target_is_directory=True)  # a loop onto itself
+    (elsewhere / "up").symlink_to(root, target_is_directory=True)  # a loop back from the linked folder
+    return root
+
+
+def test_symlinked_folders_and_files_are_followed_and_loops_end(tmp_path, tiny_metric):
+    root = linked_folder(tmp_path)
+    # Each real folder is walked once, so the loops add nothing: no hang, no endless recursion.
+    assert list_files(root) == (root.resolve(), ["f.png", "link/a.png", "link/b.png", "own.png"])
+    store = build_store(root, tmp_path / "s", tiny_metric, dtype="float32", num_workers=0, progress=False)
+    assert store.paths == ["f.png", "link/a.png", "link/b.png", "own.png"]
+    direct, _, _ = embed_images(tiny_metric, [tmp_path / "elsewhere" / n for n in ("a.png", "a.png", "b.png")])
+    torch.testing.assert_close(store.embeddings()[:3], direct, atol=1e-6, rtol=0)
+
+
+def test_a_store_without_one_readable_image_is_an_error(tmp_path, tiny_metric):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("text")
+    (src / "b.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"None of the 2 files of .*src could be read as an image \(e.g. .*a.txt "
+                                         r"cannot be read as an image"):
+        build_store(src, tmp_path / "s", tiny_metric, num_workers=0, progress=False)
+    with pytest.raises(ValueError, match=r"None of the 2 files"):  # and again when the finished store is reopened
+        build_store(src, tmp_path / "s", tiny_metric, num_workers=0, progress=False)
+
+
+def changed_copy(tmp_path: Path) -> Path:
+    """make_image_folder, as it is before changing it: the test then edits it."""
+    return make_image_folder(tmp_path / "src")
+
+
+def change_folder(src: Path) -> None:
+    """One file added, one removed, one rewritten (same name, new pixels and mtime)."""
+    save_image(src / "img10.png", 10)
+    (src / "img5.png").unlink()
+    save_image(src / "img2.png", 22)
+    stat = (src / "img2.png").stat()
+    os.utime(src / "img2.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+KW = dict(dtype="float32", shard_size=4, batch_size=3, num_workers=0, progress=False)
+
+
+def test_a_changed_folder_is_refused_naming_the_change_and_the_fix(tmp_path, tiny_metric):
+    src = changed_copy(tmp_path)
+    build_store(src, tmp_path / "s", tiny_metric, **KW)
+    change_folder(src)
+    with pytest.raises(ValueError, match=r"changed since store .* was built: 1 added, 1 removed, 1 changed file\(s\), "
+                                         r"e.g. 'img10.png'; pass --update \(update=True\) .* or --overwrite"):
+        build_store(src, tmp_path / "s", tiny_metric, **KW)
+
+
+def test_a_touched_file_counts_as_changed(tmp_path, tiny_metric):
+    src = changed_copy(tmp_path)
+    build_store(src, tmp_path / "s", tiny_metric, **KW)
+    stat = (src / "img1.png").stat()
+    os.utime(src / "img1.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"0 added, 0 removed, 1 changed file\(s\), e.g. 'img1.png'"):
+        build_store(src, tmp_path / "s", tiny_metric, **KW)
+
+
+def test_update_embeds_only_new_and_changed_files_and_drops_removed_ones(tmp_path, tiny_metric):
+    src = changed_copy(tmp_path)
+    build_store(src, tmp_path / "s", tiny_metric, **KW)
+    change_folder(src)
+    calls, handle = count_encoder_calls(tiny_metric)
+    try:
+        updated = build_store(src, tmp_path / "s", tiny_metric, update=True, **KW)
+    finally:
+        handle.remove()
+    assert sum(calls) == 2  # img10.png and the rewritten img2.png; nothing else is decoded again
+    fresh = build_store(src, tmp_path / "fresh", tiny_metric, **KW)
+    assert updated.paths == fresh.paths and "img5.png" not in updated.paths
+    assert updated.skipped == fresh.skipped
+    torch.testing.assert_close(updated.embeddings(), fresh.embeddings(), atol=1e-6, rtol=0)
+    direct, _, _ = embed_images(tiny_metric, [src / "img2.png"])
+    torch.testing.assert_close(updated.embeddings()[updated.paths.index("img2.png")], direct[0], atol=1e-6, rtol=0)
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(p.name for p in (tmp_path / "fresh").iterdir())
+    stamp = (tmp_path / "s" / "manifest.json").stat().st_mtime_ns
+    assert build_store(src, tmp_path / "s", tiny_metric, **KW).paths == fresh.paths  # now up to date
+    assert (tmp_path / "s" / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def interrupted_update(tmp_path, metric, monkeypatch, writes_before_dying: int) -> Path:
+    """The source folder of a store in tmp_path/s whose update, after change_folder, was killed
+    after writing that many shards."""
+    src = changed_copy(tmp_path)
+    build_store(src, tmp_path / "s", metric, **KW)
+    change_folder(src)
+    real_write = store_mod._write_shard
+    writes = []
+
+    def write_then_die(*args):
+        if len(writes) == writes_before_dying:
+            raise KeyboardInterrupt
+        writes.append(args[1])
+        real_write(*args)
+
+    monkeypatch.setattr(store_mod, "_write_shard", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(src, tmp_path / "s", metric, update=True, **KW)
+    monkeypatch.setattr(store_mod, "_write_shard", real_write)
+    return src
+
+
+def test_an_interrupted_update_resumes(tmp_path, tiny_metric, monkeypatch):
+    src = interrupted_update(tmp_path, tiny_metric, monkeypatch, 2)
+    kept = (tmp_path / "s" / "emb-00000.npy").stat().st_mtime_ns
+    resumed = build_store(src, tmp_path / "s", tiny_metric, **KW)  # a plain rerun finishes the update
+    assert (tmp_path / "s" / "emb-00000.npy").stat().st_mtime_ns == kept
+    fresh = build_store(src, tmp_path / "fresh", tiny_metric, **KW)
+    assert resumed.paths == fresh.paths and resumed.skipped == fresh.skipped
+    torch.testing.assert_close(resumed.embeddings(), fresh.embeddings(), atol=1e-6, rtol=0)
+
+
+def test_a_folder_changed_during_an_interrupted_build_is_refused(tmp_path, tiny_metric):
+    src = changed_copy(tmp_path)
+    assert build_store(src, tmp_path / "s", tiny_metric, max_shards=1, **KW) is None
+    change_folder(src)
+    with pytest.raises(ValueError, match="1 added, 1 removed, 1 changed"):
+        build_store(src, tmp_path / "s", tiny_metric, **KW)
+    updated = build_store(src, tmp_path / "s", tiny_metric, update=True, **KW)
+    fresh = build_store(src, tmp_path / "fresh", tiny_metric, **KW)
+    torch.testing.assert_close(updated.embeddings(), fresh.embeddings(), atol=1e-6, rtol=0)
+
+
+def test_update_and_overwrite_exclude_each_other(tmp_path, tiny_metric, images):
+    with pytest.raises(ValueError, match=r"pass update or overwrite, not both"):
+        build_store(images, tmp_path / "s", tiny_metric, update=True, overwrite=True, progress=False)
+
+
+def test_list_paths_resolve_against_the_list_folder_and_a_missing_one_is_named(tmp_path, tiny_metric, monkeypatch):
+    lists = tmp_path / "lists"
+    save_image(lists / "sub" / "a.png", 1)
+    listing = lists / "list.txt"
+    listing.write_text("sub/a.png\n")
+    monkeypatch.chdir(tmp_path)  # not the list's folder: relative paths still resolve against the list
+    assert list_files(Path("lists/list.txt"))[0] == lists.resolve()
+    assert build_store(Path("lists/list.txt"), tmp_path / "s", tiny_metric, num_workers=0, progress=False).files == [
+        str(lists.resolve() / "sub" / "a.png")]
+    listing.write_text("# header\nsub/a.png\nsub/nope.png\nother.png\n")
+    with pytest.raises(FileNotFoundError, match=r"list.txt, line 3: 'sub/nope.png' resolves to "
+                                                r".*lists/sub/nope.png, which does not exist \(1 more listed file is "
+                                                r"missing\); paths in a list file are relative to its folder"):
+        list_files(listing)
+
+
+def test_an_interrupted_update_of_a_folder_that_changes_again_updates_again(tmp_path, tiny_metric, monkeypatch):
+    src = interrupted_update(tmp_path, tiny_metric, monkeypatch, 1)
+    save_image(src / "a-first.png", 30)  # shifts every file by one place in the plan
+    (src / "img7.png").unlink()
+    calls, handle = count_encoder_calls(tiny_metric)
+    try:
+        updated = build_store(src, tmp_path / "s", tiny_metric, update=True, **KW)
+    finally:
+        handle.remove()
+    fresh = build_store(src, tmp_path / "fresh", tiny_metric, **KW)
+    assert updated.paths == fresh.paths and updated.skipped == fresh.skipped
+    torch.testing.assert_close(updated.embeddings(), fresh.embeddings(), atol=1e-6, rtol=0)
+    assert sum(calls) <= 3  # the new file, and at most the two the interrupted update had not embedded yet

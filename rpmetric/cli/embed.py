@@ -58,13 +58,19 @@ def _register_embed(sub) -> None:
 
     p = sub.add_parser(
         "embed", help="embed a folder of images into an embedding store",
-        description="Embed every file of SOURCE (a folder, walked recursively, or a text file listing paths) "
-                    "into the store folder --out. Unreadable files are skipped and listed in the manifest. "
-                    "Rerunning an interrupted build with the same arguments resumes it (finished shards are "
-                    "kept); --overwrite starts afresh. Under torchrun each process embeds its share of the shards "
-                    "and rank 0 writes the manifest (--out must be on a shared filesystem).",
+        description="Embed every file of SOURCE into the store folder --out. SOURCE is a folder, walked "
+                    "recursively (symlinked folders and files are followed, each real folder once; hidden ones "
+                    "are left out), or a text file with one path per line: relative paths are relative to the "
+                    "list file's folder, not to the working directory. Unreadable files are skipped and listed "
+                    "in the manifest; a SOURCE with no readable image is an error. Rerunning an interrupted build "
+                    "with the same arguments resumes it (finished shards are kept). A rerun after files of SOURCE "
+                    "were added, removed or changed (size or mtime) is refused: --update embeds only the new and "
+                    "changed files and drops the removed ones, --overwrite starts afresh. Under torchrun each "
+                    "process embeds its share of the shards and rank 0 writes the manifest (--out must be on a "
+                    "shared filesystem).",
     )
-    p.add_argument("source", type=Path, metavar="SOURCE", help="folder of images, or a text file with one path per line")
+    p.add_argument("source", type=Path, metavar="SOURCE",
+                   help="folder of images, or a text file with one path per line (relative to the list file's folder)")
     p.add_argument("--out", type=Path, required=True, metavar="STORE", help="store folder to create or resume")
     add_model_option(p)
     add_device_option(p)
@@ -74,7 +80,11 @@ def _register_embed(sub) -> None:
                    help="DataLoader workers decoding images (default: up to 4)")
     p.add_argument("--shard-size", type=at_least(1), default=1024,
                    help="files per shard, the unit an interruption can lose (default: 1024)")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing store in --out and start again")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="delete an existing store in --out and start again")
+    again.add_argument("--update", action="store_true",
+                       help="bring the store in --out up to date with a changed SOURCE: embed new and changed files, "
+                            "drop removed ones")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_embed)
 
@@ -151,14 +161,16 @@ def _register_classify(sub) -> None:
 def run_embed(args) -> int:
     from .. import distributed
     from ..metric import RobustDistance
-    from ..store import build_store
+    from ..store import build_store, missing_source
 
+    if not args.source.exists():  # before the model loads
+        raise missing_source(args.source)
     distributed.init_from_env()
     try:
         metric = RobustDistance(args.model, device=distributed.local_device(args.device))
         store = build_store(args.source, args.out, metric, dtype=args.dtype, shard_size=args.shard_size,
                             batch_size=args.batch_size, num_workers=args.workers, overwrite=args.overwrite,
-                            progress=not args.quiet)
+                            update=args.update, progress=not args.quiet)
     finally:
         distributed.shutdown()
     if store is not None:
