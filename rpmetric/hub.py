@@ -301,7 +301,8 @@ class _HubSource:
         snapshot = self.snapshot()
         if names and snapshot is not None:
             held = ", ".join(sorted(p.name for p in snapshot.iterdir())) or "nothing"
-            what = f"{' or '.join(names)} of {self.spec.source} is not in the Hugging Face cache ({snapshot} holds: {held})"
+            what = (f"{' or '.join(names)} of {self.spec.source} is not in the Hugging Face cache "
+                    f"({snapshot} holds: {held})")
         else:
             what = f"its weights ({self.spec.source}) are not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
         return ModelNotAvailableError(
@@ -320,9 +321,8 @@ class _HubSource:
         cached = (f"its cached files ({snapshot}) were not checked for updates; to use them as they are, "
                   "set HF_HUB_OFFLINE=1" if snapshot is not None else "nothing of it is cached")
         reason = f" ({type(self.unreachable).__name__}: {self.unreachable})" if self.unreachable else ""
-        return ModelNotAvailableError(
-            f"Cannot download {self.spec.name!r}: the Hub ({constants.ENDPOINT}) cannot be reached{reason}; {cached}."
-        )
+        return ModelNotAvailableError(f"Cannot download {self.spec.name!r}: the Hub ({constants.ENDPOINT}) "
+                                      f"cannot be reached{reason}; {cached}.")
 
 
 # HTTP statuses with which the Hub says it is down or busy (huggingface_hub retries on these).

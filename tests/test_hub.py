@@ -178,8 +178,9 @@ def _cache_with_a_head_on_a_hub_base(vit_folder, tmp_path, monkeypatch):
 
     def counting(repo_id, filename, **kwargs):
         downloads.append((repo_id, filename))
-        if huggingface_hub.try_to_load_from_cache(repo_id, filename) is huggingface_hub.file_download._CACHED_NO_EXIST:
-            raise huggingface_hub.errors.EntryNotFoundError(f"404: {filename}")  # as the Hub answers
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, filename)
+        if cached is not None and not isinstance(cached, str):  # a recorded 404: the Hub answers the same
+            raise huggingface_hub.errors.EntryNotFoundError(f"404: {filename}")
         return real(repo_id, filename, local_files_only=True, **kwargs)  # never the network
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", counting)
@@ -258,7 +259,7 @@ def _reference_embedding(kind, folder, x):
     """The embedding of `x` ([0, 1] pixels, 32 px) by the library that owns the layout."""
     from safetensors.torch import load_file
 
-    imagenet = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    imagenet = [torch.tensor(v).view(1, 3, 1, 1) for v in ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
     if kind == "open_clip":
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (tinymodels.CLIP_MEAN, tinymodels.CLIP_STD))
         return tinymodels.load_reference_open_clip(folder).encode_image((x - mean) / std)
@@ -280,7 +281,8 @@ def _files_only_cache(tmp_path, monkeypatch, repo, folder):
 
     home = tmp_path / "home"
     snapshot = tinymodels.fill_hf_cache(home, repo, folder)
-    assert not list(home.rglob(".no_exist")) and {p.name for p in snapshot.iterdir()} == {p.name for p in folder.iterdir()}
+    assert not list(home.rglob(".no_exist"))
+    assert {p.name for p in snapshot.iterdir()} == {p.name for p in folder.iterdir()}
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return home
@@ -404,5 +406,6 @@ def test_download_with_an_unreachable_hub_says_the_cache_was_not_checked(zoo_cac
     assert out.returncode == 2 and out.stdout == ""
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in out.stderr
-    for needle in ("'r-clip-f-vitb32'", "http://127.0.0.1:9", "cannot be reached", "not checked", "HF_HUB_OFFLINE=1"):
+    for needle in ("'r-clip-f-vitb32'", "http://127.0.0.1:9", "cannot be reached", "not checked",
+                   "HF_HUB_OFFLINE=1"):
         assert needle in err[0]
