@@ -342,26 +342,7 @@ def test_missing_weights_in_a_cached_snapshot_are_reported_as_not_cached(timm_fo
         rpmetric.RobustDistance("hf-hub:org/tiny-timm", device="cpu")
 
 
-def test_cli_distance_offline_on_a_files_only_timm_cache(timm_folder, tmp_path):
-    """The issue's repro: `HF_HUB_OFFLINE=1 rpmetric distance a b --model hf-hub:org/tiny-timm`."""
-    from PIL import Image
-
-    home = tmp_path / "home"
-    tinymodels.fill_hf_cache(home, "org/tiny-timm", timm_folder)
-    gen = torch.Generator().manual_seed(1)
-    arrays = [(torch.rand(32, 32, 3, generator=gen) * 255).to(torch.uint8).numpy() for _ in range(2)]
-    for i, a in enumerate(arrays):
-        Image.fromarray(a).save(tmp_path / f"{i}.png")
-    out = run_cli(["distance", tmp_path / "0.png", tmp_path / "1.png", "--model", "hf-hub:org/tiny-timm",
-                   "--device", "cpu"], env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 0, out.stderr
-    x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
-    with torch.no_grad():
-        e = torch.nn.functional.normalize(_reference_embedding("timm", timm_folder, x), dim=1)
-    assert float(out.stdout) == pytest.approx(1 - float(e[0] @ e[1]), abs=2e-6)
-
-
-# -- an unreachable Hub (loopback port 9: nothing listens there), without HF_HUB_OFFLINE ----------
+# An unreachable Hub, without HF_HUB_OFFLINE: loopback port 9, where nothing listens.
 UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
 
 
@@ -375,6 +356,21 @@ def _two_pngs(folder):
     return arrays, [folder / "0.png", folder / "1.png"]
 
 
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, UNREACHABLE], ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_cli_distance_on_a_files_only_timm_cache(timm_folder, tmp_path, env):
+    """The issue's repro, `HF_HUB_OFFLINE=1 rpmetric distance a b --model hf-hub:org/tiny-timm`, and the
+    same without HF_HUB_OFFLINE where the Hub cannot be reached."""
+    arrays, images = _two_pngs(tmp_path)
+    tinymodels.fill_hf_cache(tmp_path / "home", "org/tiny-timm", timm_folder)
+    out = run_cli(["distance", *images, "--model", "hf-hub:org/tiny-timm", "--device", "cpu"],
+                  env=dict(env, HF_HOME=str(tmp_path / "home")), timeout=120)
+    assert out.returncode == 0, out.stderr
+    x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(_reference_embedding("timm", timm_folder, x), dim=1)
+    assert float(out.stdout) == pytest.approx(1 - float(e[0] @ e[1]), abs=2e-6)
+
+
 def test_unreachable_hub_fails_fast_and_suggests_offline_mode(tmp_path):
     import time
 
@@ -386,18 +382,6 @@ def test_unreachable_hub_fails_fast_and_suggests_offline_mode(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr and "Retrying" not in out.stderr
     assert "cannot be reached" in out.stderr and "set HF_HUB_OFFLINE=1" in out.stderr
     assert elapsed < 15, f"{elapsed:.1f} s before the error"
-
-
-def test_unreachable_hub_uses_a_files_only_cache(timm_folder, tmp_path):
-    arrays, images = _two_pngs(tmp_path)
-    tinymodels.fill_hf_cache(tmp_path / "home", "org/tiny-timm", timm_folder)
-    out = run_cli(["distance", *images, "--model", "hf-hub:org/tiny-timm", "--device", "cpu"],
-                  env=dict(UNREACHABLE, HF_HOME=str(tmp_path / "home")), timeout=120)
-    assert out.returncode == 0, out.stderr
-    x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
-    with torch.no_grad():
-        e = torch.nn.functional.normalize(_reference_embedding("timm", timm_folder, x), dim=1)
-    assert float(out.stdout) == pytest.approx(1 - float(e[0] @ e[1]), abs=2e-6)
 
 
 def test_download_with_an_unreachable_hub_says_the_cache_was_not_checked(zoo_cache):
