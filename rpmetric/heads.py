@@ -11,8 +11,10 @@ L2 normalisation and evaluation, attacks and counterattacks work unchanged.
 - LoRA: ``W x + (alpha / r) B A dropout(x)`` on the attention in-projection of ViTs (timm's
   ``attn.qkv`` Linear and open_clip's fused ``in_proj_weight``, in ``nn.MultiheadAttention`` or
   open_clip's own ``Attention``) or, for ConvNeXt, on the MLP ``fc1``/``fc2``. ``B`` starts at
-  zero, so an untrained adapter changes nothing. Linear layers get peft's LoRA layers; the
-  attention modules get :class:`LoRAAttention` (see there why peft does not fit them).
+  zero, so an untrained adapter changes nothing. For training, Linear layers get peft's LoRA
+  layers; the attention modules get :class:`LoRAAttention` (see there why peft does not fit
+  them). A saved head loads without peft: :func:`load_head` merges the Linear (and 1x1 Conv)
+  adapters into the weights, ``W + (alpha / r) B A``, which computes the same in eval mode.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "attach_head",
     "head_state_dict",
     "load_head_state",
+    "load_head",
     "head_dropouts",
     "save_head_folder",
     "base_model_reference",
@@ -273,7 +276,8 @@ def lora_targets(backbone: nn.Module) -> List[str]:
     return names
 
 
-def _add_lora(backbone: nn.Module, config: HeadConfig) -> Tuple[nn.Module, HeadConfig]:
+def _checked_targets(backbone: nn.Module, config: HeadConfig) -> Tuple[List[str], List[str], List[str]]:
+    """The LoRA targets, and of them the attention modules and the Linear/Conv layers."""
     targets = list(config.targets) or lora_targets(backbone)
     modules = dict(backbone.named_modules())
     missing = [t for t in targets if t not in modules]
@@ -281,17 +285,23 @@ def _add_lora(backbone: nn.Module, config: HeadConfig) -> Tuple[nn.Module, HeadC
         raise ValueError(f"LoRA target(s) {missing} are not modules of the backbone; valid defaults: "
                          f"{lora_targets(backbone)}.")
     attention = [t for t in targets if isinstance(modules[t], _attention_types())]
+    return targets, attention, [t for t in targets if t not in attention]
+
+
+def _add_lora(backbone: nn.Module, config: HeadConfig) -> Tuple[nn.Module, HeadConfig]:
+    targets, attention, linear = _checked_targets(backbone, config)
+    modules = dict(backbone.named_modules())
     for name in attention:
         parent, _, child = name.rpartition(".")
         holder = modules[parent] if parent else backbone
         setattr(holder, child, LoRAAttention(modules[name], config.r, config.alpha, config.dropout))
-    linear = [t for t in targets if t not in attention]
     if linear:
         try:
             from peft import LoraConfig, inject_adapter_in_model
         except ImportError:
-            raise MissingDependencyError("LoRA on Linear layers (timm ViT qkv, ConvNeXt fc1/fc2) needs peft: "
-                                         "pip install 'rpmetric[train]' (or pip install peft).") from None
+            raise MissingDependencyError("Training LoRA on Linear layers (timm ViT qkv, ConvNeXt fc1/fc2) needs "
+                                         "peft: pip install 'rpmetric[train]' (or pip install peft); loading a "
+                                         "trained head does not.") from None
 
         # A string is matched by peft with re.fullmatch: exactly these modules, no namesakes.
         pattern = "(?:" + "|".join(re.escape(n) for n in linear) + ")"
@@ -360,6 +370,63 @@ def load_head_state(module: nn.Module, state: Dict[str, torch.Tensor], where: st
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
+
+
+def load_head(backbone: nn.Module, config: HeadConfig, state: Dict[str, torch.Tensor],
+              where: str = "head weights") -> nn.Module:
+    """The backbone with a saved head, for inference: :func:`attach_head` then
+    :func:`load_head_state`, except that LoRA on Linear and 1x1 Conv layers (timm ViT ``qkv``,
+    ConvNeXt ``fc1``/``fc2``) is merged into their weights, ``W + (alpha / r) B A``.
+
+    Why: peft's layers compute ``W x + (alpha / r) B A x`` (no dropout in eval), which is the
+    merged layer's output up to float rounding, so inference needs no peft. The merged tensors
+    are no longer head tensors: train from :func:`attach_head`, not from this module.
+
+    Raises:
+        ValueError: the tensors do not fit the head (names or shapes), as in :func:`load_head_state`.
+    """
+    if config.type == "mlp":
+        module, _ = attach_head(backbone, config)
+        load_head_state(module, state, where=where)
+        return module
+    targets, attention, linear = _checked_targets(backbone, config)
+    rest = dict(state)
+    updates = [_lora_update(backbone.get_submodule(t), t, config, rest, where) for t in linear]
+    if attention:
+        backbone, _ = _add_lora(backbone, replace(config, targets=tuple(attention)))
+        load_head_state(backbone, rest, where=where)
+    elif rest:
+        more = "..." if len(rest) > 4 else ""
+        raise ValueError(f"{where} do not fit the head: unexpected {sorted(rest)[:4]}{more}.")
+    with torch.no_grad():
+        for name, update in zip(linear, updates):
+            weight = backbone.get_submodule(name).weight
+            weight += update.reshape(weight.shape).to(weight.dtype)
+    return backbone
+
+
+def _lora_update(layer: nn.Module, name: str, config: HeadConfig, state: Dict[str, torch.Tensor],
+                 where: str) -> torch.Tensor:
+    """``(alpha / r) B A`` for one peft-named Linear or 1x1 Conv target, its tensors taken out of ``state``."""
+    if isinstance(layer, nn.Conv2d) and layer.kernel_size != (1, 1):
+        raise ValueError(f"{where}: LoRA target {name!r} is a {layer.kernel_size} Conv2d; only Linear "
+                         "and 1x1 Conv2d adapters can be loaded.")
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise TypeError(f"{where}: LoRA target {name!r} is a {type(layer).__name__}, but LoRA adapts "
+                        "Linear or 1x1 Conv2d layers and attention modules.")
+    n_out, n_in, *kernel = layer.weight.shape  # peft's Conv2d factors are 1x1 convolutions too
+    factors = []
+    for part, shape in (("A", (config.r, n_in)), ("B", (n_out, config.r))):
+        key = f"{name}.lora_{part}.default.weight"  # peft's names, as head_state_dict saved them
+        if key not in state:
+            raise ValueError(f"{where} do not fit the head: missing [{key!r}].")
+        tensor = state.pop(key)
+        if tuple(tensor.shape) != shape + tuple(kernel):
+            expected = shape + tuple(kernel)
+            raise ValueError(f"{where}: shape of {key!r} is {tuple(tensor.shape)}, expected {expected}.")
+        factors.append(tensor.reshape(shape).float())
+    a, b = factors
+    return (config.alpha / config.r) * b @ a
 
 
 def head_dropouts(module: nn.Module) -> List[nn.Module]:
@@ -471,8 +538,7 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
     where = f"{spec.source}/{CONFIG_NAME}"
     base_spec, config = read_head_config(spec, meta)
     base = load_plain_encoder(base_spec, resize=resize)  # read_head_config checked: not a head
-    module, _ = attach_head(base.backbone, config)
-    load_head_state(module, load_file(str(weights)), where=str(weights))
+    module = load_head(base.backbone, config, load_file(str(weights)), where=str(weights))
     overrides = meta.get("preprocessing") or {}
     unknown = sorted(set(overrides) - set(Preprocessing.__dataclass_fields__))
     if unknown:

@@ -3,7 +3,9 @@
 Everything Hub-related goes through huggingface_hub, so its cache, ``HF_HOME``,
 ``HF_HUB_OFFLINE`` and revisions behave as users of transformers and open_clip expect.
 Files already in the cache are used without touching the network (weights of a commit
-never change); ``rpmetric download`` asks the Hub again.
+never change); ``rpmetric download`` asks the Hub again. Without a network (``HF_HUB_OFFLINE``,
+or a Hub that one quick request found unreachable), a file that the cached snapshot lacks counts
+as absent, since timm, transformers and ``hf download`` cache only the files they fetched.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -103,7 +106,7 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     config_name, weight_names = _LAYOUTS[family]
     config_path = source.get(config_name)
     if config_path is None:
-        raise source.missing(config_name)
+        raise source.missing([config_name])
     config = json.loads(Path(config_path).read_text())
     weights = None
     for name in weight_names:
@@ -111,7 +114,7 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
         if weights is not None:
             break
     if weights is None:
-        raise source.missing(" or ".join(weight_names))
+        raise source.missing(weight_names)
     extras = {}
     for name in _OPTIONAL_FILES.get(family, ()):
         path = source.get(name)
@@ -125,23 +128,20 @@ def fetch_head(spec: ModelSpec, *, force_check: bool = False):
     :mod:`rpmetric.heads`), else None. Zoo entries are plain checkpoints and are not probed.
 
     A Hub repo is probed cache-first: a cached file, or the cache's record that the repo has no
-    ``rpmetric_config.json``, answers without the network. When neither is cached and the Hub
-    cannot be reached, the repo is taken as a plain checkpoint.
+    ``rpmetric_config.json``, answers without the network; offline, so does a cached snapshot
+    without that file.
     """
     from .heads import CONFIG_NAME, WEIGHTS_NAME
 
     if spec.family is not None:
         return None
     source = _FolderSource(Path(spec.local_path)) if spec.local_path else _HubSource(spec, force_check=force_check)
-    try:
-        config_path = source.get(CONFIG_NAME)
-    except ModelNotAvailableError:
-        return None
+    config_path = source.get(CONFIG_NAME)
     if config_path is None:
         return None
     weights = source.get(WEIGHTS_NAME)
     if weights is None:
-        raise source.missing(WEIGHTS_NAME, hint=f"it has {CONFIG_NAME}, so it is a trained head, whose weights "
+        raise source.missing([WEIGHTS_NAME], hint=f"it has {CONFIG_NAME}, so it is a trained head, whose weights "
                                                 f"belong in {WEIGHTS_NAME} next to that file")
     return json.loads(Path(config_path).read_text()), Path(weights)
 
@@ -151,7 +151,7 @@ def _detect_family(source) -> Family:
         return Family.OPEN_CLIP
     config_path = source.get("config.json")
     if config_path is None:
-        raise source.missing("open_clip_config.json or config.json")
+        raise source.missing(["open_clip_config.json", "config.json"])
     config = json.loads(Path(config_path).read_text())
     if "architecture" in config:
         return Family.TIMM
@@ -173,38 +173,92 @@ class _FolderSource:
         path = self.folder / name
         return path if path.is_file() else None
 
-    def missing(self, name: str, hint: str = "") -> Exception:
+    def missing(self, names, hint: str = "") -> Exception:
         present = sorted(p.name for p in self.folder.iterdir())
         hint = f"; {hint}" if hint else ""
-        return FileNotFoundError(f"{self.folder} has no {name} (it holds: {', '.join(present) or 'nothing'}){hint}.")
+        return FileNotFoundError(f"{self.folder} has no {' or '.join(names)} "
+                                 f"(it holds: {', '.join(present) or 'nothing'}){hint}.")
 
 
 class _HubSource:
+    """A Hub repo, cache first.
+
+    A cached file, or the cache's record that the repo lacks a file (``.no_exist``, which
+    huggingface_hub writes on a 404), answers without the network. Otherwise the Hub is asked,
+    unless it cannot be: with ``HF_HUB_OFFLINE``, or when a first quick request found it
+    unreachable. Then the cached snapshot of the revision is all there is, and a file it lacks
+    counts as absent (``assumed_absent``): timm, transformers and ``hf download`` record no
+    absences, so requiring a record would refuse the caches they fill.
+    """
+
     def __init__(self, spec: ModelSpec, force_check: bool):
         self.spec = spec
         self.force_check = force_check
         self.where = spec.source
+        self.unreachable: Optional[Exception] = None  # why the Hub could not be reached
+        self.reached = False
+        self.assumed_absent: set = set()
 
     def get(self, name: str) -> Optional[Path]:
         import huggingface_hub as hf
-        from huggingface_hub import errors
+        from huggingface_hub import constants
 
-        repo, revision = self.spec.hub_id, self.spec.revision
-        if not self.force_check:
-            cached = hf.try_to_load_from_cache(repo, name, revision=revision)
+        offline = constants.HF_HUB_OFFLINE
+        if offline or not self.force_check:
+            cached = hf.try_to_load_from_cache(self.spec.hub_id, name, revision=self.spec.revision)
             if isinstance(cached, str):
                 return Path(cached)
             if cached is not None:
                 # The cache records that the file does not exist at the commit the revision points
                 # to: as final as a cached file (rpmetric download asks again, with force_check).
                 return None
+        if not offline and self._reach(name):
+            return self._download(name)
+        if self.force_check and not offline:
+            raise self.unchecked()
+        if self.snapshot() is None:
+            raise self.unavailable()
+        self.assumed_absent.add(name)
+        return None
+
+    def _reach(self, name: str) -> bool:
+        """Whether the Hub answers: one HEAD request, without huggingface_hub's retries.
+
+        Why: when hf_hub_download cannot connect and the file is not cached, it retries five
+        times with backoff (about 25 s, no setting shortens it). One request that fails fast
+        tells the same. Any HTTP answer but "down or busy" (even a 404) means the Hub was reached;
+        hf_hub_download then gives the real answer.
+        """
+        import huggingface_hub as hf
+        from huggingface_hub import constants, errors
+
+        if self.reached or self.unreachable is not None:
+            return self.unreachable is None
+        url = hf.hf_hub_url(self.spec.hub_id, name, revision=self.spec.revision)
+        try:
+            hf.get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                                    library_name="rpmetric", library_version=__version__)
+        except _transport_errors() as err:
+            self.unreachable = err
+        except errors.HfHubHTTPError as err:
+            status = getattr(err.response, "status_code", None)
+            if status in _HUB_DOWN_STATUS:
+                self.unreachable = err
+        self.reached = self.unreachable is None
+        return self.reached
+
+    def _download(self, name: str) -> Optional[Path]:
+        import huggingface_hub as hf
+        from huggingface_hub import errors
+
+        repo, revision = self.spec.hub_id, self.spec.revision
         try:
             return Path(hf.hf_hub_download(
                 repo, name, revision=revision, library_name="rpmetric", library_version=__version__,
             ))
         # LocalEntryNotFoundError subclasses EntryNotFoundError, so it must come first.
         except errors.LocalEntryNotFoundError:
-            raise self.unavailable() from None
+            raise (self.unchecked() if self.force_check else self.unavailable()) from None
         except errors.EntryNotFoundError:
             return None
         except errors.RevisionNotFoundError:
@@ -214,23 +268,79 @@ class _HubSource:
                 f"The Hub has no repo {repo!r} (or it is private: log in with `hf auth login`)."
             ) from None
 
-    def missing(self, name: str, hint: str = "is it an open_clip, timm or transformers ViT model?") -> Exception:
-        end = "" if hint.endswith("?") else "."
-        return FileNotFoundError(f"The Hub repo {self.spec.hub_id!r} has no {name}; {hint}{end}")
-
-    def unavailable(self) -> ModelNotAvailableError:
+    def snapshot(self) -> Optional[Path]:
+        """The cached snapshot folder of the revision (``main`` when none is given), if any."""
         from huggingface_hub import constants
 
-        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        repo_dir = Path(constants.HF_HUB_CACHE) / ("models--" + self.spec.hub_id.replace("/", "--"))
+        revision = self.spec.revision or "main"
+        ref = repo_dir / "refs" / revision
+        commit = ref.read_text().strip() if ref.is_file() else revision
+        folder = repo_dir / "snapshots" / commit
+        return folder if folder.is_dir() else None
+
+    def missing(self, names, hint: str = "is it an open_clip, timm or transformers ViT model?") -> Exception:
+        if self.assumed_absent.intersection(names):  # not cached; the Hub was not asked
+            return self.unavailable(names)
+        end = "" if hint.endswith("?") else "."
+        return FileNotFoundError(f"The Hub repo {self.spec.hub_id!r} has no {' or '.join(names)}; {hint}{end}")
+
+    def _why_no_hub(self) -> str:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set, so the Hub is not asked"
+        reason = f" ({type(self.unreachable).__name__}: {self.unreachable})" if self.unreachable else ""
+        return (f"the Hub ({constants.ENDPOINT}) cannot be reached{reason}; without a network, set "
+                "HF_HUB_OFFLINE=1 so that cached models load at once, without trying the Hub")
+
+    def unavailable(self, names=()) -> ModelNotAvailableError:
+        from huggingface_hub import constants
+
         name = self.spec.name
+        snapshot = self.snapshot()
+        if names and snapshot is not None:
+            held = ", ".join(sorted(p.name for p in snapshot.iterdir())) or "nothing"
+            what = (f"{' or '.join(names)} of {self.spec.source} is not in the Hugging Face cache "
+                    f"({snapshot} holds: {held})")
+        else:
+            what = f"its weights ({self.spec.source}) are not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
         return ModelNotAvailableError(
-            f"Cannot load model {name!r}: its weights ({self.spec.source}) are not in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached{offline}. Either\n"
+            f"Cannot load model {name!r}: {what} and {self._why_no_hub()}. Either\n"
             f"  - prefetch them where there is a network: `rpmetric download {name}` "
             "(then copy the cache folder, or set HF_HOME to it), or\n"
             "  - copy the repo's files into a local folder and pass it: RobustDistance(model='/path/to/folder') "
             "or --model /path/to/folder."
         )
+
+    def unchecked(self) -> ModelNotAvailableError:
+        """``rpmetric download`` without the Hub: it must not pass off the cache as checked."""
+        from huggingface_hub import constants
+
+        snapshot = self.snapshot()
+        cached = (f"its cached files ({snapshot}) were not checked for updates; to use them as they are, "
+                  "set HF_HUB_OFFLINE=1" if snapshot is not None else "nothing of it is cached")
+        reason = f" ({type(self.unreachable).__name__}: {self.unreachable})" if self.unreachable else ""
+        return ModelNotAvailableError(f"Cannot download {self.spec.name!r}: the Hub ({constants.ENDPOINT}) "
+                                      f"cannot be reached{reason}; {cached}.")
+
+
+# HTTP statuses with which the Hub says it is down or busy (huggingface_hub retries on these).
+_HUB_DOWN_STATUS = (408, 429, 500, 502, 503, 504)
+
+
+def _transport_errors() -> tuple:
+    """The HTTP client's "no answer from the server" errors (connection, timeout, proxy).
+
+    huggingface_hub 1.x and 2.x use httpx (2.x its fork httpx2), older versions requests; only the
+    one it imported is looked at.
+    """
+    found = []
+    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
+                          ("requests", ("ConnectionError", "Timeout"))):
+        if module in sys.modules:
+            found.extend(getattr(sys.modules[module], n) for n in names if hasattr(sys.modules[module], n))
+    return tuple(found)
 
 
 def download(model, *, force_check: bool = True) -> list:

@@ -13,7 +13,8 @@ import rpmetric
 import tinymodels
 from rpmetric.encoder import Encoder, load_encoder
 from rpmetric.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, LoRAAttention, MLPHead, attach_head,
-                            head_parameters, head_state_dict, load_head_state, lora_targets, save_head_folder)
+                            head_parameters, head_state_dict, load_head, load_head_state, lora_targets,
+                            save_head_folder)
 
 IMAGES = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 OTHER = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -456,3 +457,89 @@ def test_converter_errors(tmp_path):
         converter.convert("lora", tmp_path / "a.ckpt", "r-clip-f-vitb16", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="has no adapter_model.safetensors or adapter_model.bin"):
         converter.convert("lora", tmp_path, "r-clip-f-vitb16", tmp_path / "out")
+
+
+# -- LoRA heads on Linear/Conv layers (timm ViT qkv, ConvNeXt MLPs) load without peft -------------
+def _convnext_with_unit_layer_scale(convnext_folder, folder):
+    """The tiny ConvNeXt with layer scale 1 (it starts at 1e-6, which would hide the MLPs and their LoRA)."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text((convnext_folder / "open_clip_config.json").read_text())
+    weights = load_file(str(convnext_folder / "open_clip_model.safetensors"))
+    save_file({k: torch.ones_like(v) if k.endswith(".gamma") else v for k, v in weights.items()},
+              str(folder / "open_clip_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("fixture", ["timm_folder", "convnext_folder"])
+def test_lora_head_on_linear_layers_loads_without_peft(request, tmp_path, monkeypatch, fixture):
+    """Loading merges W + (alpha/r) B A into the weights; the reference is peft's own LoRA forward."""
+    folder = request.getfixturevalue(fixture)
+    if fixture == "convnext_folder":
+        folder = _convnext_with_unit_layer_scale(folder, tmp_path / "convnext")
+    peft_encoder, config = _headed(folder, HeadConfig("lora", r=4, alpha=2.0))
+    assert any(type(m).__module__.startswith("peft") for m in peft_encoder.backbone.modules())
+    save_head_folder(tmp_path / "head", str(folder), config, head_state_dict(peft_encoder.backbone))
+    monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` raise ImportError
+    loaded = rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+    assert not any("lora" in n for n, _ in loaded.encoder.backbone.named_parameters())
+    plain = rpmetric.RobustDistance(str(folder), device="cpu")
+    with torch.no_grad():
+        expected = rpmetric.RobustDistance(peft_encoder, device="cpu")(IMAGES, OTHER)  # peft, eval: no dropout
+        torch.testing.assert_close(loaded(IMAGES, OTHER), expected, rtol=1e-4, atol=1e-5)
+        assert (plain(IMAGES, OTHER) - expected).abs().max() > 1e-3  # the head matters
+
+
+def test_lora_head_weights_that_do_not_fit_a_linear_layer_are_reported(timm_folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    encoder, config = _headed(timm_folder, HeadConfig("lora", r=4))
+    save_head_folder(tmp_path, str(timm_folder), config, head_state_dict(encoder.backbone))
+    state = load_file(str(tmp_path / WEIGHTS_NAME))
+    state["blocks.0.attn.qkv.lora_B.default.weight"] = torch.zeros(5, 4)
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(ValueError, match=r"shape of 'blocks.0.attn.qkv.lora_B.default.weight' is \(5, 4\), "
+                                         r"expected \(\d+, 4\)"):
+        rpmetric.RobustDistance(str(tmp_path), device="cpu")
+    del state["blocks.0.attn.qkv.lora_B.default.weight"]
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(ValueError, match=r"missing \['blocks.0.attn.qkv.lora_B.default.weight'\]"):
+        rpmetric.RobustDistance(str(tmp_path), device="cpu")
+
+
+class _Mlp(nn.Module):
+    """A backbone whose only LoRA targets are ``mlp.fc1``/``mlp.fc2``: Linear, or Conv2d (ConvNeXt's conv_mlp)."""
+
+    def __init__(self, conv: bool, kernel: int = 1):
+        super().__init__()
+        self.mlp = nn.Module()
+        make = (lambda i, o: nn.Conv2d(i, o, kernel, padding=kernel // 2)) if conv else nn.Linear
+        self.mlp.fc1, self.mlp.fc2 = make(6, 12), make(12, 6)
+        self.conv = conv
+
+    def forward(self, x):
+        x = x if self.conv else x.permute(0, 2, 3, 1)
+        return self.mlp.fc2(torch.relu(self.mlp.fc1(x))).flatten(1)
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_merged_lora_equals_peft_on_linear_and_1x1_conv(conv):
+    torch.manual_seed(0)
+    config = HeadConfig("lora", r=2, alpha=3.0)
+    peft_module, config = attach_head(_Mlp(conv), config)
+    _randomise(peft_module)
+    merged = _Mlp(conv)
+    merged.load_state_dict({k.replace(".base_layer", ""): v for k, v in peft_module.state_dict().items()
+                            if ".lora_" not in k})
+    merged = load_head(merged, config, head_state_dict(peft_module))
+    assert type(merged.mlp.fc1) is (nn.Conv2d if conv else nn.Linear)
+    x = torch.randn(2, 6, 3, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(x), peft_module.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_lora_on_a_wider_conv_is_refused():
+    config = HeadConfig("lora", r=2, targets=("mlp.fc1",))
+    with pytest.raises(ValueError, match=r"LoRA target 'mlp.fc1' is a \(3, 3\) Conv2d; only Linear and 1x1 Conv2d"):
+        load_head(_Mlp(conv=True, kernel=3), config, {})

@@ -178,9 +178,14 @@ def _cache_with_a_head_on_a_hub_base(vit_folder, tmp_path, monkeypatch):
 
     def counting(repo_id, filename, **kwargs):
         downloads.append((repo_id, filename))
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, filename)
+        if cached is not None and not isinstance(cached, str):  # a recorded 404: the Hub answers the same
+            raise huggingface_hub.errors.EntryNotFoundError(f"404: {filename}")
         return real(repo_id, filename, local_files_only=True, **kwargs)  # never the network
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", counting)
+    # rpmetric's quick check that the Hub answers, before hf_hub_download (which retries for ~25 s).
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kw: downloads.append(("HEAD", url)))
     return downloads
 
 
@@ -247,3 +252,144 @@ def test_hub_head_without_weights_is_reported_as_a_head(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"'tiny/head' has no head.safetensors; it has rpmetric_config.json, "
                                                 r"so it is a trained head"):
         rpmetric.RobustDistance("hf-hub:tiny/head", device="cpu")
+
+
+# -- caches as timm, transformers and `hf download` leave them: files only, no .no_exist records --
+def _reference_embedding(kind, folder, x):
+    """The embedding of `x` ([0, 1] pixels, 32 px) by the library that owns the layout."""
+    from safetensors.torch import load_file
+
+    imagenet = [torch.tensor(v).view(1, 3, 1, 1) for v in ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    if kind == "open_clip":
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (tinymodels.CLIP_MEAN, tinymodels.CLIP_STD))
+        return tinymodels.load_reference_open_clip(folder).encode_image((x - mean) / std)
+    if kind == "timm":
+        import timm
+
+        model = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=32, patch_size=8).eval()
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        return model((x - imagenet[0]) / imagenet[1])
+    from transformers import ViTModel
+
+    model = ViTModel.from_pretrained(str(folder)).eval()
+    return model(pixel_values=(x - imagenet[0]) / imagenet[1]).last_hidden_state[:, 0]
+
+
+def _files_only_cache(tmp_path, monkeypatch, repo, folder):
+    """`folder` cached under `repo` with nothing but its files (and refs/main), offline."""
+    import huggingface_hub
+
+    home = tmp_path / "home"
+    snapshot = tinymodels.fill_hf_cache(home, repo, folder)
+    assert not list(home.rglob(".no_exist"))
+    assert {p.name for p in snapshot.iterdir()} == {p.name for p in folder.iterdir()}
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return home
+
+
+@pytest.mark.parametrize("fixture, kind, family", [
+    ("vit_folder", "open_clip", Family.OPEN_CLIP),
+    ("timm_folder", "timm", Family.TIMM),
+    ("hf_vit", "transformers", Family.HF_VIT),  # R-DINO's layout, without preprocessor_config.json
+])
+def test_cached_files_load_offline_without_absence_records(request, tmp_path, monkeypatch, fixture, kind, family):
+    folder = request.getfixturevalue(fixture)
+    folder = folder[0] if isinstance(folder, tuple) else folder
+    _files_only_cache(tmp_path, monkeypatch, "org/tiny", folder)
+    metric = rpmetric.RobustDistance("hf-hub:org/tiny", device="cpu", resize=False)
+    assert metric.spec.family is family
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(metric.embed(x, normalize=False), _reference_embedding(kind, folder, x),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_r_dino_zoo_entry_loads_offline_without_a_preprocessor_record(hf_vit, tmp_path, monkeypatch):
+    """The zoo's R-DINO (family fixed to transformers ViT) probes preprocessor_config.json, which its repo lacks."""
+    folder, _ = hf_vit
+    spec = rpmetric.get_spec("r-dino-vitb16")
+    _files_only_cache(tmp_path, monkeypatch, spec.hub_id, folder)
+    files = hub.fetch(spec)
+    assert files.family is Family.HF_VIT and files.extras == {}
+
+
+def test_head_on_a_files_only_cached_base_loads_offline(timm_folder, tmp_path, monkeypatch):
+    from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+
+    encoder = rpmetric.RobustDistance(str(timm_folder), device="cpu").encoder
+    module, config = attach_head(encoder.backbone, HeadConfig("mlp", dim=64, hidden=8))
+    with torch.no_grad():
+        module.mlp_head.fc2.weight.normal_(generator=torch.Generator().manual_seed(3))
+    head = save_head_folder(tmp_path / "head", "hf-hub:org/tiny-timm", config, head_state_dict(module))
+    home = _files_only_cache(tmp_path, monkeypatch, "org/tiny-timm", timm_folder)
+    tinymodels.fill_hf_cache(home, "org/tiny-head", head)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = module.mlp_head(_reference_embedding("timm", timm_folder, x))
+        for model in ("hf-hub:org/tiny-head", str(head)):
+            got = rpmetric.RobustDistance(model, device="cpu", resize=False).embed(x, normalize=False)
+            torch.testing.assert_close(got, expected)
+
+
+def test_missing_weights_in_a_cached_snapshot_are_reported_as_not_cached(timm_folder, tmp_path, monkeypatch):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((timm_folder / "config.json").read_text())
+    _files_only_cache(tmp_path, monkeypatch, "org/tiny-timm", partial)
+    with pytest.raises(rpmetric.ModelNotAvailableError, match=r"model.safetensors .*not in the Hugging Face cache.*"
+                                                              r"HF_HUB_OFFLINE is set"):
+        rpmetric.RobustDistance("hf-hub:org/tiny-timm", device="cpu")
+
+
+# An unreachable Hub, without HF_HUB_OFFLINE: loopback port 9, where nothing listens.
+UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+
+
+def _two_pngs(folder):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(1)
+    arrays = [(torch.rand(32, 32, 3, generator=gen) * 255).to(torch.uint8).numpy() for _ in range(2)]
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(folder / f"{i}.png")
+    return arrays, [folder / "0.png", folder / "1.png"]
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, UNREACHABLE], ids=["HF_HUB_OFFLINE", "unreachable"])
+def test_cli_distance_on_a_files_only_timm_cache(timm_folder, tmp_path, env):
+    """The issue's repro, `HF_HUB_OFFLINE=1 rpmetric distance a b --model hf-hub:org/tiny-timm`, and the
+    same without HF_HUB_OFFLINE where the Hub cannot be reached."""
+    arrays, images = _two_pngs(tmp_path)
+    tinymodels.fill_hf_cache(tmp_path / "home", "org/tiny-timm", timm_folder)
+    out = run_cli(["distance", *images, "--model", "hf-hub:org/tiny-timm", "--device", "cpu"],
+                  env=dict(env, HF_HOME=str(tmp_path / "home")), timeout=120)
+    assert out.returncode == 0, out.stderr
+    x = torch.stack([torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays])
+    with torch.no_grad():
+        e = torch.nn.functional.normalize(_reference_embedding("timm", timm_folder, x), dim=1)
+    assert float(out.stdout) == pytest.approx(1 - float(e[0] @ e[1]), abs=2e-6)
+
+
+def test_unreachable_hub_fails_fast_and_suggests_offline_mode(tmp_path):
+    import time
+
+    _, images = _two_pngs(tmp_path)
+    start = time.monotonic()
+    out = run_cli(["distance", *images, "--model", "hf-hub:org/tiny-timm", "--device", "cpu"],
+                  env=dict(UNREACHABLE, HF_HOME=str(tmp_path / "home")), timeout=120)
+    elapsed = time.monotonic() - start
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "Retrying" not in out.stderr
+    assert "cannot be reached" in out.stderr and "set HF_HUB_OFFLINE=1" in out.stderr
+    assert elapsed < 15, f"{elapsed:.1f} s before the error"
+
+
+def test_download_with_an_unreachable_hub_says_the_cache_was_not_checked(zoo_cache):
+    hf_home, _ = zoo_cache
+    out = run_cli(["download", "r-clip-f-vitb32"], env=dict(UNREACHABLE, HF_HOME=str(hf_home)), timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in out.stderr
+    for needle in ("'r-clip-f-vitb32'", "http://127.0.0.1:9", "cannot be reached", "not checked",
+                   "HF_HUB_OFFLINE=1"):
+        assert needle in err[0]
