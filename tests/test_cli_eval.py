@@ -246,3 +246,16 @@ def test_attack_refuses_max_batches(fresh_nights, vit_folder, capsys):
     code = main(["eval", "nights", str(fresh_nights), "--model", str(vit_folder), "--attack", "l2",
                  "--max-batches", "1"])
     assert code == 2 and "--max-batches applies to the clean evaluation only" in capsys.readouterr().err
+
+
+def test_bapps_train_subset_takes_mix_and_defaults_to_lpips_training_categories(tmp_path, capsys):
+    for category in ("traditional", "cnn", "mix"):
+        datagen.write_bapps_2afc(tmp_path / "bapps", category, [("left", 0.0), ("right", 1.0)], subset="train")
+    out = tmp_path / "train.json"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--subset", "train", "--workers", "0",
+                 "--out", str(out)]) == 0
+    assert _table(capsys.readouterr().out) == {"traditional": (2, 100.0), "cnn": (2, 100.0), "mix": (2, 100.0)}
+    assert json.loads(out.read_text())["selection"] == {"categories": ["traditional", "cnn", "mix"], "subset": "train"}
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "mix", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'mix' exists in the train subset only" in err and "Traceback" not in err

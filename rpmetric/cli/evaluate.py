@@ -26,7 +26,7 @@ DESCRIPTIONS = {
 def register(sub) -> None:
     from ..attacks.cli import add_attack_options
     from ..counterattack import add_counterattack_options
-    from ..datasets import BAPPS_2AFC_CATEGORIES, BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, NIGHTS_SPLITS
+    from ..datasets import BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, NIGHTS_SPLITS, bapps_2afc_categories
 
     p = sub.add_parser("eval", help="score a metric against human judgements (NIGHTS, BAPPS 2AFC, BAPPS JND)",
                        description="Score a metric against human judgements. Runs under torchrun too: "
@@ -39,12 +39,18 @@ def register(sub) -> None:
         if name == "nights":
             q.add_argument("--split", nargs="+", default=["test"], choices=NIGHTS_SPLITS, metavar="SPLIT",
                            help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)} (default: test)")
-        else:
-            categories = BAPPS_2AFC_CATEGORIES if name == "bapps" else BAPPS_JND_CATEGORIES
-            q.add_argument("--categories", nargs="+", default=list(categories), choices=categories,
-                           metavar="CATEGORY", help=f"categories, of {', '.join(categories)} (default: all)")
+        elif name == "jnd":
+            q.add_argument("--categories", nargs="+", default=list(BAPPS_JND_CATEGORIES), choices=BAPPS_JND_CATEGORIES,
+                           metavar="CATEGORY", help=f"categories, of {', '.join(BAPPS_JND_CATEGORIES)} (default: all)")
+        else:  # the choices depend on --subset: mix is in 2afc/train only
+            every = bapps_2afc_categories("train", every=True)
+            q.add_argument("--categories", nargs="+", default=None, choices=every, metavar="CATEGORY",
+                           help=f"categories, of {', '.join(every)} (mix: --subset train only; default: all of the "
+                                f"subset: {', '.join(bapps_2afc_categories('val'))} for val, "
+                                f"{', '.join(bapps_2afc_categories('train'))} for train)")
         if name == "bapps":
-            q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS, help="2afc/train or 2afc/val (default: val)")
+            q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS,
+                           help="2afc/train (lpips' training triplets, 2 raters each) or 2afc/val (default: val)")
         _add_run_options(q)
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
@@ -80,6 +86,7 @@ def run(args) -> int:
     from .. import distributed
     from ..attacks.cli import attack_config_from_args
     from ..counterattack import counterattack_from_args
+    from ..datasets import bapps_2afc_categories
     from ..evaluation import TASKS, evaluate, load_distances, load_groups, nights_total
 
     counterattack = counterattack_from_args(args)
@@ -94,8 +101,8 @@ def run(args) -> int:
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
     try:
-        names = args.split if args.dataset == "nights" else args.categories
         subset = getattr(args, "subset", "val")
+        names = args.split if args.dataset == "nights" else args.categories or list(bapps_2afc_categories(subset))
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
         log, default_log = _log_path(args, distances.name)
