@@ -259,3 +259,22 @@ def test_bapps_train_subset_takes_mix_and_defaults_to_lpips_training_categories(
     assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "mix", "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "'mix' exists in the train subset only" in err and "Traceback" not in err
+
+
+def test_bapps_with_l2_lab(tmp_path, capsys):
+    for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
+        datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
+    out = tmp_path / "bapps.json"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2-lab", "--categories", "traditional", "cnn",
+                 "--workers", "0", "--out", str(out)]) == 0
+    # The fixtures' triplets are decided by pixel distance either way, so the scores are the l2 ones.
+    assert _table(capsys.readouterr().out) == {"traditional": (3, pytest.approx(63.33)), "cnn": (2, 80.0)}
+    assert json.loads(out.read_text())["model"] == "l2-lab"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2-lab", "--attack", "linf"]) == 2
+    assert "--model is the l2-lab pixel baseline" in capsys.readouterr().err
+
+
+def test_eval_help_says_which_l2_lpips_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "bapps", "--help"])
+    assert "`l2-lab` (lpips' L2 baseline" in " ".join(capsys.readouterr().out.split())

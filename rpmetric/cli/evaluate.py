@@ -62,8 +62,9 @@ def register(sub) -> None:
 
 
 def _add_run_options(q) -> None:
-    add_model_option(q, extra_help="; `l2` for the pixel baseline (mean squared difference, images as loaded; "
-                                   "needs no weights)")
+    add_model_option(q, extra_help="; or a pixel baseline, which needs no weights and compares the images as loaded: "
+                                   "`l2` (mean squared difference of RGB in [0, 1]) or `l2-lab` (lpips' L2 baseline, "
+                                   "lpips.L2's default colorspace='Lab': 0.5 * mean squared difference of CIELAB / 100)")
     add_device_option(q)
     q.add_argument("--batch-size", type=at_least(1), default=32, help="triplets or pairs per batch (default: 32)")
     q.add_argument("--workers", type=at_least(0), default=min(4, os.cpu_count() or 1),
@@ -87,13 +88,13 @@ def run(args) -> int:
     from ..attacks.cli import attack_config_from_args
     from ..counterattack import counterattack_from_args
     from ..datasets import bapps_2afc_categories
-    from ..evaluation import TASKS, evaluate, load_distances, load_groups, nights_total
+    from ..evaluation import PIXEL_BASELINES, TASKS, evaluate, load_distances, load_groups, nights_total
 
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args) if hasattr(args, "attack") else None
     for option, given in (("--counterattack", counterattack is not None), ("--attack", attack is not None)):
-        if given and args.model == "l2":
-            raise ValueError(f"{option} needs a model with an encoder, but --model is the l2 pixel baseline; "
+        if given and args.model in PIXEL_BASELINES:
+            raise ValueError(f"{option} needs a model with an encoder, but --model is the {args.model} pixel baseline; "
                              "choose a model (see `rpmetric models`).")
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
