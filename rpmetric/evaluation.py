@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -36,11 +36,15 @@ from .runlog import RunLog
 from .scoring import jnd_map, twoafc_score
 
 __all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evaluate", "load_groups", "nights_total",
-           "TASKS", "DATASETS", "PIXEL_BASELINES"]
+           "TASKS", "DATASETS", "PIXEL_BASELINES", "DEFAULT_PREPROCESS"]
 
 DATASETS = ("nights", "bapps", "jnd")
 # The pixel baselines, by --model name: their colorspace. lpips' own L2 baseline is the Lab one.
 PIXEL_BASELINES = {"l2": "rgb", "l2-lab": "lab"}
+# The resize convention (rpmetric.spec.PREPROCESS_CONVENTIONS) that reproduces each dataset's
+# published protocol: fra31/perceptual-metrics resizes BAPPS patches with a bilinear Resize(224),
+# and gives NIGHTS images the model's own open_clip preprocessing (ConvNeXt: 256, crop 224).
+DEFAULT_PREPROCESS = {"nights": "model", "bapps": "paper", "jnd": "paper"}
 
 
 # -- what is evaluated --------------------------------------------------------------------------
@@ -145,10 +149,17 @@ class EncoderDistances:
         return cosine_distance(f_ref, f_left).cpu(), cosine_distance(f_ref, f_right).cpu()
 
 
-def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None, counterattack=None):
+def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None, counterattack=None,
+                   preprocess: Optional[str] = None):
     """:class:`PixelL2` for ``model`` ``"l2"`` (RGB) or ``"l2-lab"`` (lpips' Lab L2), else
     :class:`EncoderDistances` on ``RobustDistance(model)`` (with an optional test-time
     ``counterattack``, see :class:`rpmetric.Counterattack`).
+
+    Args:
+        preprocess: a resize convention of :data:`rpmetric.spec.PREPROCESS_CONVENTIONS`
+            (``"model"``, ``"paper"``, ``"dreamsim"``) the encoder sees images through; None keeps
+            the model's own. :data:`DEFAULT_PREPROCESS` names each dataset's published one.
+            Pixel baselines compare the images as loaded and take none.
 
     Example:
         >>> load_distances("l2-lab").name
@@ -157,10 +168,19 @@ def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool]
     if model in PIXEL_BASELINES:
         if counterattack is not None:
             raise ValueError(f"A counterattack needs a model with an encoder, but model={model!r} is a pixel baseline.")
+        if preprocess is not None:
+            raise ValueError(f"Argument `preprocess` applies to a model with an encoder, but model={model!r} is a pixel "
+                             "baseline, which compares the images as loaded; pass preprocess=None.")
         return PixelL2(PIXEL_BASELINES[model])
+    from .encoder import Encoder, load_encoder
     from .metric import RobustDistance
+    from .spec import with_convention
 
-    return EncoderDistances(RobustDistance(model, device=device, counterattack=counterattack), amp=amp)
+    encoder = load_encoder(model)
+    if preprocess is not None:  # the same backbone, seeing images resized by the convention
+        spec = replace(encoder.spec, preprocessing=with_convention(encoder.spec.preprocessing, preprocess))
+        encoder = Encoder(encoder.backbone, spec, resize=encoder.resize)
+    return EncoderDistances(RobustDistance(encoder, device=device, counterattack=counterattack), amp=amp)
 
 
 # -- tasks ------------------------------------------------------------------------------------

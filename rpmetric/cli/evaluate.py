@@ -52,6 +52,7 @@ def register(sub) -> None:
             q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS,
                            help="2afc/train (lpips' training triplets, 2 raters each) or 2afc/val (default: val)")
         _add_run_options(q)
+        _add_preprocess_option(q, name)
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
             add_attack_options(q)
@@ -83,12 +84,26 @@ def _add_run_options(q) -> None:
                    help="stop after N batches (time-boxed runs); finish later with --resume")
 
 
+def _add_preprocess_option(q, dataset: str) -> None:
+    from ..evaluation import DEFAULT_PREPROCESS
+    from ..spec import PREPROCESS_CONVENTIONS
+
+    q.add_argument("--preprocess", default=None, choices=list(PREPROCESS_CONVENTIONS),
+                   help="how images are resized for the model, in the clean pass and under --attack: `model`, the "
+                        "model's own (e.g. ConvNeXt: bicubic 256, centre crop 224); `paper`, fra31/perceptual-metrics' "
+                        "bilinear resize of the shorter side to the model's input size (224), no crop; `dreamsim`, "
+                        "DreamSim's bicubic squash to that size, 224x224 (default: the one that reproduces the "
+                        "published protocol, "
+                        f"here {DEFAULT_PREPROCESS[dataset]}; not for pixel baselines)")
+
+
 def run(args) -> int:
     from .. import distributed
     from ..attacks.cli import attack_config_from_args
     from ..counterattack import counterattack_from_args
     from ..datasets import bapps_2afc_categories
-    from ..evaluation import PIXEL_BASELINES, TASKS, evaluate, load_distances, load_groups, nights_total
+    from ..evaluation import (DEFAULT_PREPROCESS, PIXEL_BASELINES, TASKS, evaluate, load_distances, load_groups,
+                              nights_total)
 
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args) if hasattr(args, "attack") else None
@@ -96,6 +111,11 @@ def run(args) -> int:
         if given and args.model in PIXEL_BASELINES:
             raise ValueError(f"{option} needs a model with an encoder, but --model is the {args.model} pixel baseline; "
                              "choose a model (see `rpmetric models`).")
+    if args.model in PIXEL_BASELINES and args.preprocess is not None:
+        raise ValueError(f"--preprocess needs a model with an encoder, but --model is the {args.model} pixel baseline, "
+                         "which compares the images as loaded; drop --preprocess.")
+    if args.model not in PIXEL_BASELINES and args.preprocess is None:
+        args.preprocess = DEFAULT_PREPROCESS[args.dataset]  # resolved here, so that the JSON records it
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
     rank, world = distributed.init_from_env()
@@ -105,10 +125,12 @@ def run(args) -> int:
         subset = getattr(args, "subset", "val")
         names = args.split if args.dataset == "nights" else args.categories or list(bapps_2afc_categories(subset))
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
-        distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
+        distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
+                                   preprocess=args.preprocess)
         log, default_log = _log_path(args, distances.name)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
-                      "model_argument": args.model}
+                      "model_argument": args.model,
+                      **({"preprocess": args.preprocess} if args.preprocess is not None else {})}
         result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                           resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
                           progress=True, max_batches=args.max_batches)
@@ -195,7 +217,14 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "spec": metric.spec.to_dict() if metric is not None else None,
         "settings": {"batch_size": args.batch_size, "workers": args.workers, "processes": world,
                      "device": str(distances.device),
-                     "precision": described.get("precision", "float32")},
+                     "precision": described.get("precision", "float32"),
+                     **(_preprocess_settings(args.preprocess, metric.spec.preprocessing) if metric is not None else {})},
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _preprocess_settings(name: str, pp) -> dict:
+    """The resize convention and the geometry it gave the model (normalisation is the model's)."""
+    geometry = {k: getattr(pp, k) for k in ("image_size", "resize_size", "interpolation", "resize_mode")}
+    return {"preprocess": name, "preprocessing": geometry}
