@@ -55,16 +55,18 @@ def test_nights_with_the_tiny_model(nights_known, vit_folder, tmp_path, capsys):
     assert not (out.parent / "nights.json.log.jsonl").exists()  # the default log goes once complete
 
 
-def test_bapps_with_l2(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["l2", "l2-lab"])
+def test_bapps_with_l2(tmp_path, capsys, model):
+    # The fixtures' triplets are decided by pixel distance, in RGB and in Lab alike.
     for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
         datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
     out = tmp_path / "bapps.json"
-    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "traditional", "cnn",
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", model, "--categories", "traditional", "cnn",
                  "--workers", "0", "--out", str(out)]) == 0
     table = _table(capsys.readouterr().out)
     assert table == {"traditional": (3, pytest.approx(63.33)), "cnn": (2, 80.0)}
     summary = json.loads(out.read_text())
-    assert summary["model"] == "l2" and summary["spec"] is None
+    assert summary["model"] == model and summary["spec"] is None
     assert summary["selection"] == {"categories": ["traditional", "cnn"], "subset": "val"}
     assert summary["results"]["traditional"]["score"] == pytest.approx(1.9 / 3, abs=1e-6)
 
@@ -261,15 +263,8 @@ def test_bapps_train_subset_takes_mix_and_defaults_to_lpips_training_categories(
     assert "'mix' exists in the train subset only" in err and "Traceback" not in err
 
 
-def test_bapps_with_l2_lab(tmp_path, capsys):
-    for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
-        datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
-    out = tmp_path / "bapps.json"
-    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2-lab", "--categories", "traditional", "cnn",
-                 "--workers", "0", "--out", str(out)]) == 0
-    # The fixtures' triplets are decided by pixel distance either way, so the scores are the l2 ones.
-    assert _table(capsys.readouterr().out) == {"traditional": (3, pytest.approx(63.33)), "cnn": (2, 80.0)}
-    assert json.loads(out.read_text())["model"] == "l2-lab"
+def test_l2_lab_refuses_an_attack(tmp_path, capsys):
+    datagen.write_bapps_2afc(tmp_path / "bapps", "cnn", [("left", 0.2)])
     assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2-lab", "--attack", "linf"]) == 2
     assert "--model is the l2-lab pixel baseline" in capsys.readouterr().err
 
