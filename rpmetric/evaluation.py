@@ -169,8 +169,8 @@ def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool]
         if counterattack is not None:
             raise ValueError(f"A counterattack needs a model with an encoder, but model={model!r} is a pixel baseline.")
         if preprocess is not None:
-            raise ValueError(f"Argument `preprocess` applies to a model with an encoder, but model={model!r} is a pixel "
-                             "baseline, which compares the images as loaded; pass preprocess=None.")
+            raise ValueError(f"Argument `preprocess` applies to a model with an encoder, but model={model!r} is a "
+                             "pixel baseline, which compares the images as loaded; pass preprocess=None.")
         return PixelL2(PIXEL_BASELINES[model])
     from .encoder import Encoder, load_encoder
     from .metric import RobustDistance

@@ -258,7 +258,8 @@ def test_bapps_train_subset_takes_mix_and_defaults_to_lpips_training_categories(
                  "--out", str(out)]) == 0
     assert _table(capsys.readouterr().out) == {"traditional": (2, 100.0), "cnn": (2, 100.0), "mix": (2, 100.0)}
     assert json.loads(out.read_text())["selection"] == {"categories": ["traditional", "cnn", "mix"], "subset": "train"}
-    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "mix", "--workers", "0"]) == 2
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "mix",
+                 "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "'mix' exists in the train subset only" in err and "Traceback" not in err
 

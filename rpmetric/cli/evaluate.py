@@ -65,7 +65,8 @@ def register(sub) -> None:
 def _add_run_options(q) -> None:
     add_model_option(q, extra_help="; or a pixel baseline, which needs no weights and compares the images as loaded: "
                                    "`l2` (mean squared difference of RGB in [0, 1]) or `l2-lab` (lpips' L2 baseline, "
-                                   "lpips.L2's default colorspace='Lab': 0.5 * mean squared difference of CIELAB / 100)")
+                                   "lpips.L2's default colorspace='Lab': 0.5 * mean squared difference of "
+                                   "CIELAB / 100)")
     add_device_option(q)
     q.add_argument("--batch-size", type=at_least(1), default=32, help="triplets or pairs per batch (default: 32)")
     q.add_argument("--workers", type=at_least(0), default=min(4, os.cpu_count() or 1),
@@ -218,7 +219,8 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "settings": {"batch_size": args.batch_size, "workers": args.workers, "processes": world,
                      "device": str(distances.device),
                      "precision": described.get("precision", "float32"),
-                     **(_preprocess_settings(args.preprocess, metric.spec.preprocessing) if metric is not None else {})},
+                     **(_preprocess_settings(args.preprocess, metric.spec.preprocessing)
+                        if metric is not None else {})},
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
