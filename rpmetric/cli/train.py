@@ -36,7 +36,8 @@ def register(sub) -> None:
     q.add_argument("--lr", type=float, default=train["lr"], help="Adam learning rate (default: %(default)s)")
     q.add_argument("--weight-decay", type=float, default=train["weight_decay"], help="default: %(default)s")
     q.add_argument("--betas", type=float, nargs=2, default=list(train["betas"]), metavar=("B1", "B2"),
-                   help="Adam betas (default: %(default)s, DreamSim's; torch's default is 0.9 0.999)")
+                   help=f"Adam betas (default: {' '.join(f'{b:g}' for b in train['betas'])}, DreamSim's; torch's "
+                        "default is 0.9 0.999)")
     q.add_argument("--margin", type=float, default=train["margin"], help="hinge loss margin (default: %(default)s)")
     q.add_argument("--hidden", type=at_least(1), default=head["hidden"], help="MLP hidden size (default: %(default)s)")
     q.add_argument("--lora-r", type=at_least(1), default=head["r"], help="LoRA rank (default: %(default)s)")
