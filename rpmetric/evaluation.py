@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -32,7 +32,7 @@ import torch
 from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_bapps_2afc, read_bapps_jnd,
                        read_nights)
 from .distributed import broadcast_object, gather_records, rank_and_world, shard
-from .functional import cosine_distance
+from .functional import cosine_distance, rgb_to_lab
 from .images import unit_float
 from .preprocess import resize_and_crop
 from .runlog import RunLog
@@ -40,14 +40,26 @@ from .scoring import jnd_map, twoafc_score
 from .unique import embed_unique
 
 __all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evaluate", "load_groups", "nights_total",
-           "TASKS", "DATASETS"]
+           "TASKS", "DATASETS", "PIXEL_BASELINES", "DEFAULT_PREPROCESS"]
 
 DATASETS = ("nights", "bapps", "jnd")
+# The pixel baselines, by --model name: their colorspace. lpips' own L2 baseline is the Lab one.
+PIXEL_BASELINES = {"l2": "rgb", "l2-lab": "lab"}
+# The resize convention (rpmetric.spec.PREPROCESS_CONVENTIONS) that reproduces each dataset's
+# published protocol: fra31/perceptual-metrics resizes BAPPS patches with a bilinear Resize(224),
+# and gives NIGHTS images the model's own open_clip preprocessing (ConvNeXt: 256, crop 224).
+DEFAULT_PREPROCESS = {"nights": "model", "bapps": "paper", "jnd": "paper"}
 
 
 # -- what is evaluated --------------------------------------------------------------------------
 class PixelL2:
-    """The pixel baseline: mean squared difference over all pixels of the images as loaded.
+    """A pixel baseline: mean squared difference over all pixels of the images as loaded.
+
+    Args:
+        colorspace: ``"rgb"`` (``l2``): the mean of ``(a - b)^2`` over [0, 1] RGB values;
+            ``"lab"`` (``l2-lab``): lpips' L2 baseline (``lpips.L2``, whose default colorspace is
+            Lab): ``0.5 * mean(((Lab(a) - Lab(b)) / 100)^2)`` over L, a, b and all pixels, with
+            the Lab of :func:`~rpmetric.functional.rgb_to_lab` (skimage's, as lpips computes it).
 
     It needs no weights. The images of one triplet or pair must have the same size.
 
@@ -56,20 +68,31 @@ class PixelL2:
         tensor([0.2500])
     """
 
-    name = "l2"
     device = torch.device("cpu")
     transform = None  # compares the pixels as loaded
     needs_equal_sizes = True
 
+    def __init__(self, colorspace: str = "rgb"):
+        if colorspace not in PIXEL_BASELINES.values():
+            raise ValueError(f"Argument `colorspace` must be one of {tuple(PIXEL_BASELINES.values())}, but got "
+                             f"{colorspace!r}.")
+        self.colorspace = colorspace
+        self.name = next(name for name, space in PIXEL_BASELINES.items() if space == colorspace)
+
     def describe(self) -> dict:
-        return {"model": "l2"}
+        return {"model": self.name}
+
+    def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.colorspace == "lab":
+            return 0.5 * ((rgb_to_lab(a) - rgb_to_lab(b)) / 100.0).pow(2).flatten(1).mean(dim=1)
+        return (a - b).pow(2).flatten(1).mean(dim=1)
 
     def pair_distances(self, a, b) -> torch.Tensor:
         a, b = unit_float(a), unit_float(b)
         if isinstance(a, torch.Tensor):
-            return (a - b).pow(2).flatten(1).mean(dim=1)
+            return self._distance(a, b)
         # Different sizes across the batch (never within a pair): one image at a time.
-        return torch.stack([(x - y).pow(2).mean() for x, y in zip(a, b)])
+        return torch.cat([self._distance(x[None], y[None]) for x, y in zip(a, b)])
 
     def triplet_distances(self, ref, left, right) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.pair_distances(ref, left), self.pair_distances(ref, right)
@@ -135,21 +158,38 @@ class EncoderDistances:
         return cosine_distance(f_ref, f_left).cpu(), cosine_distance(f_ref, f_right).cpu()
 
 
-def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None, counterattack=None):
-    """``PixelL2()`` for ``model == "l2"``, else :class:`EncoderDistances` on ``RobustDistance(model)``
-    (with an optional test-time ``counterattack``, see :class:`rpmetric.Counterattack`).
+def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None, counterattack=None,
+                   preprocess: Optional[str] = None):
+    """:class:`PixelL2` for ``model`` ``"l2"`` (RGB) or ``"l2-lab"`` (lpips' Lab L2), else
+    :class:`EncoderDistances` on ``RobustDistance(model)`` (with an optional test-time
+    ``counterattack``, see :class:`rpmetric.Counterattack`).
+
+    Args:
+        preprocess: a resize convention of :data:`rpmetric.spec.PREPROCESS_CONVENTIONS`
+            (``"model"``, ``"paper"``, ``"dreamsim"``) the encoder sees images through; None keeps
+            the model's own. :data:`DEFAULT_PREPROCESS` names each dataset's published one.
+            Pixel baselines compare the images as loaded and take none.
 
     Example:
-        >>> load_distances("l2").name
-        'l2'
+        >>> load_distances("l2-lab").name
+        'l2-lab'
     """
-    if model == "l2":
+    if model in PIXEL_BASELINES:
         if counterattack is not None:
-            raise ValueError("A counterattack needs a model with an encoder, but model='l2' is the pixel baseline.")
-        return PixelL2()
+            raise ValueError(f"A counterattack needs a model with an encoder, but model={model!r} is a pixel baseline.")
+        if preprocess is not None:
+            raise ValueError(f"Argument `preprocess` applies to a model with an encoder, but model={model!r} is a "
+                             "pixel baseline, which compares the images as loaded; pass preprocess=None.")
+        return PixelL2(PIXEL_BASELINES[model])
+    from .encoder import Encoder, load_encoder
     from .metric import RobustDistance
+    from .spec import with_convention
 
-    return EncoderDistances(RobustDistance(model, device=device, counterattack=counterattack), amp=amp)
+    encoder = load_encoder(model)
+    if preprocess is not None:  # the same backbone, seeing images resized by the convention
+        spec = replace(encoder.spec, preprocessing=with_convention(encoder.spec.preprocessing, preprocess))
+        encoder = Encoder(encoder.backbone, spec, resize=encoder.resize)
+    return EncoderDistances(RobustDistance(encoder, device=device, counterattack=counterattack), amp=amp)
 
 
 # -- tasks ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import enum
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Optional, Tuple
@@ -16,6 +16,8 @@ from typing import Optional, Tuple
 __all__ = [
     "Family",
     "Preprocessing",
+    "PREPROCESS_CONVENTIONS",
+    "with_convention",
     "PublishedResult",
     "ModelSpec",
     "list_models",
@@ -77,6 +79,34 @@ class Preprocessing:
             )
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+
+# Published resize conventions, by `rpmetric eval --preprocess` name: the geometry they give a
+# model's Preprocessing (mean/std stay the model's). The size is the model's input size, 224 for
+# every zoo model and for the papers' models. "model" is the model's own preprocessing.
+PREPROCESS_CONVENTIONS = {
+    "model": {},
+    # fra31/perceptual-metrics, BAPPSTwoAFCDataset: transforms.Resize(224), torchvision's bilinear
+    # resize of the shorter side, with no crop (BAPPS patches are square, so none is needed).
+    "paper": {"interpolation": "bilinear", "resize_mode": "shortest"},
+    # DreamSim's dataset and fra31's code for MLP/LoRA heads: transforms.Resize((224, 224), BICUBIC).
+    "dreamsim": {"interpolation": "bicubic", "resize_mode": "squash"},
+}
+
+
+def with_convention(pp: Preprocessing, name: str) -> Preprocessing:
+    """``pp`` with the geometry of a published convention (see ``PREPROCESS_CONVENTIONS``), resizing
+    to ``pp.image_size``; ``"model"`` returns ``pp`` itself.
+
+    Example:
+        >>> pp = with_convention(Preprocessing(image_size=224, resize_size=256), "paper")
+        >>> pp.resize_size, pp.interpolation, pp.resize_mode
+        (224, 'bilinear', 'shortest')
+    """
+    if name not in PREPROCESS_CONVENTIONS:
+        raise ValueError(f"Argument `preprocess` must be one of {tuple(PREPROCESS_CONVENTIONS)}, but got {name!r}.")
+    geometry = PREPROCESS_CONVENTIONS[name]
+    return replace(pp, resize_size=pp.image_size, **geometry) if geometry else pp
 
 
 @dataclass(frozen=True)

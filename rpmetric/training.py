@@ -11,7 +11,9 @@ The encoder stays frozen and in eval mode as everywhere in rpmetric; the trainer
 head: its parameters get ``requires_grad`` and its own dropout modules (LoRA's) go to train mode.
 
 A checkpoint (head, optimiser, RNG state, history) is written after every epoch into the output
-folder, so ``resume=True`` continues exactly: the final weights equal an uninterrupted run's.
+folder's ``checkpoint/`` sub-folder, so ``resume=True`` continues exactly: the final weights equal
+an uninterrupted run's. The folder itself keeps only what a head repo needs (``rpmetric_config.json``
+and ``head.safetensors``); ``checkpoint/`` is left out when sharing the head.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ from .preprocess import resize_and_crop
 from .scoring import twoafc_score
 from .validation import check_int
 
-__all__ = ["TrainConfig", "TrainResult", "hinge_loss", "train_nights", "CHECKPOINT_NAME", "ADVERSARIAL_NORMS"]
+__all__ = ["TrainConfig", "TrainResult", "hinge_loss", "train_nights", "CHECKPOINT_NAME", "ADVERSARIAL_NORMS",
+           "DREAMSIM_BETAS"]
 
-CHECKPOINT_NAME = "checkpoint.pt"
+# Relative to the head folder: in a sub-folder, so that the folder's top level is what to upload.
+CHECKPOINT_NAME = "checkpoint/checkpoint.pt"
+_OLD_CHECKPOINT_NAME = "checkpoint.pt"  # beside the head files, where rpmetric 0.1.0 wrote it; still resumed
+_OLD_BETAS = (0.9, 0.999)  # what runs recorded without betas used (torch's default)
+DREAMSIM_BETAS = (0.5, 0.999)  # DreamSim's train.py: Adam(betas=(beta1=0.5, 0.999))
 ADVERSARIAL_NORMS = ("linf",)
 TEST_SPLITS = ("test_imagenet", "test_no_imagenet")
 DEFAULT_BATCH = {"mlp": 512, "lora": 32}
@@ -56,7 +63,7 @@ class TrainConfig:
         head: the head to train.
         epochs: passes over the train split.
         batch_size: None gives 512 for an MLP and 32 for LoRA.
-        lr, weight_decay: Adam's settings.
+        lr, weight_decay, betas: Adam's settings (``betas`` as DreamSim's, not torch's default).
         margin: of the hinge loss.
         seed: seeds the head's initialisation, the shuffling and dropout.
         adversarial: None, or ``"linf"`` to train on PGD-attacked references.
@@ -70,6 +77,7 @@ class TrainConfig:
     batch_size: Optional[int] = None
     lr: float = 3e-4
     weight_decay: float = 0.0
+    betas: Tuple[float, float] = DREAMSIM_BETAS
     margin: float = 0.05
     seed: int = 0
     adversarial: Optional[str] = None
@@ -85,6 +93,11 @@ class TrainConfig:
         if self.adversarial is not None and self.adversarial not in ADVERSARIAL_NORMS:
             raise ValueError(f"Argument `adversarial` must be one of {ADVERSARIAL_NORMS} or None, "
                              f"but got {self.adversarial!r}.")
+        betas = tuple(float(b) for b in self.betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Argument `betas` must be two numbers in [0, 1), e.g. {DREAMSIM_BETAS}, but got "
+                             f"{self.betas!r}.")
+        object.__setattr__(self, "betas", betas)
         if not self.eps > 0:
             raise ValueError(f"Argument `eps` must be positive (in 1/255 units), but got {self.eps!r}.")
 
@@ -105,6 +118,7 @@ class TrainConfig:
     def describe(self) -> dict:
         out = asdict(self)
         out["head"] = self.head.to_dict()
+        out["betas"] = list(self.betas)
         out["batch_size"] = self.batch
         return out
 
@@ -149,8 +163,8 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
         root: NIGHTS folder (``data.csv``, ``ref/``, ``distort/``).
         base_model: the backbone (zoo name, ``hf-hub:ORG/NAME`` or a folder); written into the
             head folder (a folder by its absolute path), so use a zoo name or Hub id to share the head.
-        out: the head folder to write (``rpmetric_config.json``, ``head.safetensors``,
-            ``checkpoint.pt``).
+        out: the head folder to write (``rpmetric_config.json`` and ``head.safetensors``, the files
+            to share; the resume state goes to ``checkpoint/checkpoint.pt`` inside it).
         config: the recipe.
         resume: continue the run whose checkpoint is in ``out``.
         device: None picks CUDA when available.
@@ -168,10 +182,11 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     out = Path(out)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint_path = out / CHECKPOINT_NAME
-    if checkpoint_path.exists() and not resume:
-        raise ValueError(f"{out} already holds a training run ({CHECKPOINT_NAME}); pass --resume (resume=True) to "
-                         "continue it, or choose another output folder.")
-    if resume and not checkpoint_path.exists():
+    found = next((p for p in (checkpoint_path, out / _OLD_CHECKPOINT_NAME) if p.is_file()), None)
+    if found is not None and not resume:
+        raise ValueError(f"{out} already holds a training run ({found.relative_to(out)}); pass --resume (resume=True) "
+                         "to continue it, or choose another output folder.")
+    if resume and found is None:
         raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; run without --resume to start.")
     splits = {name: read_nights(root, name) for name in ("train", "val") + TEST_SPLITS}
     # A folder by its absolute path: in the head folder and in the run's settings (resume).
@@ -190,14 +205,14 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     run.config = config
     model = Encoder(module, base.spec).to(device)
     params = head_parameters(module)
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     # What a resumed run must share with the saved one; `epochs` may grow (train longer).
     recipe = {k: v for k, v in config.describe().items() if k not in ("epochs", "workers")}
     settings = {"base_model": base_model, "config": recipe, "sizes": {name: len(t) for name, t in splits.items()}}
 
     if resume:
-        state = _read_checkpoint(checkpoint_path, settings)
-        load_head_state(module, state["head"], where=str(checkpoint_path))
+        state = _read_checkpoint(found, settings)
+        load_head_state(module, state["head"], where=str(found))
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
@@ -220,6 +235,7 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
                                             "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                                             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                                             "history": history, "best_epoch": best_epoch, "best_head": best_state})
+        (out / _OLD_CHECKPOINT_NAME).unlink(missing_ok=True)  # a resumed old-layout run moves to checkpoint/
 
     load_head_state(module, best_state)
     test = {name: {"n": len(splits[name]), "score": run.score(model, name)} for name in TEST_SPLITS}
@@ -381,6 +397,7 @@ def _write_checkpoint(path: Path, state: dict) -> None:
 def _read_checkpoint(path: Path, settings: dict) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     saved = json.loads(json.dumps(state["settings"]))
+    saved.get("config", {}).setdefault("betas", list(_OLD_BETAS))  # recorded before betas were
     now = json.loads(json.dumps(settings))
     if saved != now:
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

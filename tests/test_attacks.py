@@ -573,3 +573,31 @@ def _parsed(argv):
     p = argparse.ArgumentParser()
     add_attack_options(p)
     return p.parse_args(argv)
+
+
+def test_attack_sees_the_reference_through_the_chosen_preprocess(vit_folder, tmp_path, monkeypatch):
+    # eval --attack --preprocess paper: APGD attacks the reference as fra31's Resize(size) (bilinear) gives it.
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as PT
+
+    from rpmetric.evaluation import load_distances
+    from tinymodels import IMAGE_SIZE
+
+    datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.2), ("right", 0.8)])
+    attacked = []
+
+    def no_attack(logits, x, y, config, **kwargs):  # pyautoattack is optional: keep the clean images
+        attacked.append(x.clone())
+        return run_apgd_result(x.clone(), torch.zeros(len(x), dtype=bool))
+
+    monkeypatch.setattr(evaluate_module, "run_apgd", no_attack)
+    metric = load_distances(str(vit_folder), device="cpu", preprocess="paper").metric
+    result = evaluate_attack(metric, read_bapps_2afc(tmp_path, "cnn"), steps=1, progress=False)
+    ref = Image.open(tmp_path / "2afc" / "val" / "cnn" / "ref" / "000000.png")
+    peer = torch.tensor(np.array(PT.Resize(IMAGE_SIZE)(ref))).permute(2, 0, 1).double()
+    assert (attacked[0][0].double() * 255 - peer).abs().max() <= 2 + 1e-3
+    assert result.config["preprocessing"]["interpolation"] == "bilinear"
+    own = load_distances(str(vit_folder), device="cpu").metric  # the model's own: bicubic
+    assert evaluate_module._run_config(own, AttackConfig(), None, 1, ["a"])["preprocessing"]["interpolation"] == \
+        "bicubic"

@@ -52,16 +52,18 @@ def test_nights_with_the_tiny_model(nights_known, vit_folder, tmp_path, capsys):
     assert not (out.parent / "nights.json.log.jsonl").exists()  # the default log goes once complete
 
 
-def test_bapps_with_l2(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["l2", "l2-lab"])
+def test_bapps_with_l2(tmp_path, capsys, model):
+    # The fixtures' triplets are decided by pixel distance, in RGB and in Lab alike.
     for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
         datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
     out = tmp_path / "bapps.json"
-    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "traditional", "cnn",
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", model, "--categories", "traditional", "cnn",
                  "--workers", "0", "--out", str(out)]) == 0
     table = _table(capsys.readouterr().out)
     assert table == {"traditional": (3, pytest.approx(63.33)), "cnn": (2, 80.0)}
     summary = json.loads(out.read_text())
-    assert summary["model"] == "l2" and summary["spec"] is None
+    assert summary["model"] == model and summary["spec"] is None
     assert summary["selection"] == {"categories": ["traditional", "cnn"], "subset": "val"}
     assert summary["results"]["traditional"]["score"] == pytest.approx(1.9 / 3, abs=1e-6)
 
@@ -225,3 +227,119 @@ def test_attack_refuses_max_batches(fresh_nights, vit_folder, capsys):
     code = main(["eval", "nights", str(fresh_nights), "--model", str(vit_folder), "--attack", "l2",
                  "--max-batches", "1"])
     assert code == 2 and "--max-batches applies to the clean evaluation only" in capsys.readouterr().err
+
+
+def test_bapps_train_subset_takes_mix_and_defaults_to_lpips_training_categories(tmp_path, capsys):
+    for category in ("traditional", "cnn", "mix"):
+        datagen.write_bapps_2afc(tmp_path / "bapps", category, [("left", 0.0), ("right", 1.0)], subset="train")
+    out = tmp_path / "train.json"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--subset", "train", "--workers", "0",
+                 "--out", str(out)]) == 0
+    assert _table(capsys.readouterr().out) == {"traditional": (2, 100.0), "cnn": (2, 100.0), "mix": (2, 100.0)}
+    assert json.loads(out.read_text())["selection"] == {"categories": ["traditional", "cnn", "mix"], "subset": "train"}
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--categories", "mix",
+                 "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "'mix' exists in the train subset only" in err and "Traceback" not in err
+
+
+def test_l2_lab_refuses_an_attack(tmp_path, capsys):
+    datagen.write_bapps_2afc(tmp_path / "bapps", "cnn", [("left", 0.2)])
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2-lab", "--attack", "linf"]) == 2
+    assert "--model is the l2-lab pixel baseline" in capsys.readouterr().err
+
+
+def test_eval_help_says_which_l2_lpips_uses(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "bapps", "--help"])
+    assert "`l2-lab` (lpips' L2 baseline" in " ".join(capsys.readouterr().out.split())
+
+
+# -- --preprocess: the images the backbone sees, against the peers' own PIL transforms ---------------
+def _backbone_inputs(monkeypatch):
+    """Record, as 8-bit [0, 255] pixels, every batch reaching a loaded encoder's backbone (mean/std undone)."""
+    import torch
+
+    import rpmetric.encoder
+
+    real, seen = rpmetric.encoder.load_encoder, []
+
+    def recording(*args, **kwargs):
+        encoder = real(*args, **kwargs)
+
+        def hook(module, inputs, _encoder=encoder):
+            pp = _encoder.spec.preprocessing
+            mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (pp.mean, pp.std))
+            seen.append((inputs[0] * std + mean) * 255)
+
+        encoder.backbone.register_forward_pre_hook(hook)
+        return encoder
+
+    monkeypatch.setattr(rpmetric.encoder, "load_encoder", recording)
+    return seen
+
+
+def _peer_transform(name: str, size: int):
+    from torchvision import transforms as PT
+
+    bicubic = PT.InterpolationMode.BICUBIC
+    return {"paper": PT.Resize(size),  # fra31's BAPPS loader: torchvision's default, bilinear
+            "dreamsim": PT.Resize((size, size), interpolation=bicubic),
+            "model": PT.Compose([PT.Resize(size, interpolation=bicubic), PT.CenterCrop(size)])}[name]  # tiny ViT's
+
+
+@pytest.mark.parametrize("option, expected", [([], "paper"), (["--preprocess", "model"], "model"),
+                                              (["--preprocess", "dreamsim"], "dreamsim")])
+def test_bapps_preprocess_reaches_the_backbone_and_is_recorded(vit_folder, tmp_path, capsys, monkeypatch, option,
+                                                               expected):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tinymodels import IMAGE_SIZE
+
+    root = tmp_path / "bapps"
+    datagen.write_bapps_2afc(root, "cnn", [("left", 0.2)])  # 64-px patches, as BAPPS ships them
+    seen = _backbone_inputs(monkeypatch)
+    out = tmp_path / "r.json"
+    assert main(["eval", "bapps", str(root), "--model", str(vit_folder), "--categories", "cnn", "--workers", "0",
+                 "--device", "cpu", "--out", str(out), *option]) == 0
+    ref = Image.open(root / "2afc" / "val" / "cnn" / "ref" / "000000.png")
+    peer = torch.tensor(np.array(_peer_transform(expected, IMAGE_SIZE)(ref))).permute(2, 0, 1).double()
+    assert (seen[0][0].double() - peer).abs().max() <= 2 + 1e-3  # the 8-bit path: within 2 levels of PIL
+    settings = json.loads(out.read_text())["settings"]
+    geometry = {"paper": ("bilinear", "shortest"), "dreamsim": ("bicubic", "squash"), "model": ("bicubic", "shortest")}
+    assert settings["preprocess"] == expected
+    assert settings["preprocessing"] == {"image_size": IMAGE_SIZE, "resize_size": IMAGE_SIZE,
+                                         "interpolation": geometry[expected][0], "resize_mode": geometry[expected][1]}
+
+
+def test_nights_defaults_to_the_model_s_preprocessing(vit_folder, nights_known, tmp_path, capsys):
+    root, _ = nights_known
+    out = tmp_path / "r.json"
+    assert main(["eval", "nights", str(root), "--model", str(vit_folder), "--split", "val", "--workers", "0",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["settings"]["preprocess"] == "model"
+
+
+def test_preprocess_is_refused_for_pixel_baselines_and_absent_from_their_settings(tmp_path, capsys):
+    for category, (entries, _) in datagen.BAPPS_2AFC_KNOWN.items():
+        datagen.write_bapps_2afc(tmp_path / "bapps", category, entries)
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2", "--preprocess", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "--preprocess needs a model with an encoder, but --model is the l2 pixel baseline" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    out = tmp_path / "r.json"
+    assert main(["eval", "bapps", str(tmp_path / "bapps"), "--model", "l2-lab", "--categories", "cnn", "--workers",
+                 "0", "--out", str(out)]) == 0
+    assert "preprocess" not in json.loads(out.read_text())["settings"]
+
+
+def test_a_run_log_is_not_resumed_under_another_preprocess(vit_folder, tmp_path, capsys):
+    datagen.write_bapps_2afc(tmp_path / "bapps", "cnn", [("left", 0.2), ("right", 0.8)])
+    log = tmp_path / "run.jsonl"
+    common = ["eval", "bapps", str(tmp_path / "bapps"), "--model", str(vit_folder), "--categories", "cnn",
+              "--workers", "0", "--device", "cpu", "--batch-size", "1", "--log", str(log)]
+    assert main(common + ["--max-batches", "1"]) == 3
+    assert main(common + ["--resume", "--preprocess", "dreamsim"]) == 2
+    assert "preprocess" in capsys.readouterr().err

@@ -241,3 +241,11 @@ def test_collate_keeps_mixed_sizes_as_lists():
     batch = collate_images(items)
     assert isinstance(batch["p0"], list) and [x.shape[1] for x in batch["p0"]] == [4, 5]
     assert batch["same"].dtype == torch.float64 and batch["same"].tolist() == [1.0, 0.0]
+
+
+def test_read_bapps_2afc_train_mix(tmp_path):
+    # lpips trains on 2afc/train/{traditional,cnn,mix}; mix is a train-only category.
+    datagen.write_bapps_2afc(tmp_path, "mix", [("left", 0.0), ("right", 1.0)], subset="train")
+    assert [t.p for t in read_bapps_2afc(tmp_path, "mix", "train")] == [0.0, 1.0]
+    with pytest.raises(ValueError, match=r"'mix' exists in the train subset only .*pass --subset train"):
+        read_bapps_2afc(tmp_path, "mix")

@@ -266,3 +266,33 @@ def test_running_score_is_recomputed_at_most_once_per_interval():
         running.update({str(i): {"d0": 0.0} for i in range(n)}, final=n == 5)
     assert calls == [1, 5]  # the first batch, then only the final one
     assert bar.postfix == "2AFC 50.00%"
+
+
+def test_l2_lab_is_lpips_lab_l2_on_closed_form_colours():
+    # lpips.L2(colorspace='Lab') = 0.5 * mean over L, a, b and pixels of ((Lab0 - Lab1) / 100)^2.
+    # White vs black: L differs by 100 and a, b by about 0 (white's are ~0.002-0.005), so 0.5 * (1 + 0 + 0) / 3.
+    import torch
+
+    from rpmetric.evaluation import PixelL2, load_distances
+
+    white, black = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8), torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    lab = load_distances("l2-lab")
+    assert isinstance(lab, PixelL2) and lab.name == "l2-lab" and lab.describe() == {"model": "l2-lab"}
+    assert lab.pair_distances(white, black).item() == pytest.approx(1 / 6, abs=1e-6)
+    # Pure red vs pure green (published Lab values): the differences are 34.49, 166.28 and 16.02.
+    red, green = torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 2)
+    red[:, 0], green[:, 1] = 1.0, 1.0
+    expected = 0.5 * ((34.4939 / 100) ** 2 + (166.2752 / 100) ** 2 + (15.9761 / 100) ** 2) / 3
+    assert lab.pair_distances(red, green).item() == pytest.approx(expected, rel=1e-4)
+    # RGB l2 of the same pair: mean of (1, 1, 0) over channels.
+    assert load_distances("l2").pair_distances(red, green).item() == pytest.approx(2 / 3)
+    # Images of different sizes across a batch (a list) give the same as one at a time.
+    listed = lab.pair_distances([white[0], red[0]], [black[0], green[0]])
+    assert listed.tolist() == pytest.approx([1 / 6, expected], rel=1e-4)
+
+
+def test_pixel_l2_refuses_an_unknown_colorspace():
+    from rpmetric.evaluation import PixelL2
+
+    with pytest.raises(ValueError, match=r"`colorspace` must be one of \('rgb', 'lab'\), but got 'hsv'"):
+        PixelL2("hsv")

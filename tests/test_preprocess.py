@@ -56,3 +56,56 @@ def test_uint8_images_are_resized_in_8_bits_like_pil(shape, mode):
     x = torch.from_numpy(smooth).permute(2, 0, 1)[None].contiguous()
     float_path = resize_and_crop(x.float() / 255, pp)
     assert (resize_and_crop(x, pp).float() / 255 - float_path).abs().max() <= 1.5 / 255
+
+
+# -- published conventions (rpmetric eval --preprocess), against the peers' own PIL transforms --------
+from torchvision import transforms as PT  # noqa: E402  (v1 on PIL images, as fra31's and DreamSim's code)
+
+from rpmetric.spec import PREPROCESS_CONVENTIONS, with_convention  # noqa: E402
+
+BICUBIC = PT.InterpolationMode.BICUBIC
+PEER_TRANSFORMS = {
+    "paper": lambda size: PT.Resize(size),  # fra31's BAPPSTwoAFCDataset (torchvision's default: bilinear)
+    "dreamsim": lambda size: PT.Resize((size, size), interpolation=BICUBIC),  # DreamSim's dataset
+    # open_clip's own: Resize(256, bicubic) + CenterCrop(224), as fra31 uses for ConvNeXt on NIGHTS
+    "model": lambda size: PT.Compose([PT.Resize(256, interpolation=BICUBIC), PT.CenterCrop(size)]),
+}
+
+
+def _pil_transform(img: np.ndarray, transform) -> torch.Tensor:
+    return torch.tensor(np.array(transform(Image.fromarray(img)))).permute(2, 0, 1).int()
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (256, 256), (224, 224), (200, 300)])  # BAPPS, NIGHTS, other
+@pytest.mark.parametrize("name", list(PREPROCESS_CONVENTIONS))
+def test_convention_matches_the_peers_transform_on_8_bit_images(name, shape):
+    if name == "paper" and shape == (200, 300):
+        pytest.skip("fra31's Resize(224) keeps a non-square image non-square; the model needs a square (crop)")
+    if name == "model" and shape == (224, 224):
+        pytest.skip("an image at the model's input size passes untouched (see resize_and_crop), unlike open_clip's "
+                    "transform, which upsamples it to 256 and crops")
+    # Noise, so that bilinear and bicubic, or a crop, differ by many levels: the check tells them apart.
+    img = np.random.default_rng(0).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    expected = _pil_transform(img, PEER_TRANSFORMS[name](224))
+    base = Preprocessing(image_size=224, resize_size=256)  # the zoo's ConvNeXt preprocessing
+    got = resize_and_crop(torch.tensor(img).permute(2, 0, 1)[None].contiguous(), with_convention(base, name))[0].int()
+    assert got.shape == expected.shape
+    # The data loaders' 8-bit path: within 2 levels of PIL, and nearly everywhere exact.
+    assert (got - expected).abs().max() <= 2 and (got - expected).abs().float().mean() < 0.1
+    for other in set(PREPROCESS_CONVENTIONS) - {name}:
+        if shape == (224, 224):
+            continue  # paper and dreamsim both leave a 224 image as it is
+        got_other = resize_and_crop(torch.tensor(img).permute(2, 0, 1)[None].contiguous(),
+                                    with_convention(base, other))[0].int()
+        assert (got_other - expected).abs().float().mean() > 5
+
+
+def test_convention_keeps_the_model_s_normalisation_and_input_size():
+    base = Preprocessing(image_size=32, resize_size=40, mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
+    paper = with_convention(base, "paper")
+    assert (paper.image_size, paper.resize_size, paper.interpolation, paper.resize_mode) == (32, 32, "bilinear",
+                                                                                            "shortest")
+    assert (paper.mean, paper.std) == (base.mean, base.std)
+    assert with_convention(base, "model") is base
+    with pytest.raises(ValueError, match=r"`preprocess` must be one of \('model', 'paper', 'dreamsim'\), but got 'x'"):
+        with_convention(base, "x")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -16,7 +17,7 @@ import datagen
 import rpmetric
 from rpmetric import training
 from rpmetric.heads import CONFIG_NAME, WEIGHTS_NAME, HeadConfig
-from rpmetric.training import CHECKPOINT_NAME, TrainConfig, hinge_loss, train_nights
+from rpmetric.training import CHECKPOINT_NAME, DREAMSIM_BETAS, TrainConfig, hinge_loss, train_nights
 
 SIZES = {"train": 32, "val": 12, "test": 8}
 
@@ -296,3 +297,98 @@ def test_cli_refuses_a_zero_count_by_option_name(capsys):
     with pytest.raises(SystemExit):
         main(["train", "nights", "x", "--model", "m", "--head", "mlp", "--out", "o", "--epochs", "0"])
     assert "--epochs: must be at least 1, but got 0" in capsys.readouterr().err
+
+
+def test_adam_gets_dreamsim_s_betas_and_the_record_has_them(nights, vit_folder, tmp_path):
+    # DreamSim's train.py builds Adam(betas=(0.5, 0.999)); torch's default would be (0.9, 0.999).
+    config = TrainConfig(HeadConfig("mlp", hidden=8), epochs=1, batch_size=64)
+    train_nights(nights, str(vit_folder), tmp_path / "mlp", config, progress=False, device="cpu")
+    optimizer = torch.load(tmp_path / "mlp" / CHECKPOINT_NAME, weights_only=True)["optimizer"]
+    assert [tuple(g["betas"]) for g in optimizer["param_groups"]] == [(0.5, 0.999)]
+    assert json.loads((tmp_path / "mlp" / CONFIG_NAME).read_text())["training"]["betas"] == [0.5, 0.999]
+
+
+def test_cli_betas_reach_the_optimizer(nights, vit_folder, tmp_path):
+    from rpmetric.cli import main
+
+    out = tmp_path / "head"
+    assert main(["train", "nights", str(nights), "--model", str(vit_folder), "--head", "mlp", "--out", str(out),
+                 "--epochs", "1", "--hidden", "8", "--betas", "0.8", "0.99", "--device", "cpu"]) == 0
+    optimizer = torch.load(out / CHECKPOINT_NAME, weights_only=True)["optimizer"]
+    assert tuple(optimizer["param_groups"][0]["betas"]) == (0.8, 0.99)
+
+
+@pytest.mark.parametrize("betas", [(0.5,), (1.0, 0.999), (0.5, -0.1)])
+def test_train_config_refuses_bad_betas(betas):
+    with pytest.raises(ValueError, match=r"`betas` must be two numbers in \[0, 1\)"):
+        TrainConfig(HeadConfig("mlp"), betas=betas)
+
+
+def test_head_folder_top_level_is_what_to_upload(nights, vit_folder, tmp_path, capsys):
+    from rpmetric.cli import main
+
+    out = tmp_path / "head"
+    assert main(["train", "nights", str(nights), "--model", str(vit_folder), "--head", "mlp", "--out", str(out),
+                 "--epochs", "1", "--hidden", "8", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, "checkpoint"])
+    assert (out / "checkpoint" / "checkpoint.pt").is_file()
+    printed = capsys.readouterr().out
+    assert f"upload {CONFIG_NAME} and {WEIGHTS_NAME}, not checkpoint/" in printed
+    assert f"--exclude 'checkpoint/*'" in printed
+
+
+def test_resume_reads_a_checkpoint_in_the_old_place(nights, vit_folder, tmp_path):
+    # rpmetric 0.1.0 wrote DIR/checkpoint.pt and recorded no betas (it used torch's (0.9, 0.999)).
+    old = TrainConfig(HeadConfig("mlp", hidden=8), epochs=1, batch_size=64, betas=(0.9, 0.999))
+    out = tmp_path / "mlp"
+    train_nights(nights, str(vit_folder), out, old, progress=False, device="cpu")
+    state = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    del state["settings"]["config"]["betas"]
+    torch.save(state, out / "checkpoint.pt")
+    (out / CHECKPOINT_NAME).unlink()
+    with pytest.raises(ValueError, match=r"already holds a training run \(checkpoint.pt\)"):
+        train_nights(nights, str(vit_folder), out, old, progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"different run \(it differs in config\)"):  # the default betas differ
+        train_nights(nights, str(vit_folder), out, replace(old, betas=DREAMSIM_BETAS, epochs=2), resume=True,
+                     progress=False, device="cpu")
+    result = train_nights(nights, str(vit_folder), out, replace(old, epochs=2), resume=True, progress=False,
+                          device="cpu")
+    assert len(result.val_history) == 3 and result.val_history[:2] == state["history"]
+    assert not (out / "checkpoint.pt").exists() and (out / CHECKPOINT_NAME).is_file()
+
+
+def test_cli_warns_when_no_epoch_beats_the_untrained_head(nights, vit_folder, tmp_path, monkeypatch, capsys):
+    from rpmetric.cli import main
+
+    scores = iter([0.9, 0.5])
+    monkeypatch.setattr(training._Run, "val_score", lambda self, model: next(scores))
+    assert main(["train", "nights", str(nights), "--model", str(vit_folder), "--head", "mlp", "--out",
+                 str(tmp_path / "head"), "--epochs", "1", "--hidden", "8", "--device", "cpu"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("rpmetric")]  # not tqdm's
+    assert err == ["rpmetric train: warning: no epoch beat the untrained head on val (90.00%), so the head written is "
+                   "the untrained one; try another --lr or more --epochs."]
+
+
+def test_cli_does_not_warn_when_an_epoch_beats_the_untrained_head(nights, vit_folder, tmp_path, monkeypatch, capsys):
+    from rpmetric.cli import main
+
+    scores = iter([0.5, 0.9])
+    monkeypatch.setattr(training._Run, "val_score", lambda self, model: next(scores))
+    assert main(["train", "nights", str(nights), "--model", str(vit_folder), "--head", "mlp", "--out",
+                 str(tmp_path / "head"), "--epochs", "1", "--hidden", "8", "--device", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--eps", "8"], "--eps only applies"),
+    (["--attack-steps", "3"], "--attack-steps only applies"),
+    (["--eps", "8", "--attack-steps", "3"], "--eps and --attack-steps only apply"),
+])
+def test_cli_refuses_attack_options_without_adversarial(tmp_path, capsys, extra, named):
+    from rpmetric.cli import main
+
+    code = main(["train", "nights", str(tmp_path), "--model", "m", "--head", "mlp", "--out", str(tmp_path / "o"),
+                 *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert named in err and "add --adversarial linf" in err

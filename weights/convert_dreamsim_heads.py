@@ -52,8 +52,9 @@ from typing import Dict, Tuple
 import torch
 
 from rpmetric.heads import HeadConfig, save_head_folder
+from rpmetric.spec import PREPROCESS_CONVENTIONS
 
-DREAMSIM_PREPROCESSING = {"resize_mode": "squash", "interpolation": "bicubic"}  # to the model size, no crop
+DREAMSIM_PREPROCESSING = dict(PREPROCESS_CONVENTIONS["dreamsim"])  # bicubic squash to the model size, no crop
 
 # (pattern on the tail of an authors' key, how to name it in rpmetric). peft's adapter name
 # ("default") is dropped when PEFT saves, and added back for rpmetric's peft-wrapped Linear layers.

@@ -4,7 +4,7 @@ reference image (the protocol of Croce et al., SaTML 2025), batched and resumabl
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -311,6 +311,8 @@ def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, ke
     return {
         "task": "robust-2afc",
         "model": getattr(spec, "name", type(metric).__name__),
+        # How the reference is resized before the attack (rpmetric eval --preprocess changes it).
+        "preprocessing": asdict(spec.preprocessing) if getattr(spec, "preprocessing", None) is not None else None,
         "attack": config.to_dict(defended=counterattack is not None),
         "counterattack": None if counterattack is None else repr(counterattack),
         "batch_size": batch_size,

@@ -29,7 +29,7 @@ DESCRIPTIONS = {
 def register(sub) -> None:
     from ..attacks.cli import add_attack_options
     from ..counterattack import add_counterattack_options
-    from ..datasets import BAPPS_2AFC_CATEGORIES, BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, NIGHTS_SPLITS
+    from ..datasets import BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, NIGHTS_SPLITS, bapps_2afc_categories
 
     p = sub.add_parser("eval", help="score a metric against human judgements (NIGHTS, BAPPS 2AFC, BAPPS JND)",
                        description="Score a metric against human judgements. Runs under torchrun too: "
@@ -44,15 +44,22 @@ def register(sub) -> None:
             q.add_argument("--split", nargs="+", action="extend", default=None, choices=NIGHTS_SPLITS,
                            metavar="SPLIT", help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)}; "
                                                  "repeatable (default: test)")
-        else:
-            categories = BAPPS_2AFC_CATEGORIES if name == "bapps" else BAPPS_JND_CATEGORIES
-            q.add_argument("--categories", nargs="+", action="extend", default=None, choices=categories,
-                           metavar="CATEGORY", help=f"categories, of {', '.join(categories)}; repeatable "
+        elif name == "jnd":
+            q.add_argument("--categories", nargs="+", action="extend", default=None, choices=BAPPS_JND_CATEGORIES,
+                           metavar="CATEGORY", help=f"categories, of {', '.join(BAPPS_JND_CATEGORIES)}; repeatable "
                                                     "(default: all)")
-        q.set_defaults(default_names=["test"] if name == "nights" else list(categories))
+        else:  # the choices depend on --subset: mix is in 2afc/train only
+            every = bapps_2afc_categories("train", every=True)
+            q.add_argument("--categories", nargs="+", action="extend", default=None, choices=every,
+                           metavar="CATEGORY",
+                           help=f"categories, of {', '.join(every)}; repeatable (mix: --subset train only; default: "
+                                f"all of the subset: {', '.join(bapps_2afc_categories('val'))} for val, "
+                                f"{', '.join(bapps_2afc_categories('train'))} for train)")
         if name == "bapps":
-            q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS, help="2afc/train or 2afc/val (default: val)")
+            q.add_argument("--subset", default="val", choices=BAPPS_SUBSETS,
+                           help="2afc/train (lpips' training triplets, 2 raters each) or 2afc/val (default: val)")
         _add_run_options(q)
+        _add_preprocess_option(q, name)
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
             add_attack_options(q)
@@ -63,8 +70,10 @@ def register(sub) -> None:
 
 
 def _add_run_options(q) -> None:
-    add_model_option(q, extra_help="; `l2` for the pixel baseline (mean squared difference, images as loaded; "
-                                   "needs no weights)")
+    add_model_option(q, extra_help="; or a pixel baseline, which needs no weights and compares the images as loaded: "
+                                   "`l2` (mean squared difference of RGB in [0, 1]) or `l2-lab` (lpips' L2 baseline, "
+                                   "lpips.L2's default colorspace='Lab': 0.5 * mean squared difference of "
+                                   "CIELAB / 100)")
     add_device_option(q)
     q.add_argument("--batch-size", type=at_least(1), default=32, help="triplets or pairs per batch (default: 32)")
     q.add_argument("--workers", type=at_least(0), default=min(4, os.cpu_count() or 1),
@@ -84,31 +93,52 @@ def _add_run_options(q) -> None:
                    help="stop after N batches (time-boxed runs); finish later with --resume")
 
 
+def _add_preprocess_option(q, dataset: str) -> None:
+    from ..evaluation import DEFAULT_PREPROCESS
+    from ..spec import PREPROCESS_CONVENTIONS
+
+    q.add_argument("--preprocess", default=None, choices=list(PREPROCESS_CONVENTIONS),
+                   help="how images are resized for the model, in the clean pass and under --attack: `model`, the "
+                        "model's own (e.g. ConvNeXt: bicubic 256, centre crop 224); `paper`, fra31/perceptual-metrics' "
+                        "bilinear resize of the shorter side to the model's input size (224), no crop; `dreamsim`, "
+                        "DreamSim's bicubic squash to that size, 224x224 (default: the one that reproduces the "
+                        "published protocol, "
+                        f"here {DEFAULT_PREPROCESS[dataset]}; not for pixel baselines)")
+
+
 def run(args) -> int:
     from .. import distributed
     from ..attacks.cli import attack_config_from_args
     from ..counterattack import counterattack_from_args
-    from ..evaluation import TASKS, evaluate, load_distances, load_groups, nights_total
+    from ..evaluation import (DEFAULT_PREPROCESS, PIXEL_BASELINES, TASKS, evaluate, load_distances, load_groups,
+                              nights_total)
 
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args) if hasattr(args, "attack") else None
     for option, given in (("--counterattack", counterattack is not None), ("--attack", attack is not None)):
-        if given and args.model == "l2":
-            raise ValueError(f"{option} needs a model with an encoder, but --model is the l2 pixel baseline; "
+        if given and args.model in PIXEL_BASELINES:
+            raise ValueError(f"{option} needs a model with an encoder, but --model is the {args.model} pixel baseline; "
                              "choose a model (see `rpmetric models`).")
+    if args.model in PIXEL_BASELINES and args.preprocess is not None:
+        raise ValueError(f"--preprocess needs a model with an encoder, but --model is the {args.model} pixel baseline, "
+                         "which compares the images as loaded; drop --preprocess.")
+    if args.model not in PIXEL_BASELINES and args.preprocess is None:
+        args.preprocess = DEFAULT_PREPROCESS[args.dataset]  # resolved here, so that the JSON records it
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
     rank, world = distributed.init_from_env()
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
     try:
-        names = _selection(args)
         subset = getattr(args, "subset", "val")
+        names = _selection(args)
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
-        distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
+        distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
+                                   preprocess=args.preprocess)
         log, default_log = _log_path(args, distances.name, names, subset)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()),
-                      **({"subset": subset} if args.dataset == "bapps" else {}), "model_argument": args.model}
+                      **({"subset": subset} if args.dataset == "bapps" else {}), "model_argument": args.model,
+                      **({"preprocess": args.preprocess} if args.preprocess is not None else {})}
         with _no_empty_logs([log], rank == 0):
             result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                               resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
@@ -158,8 +188,13 @@ def run(args) -> int:
 
 def _selection(args) -> list:
     """The splits or categories asked for, each once, in the order given (the default when none)."""
+    from ..datasets import BAPPS_JND_CATEGORIES, bapps_2afc_categories
+
     given = args.split if args.dataset == "nights" else args.categories
-    return list(dict.fromkeys(given or args.default_names))
+    if not given:
+        given = (["test"] if args.dataset == "nights" else list(BAPPS_JND_CATEGORIES) if args.dataset == "jnd"
+                 else list(bapps_2afc_categories(getattr(args, "subset", "val"))))
+    return list(dict.fromkeys(given))
 
 
 def _attack(args, distances, groups, result, options, log):
@@ -248,7 +283,15 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "spec": metric.spec.to_dict() if metric is not None else None,
         "settings": {"batch_size": args.batch_size, "workers": args.workers, "processes": world,
                      "device": str(distances.device),
-                     "precision": described.get("precision", "float32")},
+                     "precision": described.get("precision", "float32"),
+                     **(_preprocess_settings(args.preprocess, metric.spec.preprocessing)
+                        if metric is not None else {})},
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _preprocess_settings(name: str, pp) -> dict:
+    """The resize convention and the geometry it gave the model (normalisation is the model's)."""
+    geometry = {k: getattr(pp, k) for k in ("image_size", "resize_size", "interpolation", "resize_mode")}
+    return {"preprocess": name, "preprocessing": geometry}

@@ -35,6 +35,9 @@ def register(sub) -> None:
                    help=f"default: {', '.join(f'{n} for {h}' for h, n in DEFAULT_BATCH.items())}")
     q.add_argument("--lr", type=float, default=train["lr"], help="Adam learning rate (default: %(default)s)")
     q.add_argument("--weight-decay", type=float, default=train["weight_decay"], help="default: %(default)s")
+    q.add_argument("--betas", type=float, nargs=2, default=list(train["betas"]), metavar=("B1", "B2"),
+                   help=f"Adam betas (default: {' '.join(f'{b:g}' for b in train['betas'])}, DreamSim's; torch's "
+                        "default is 0.9 0.999)")
     q.add_argument("--margin", type=float, default=train["margin"], help="hinge loss margin (default: %(default)s)")
     q.add_argument("--hidden", type=at_least(1), default=head["hidden"], help="MLP hidden size (default: %(default)s)")
     q.add_argument("--lora-r", type=at_least(1), default=head["r"], help="LoRA rank (default: %(default)s)")
@@ -43,10 +46,12 @@ def register(sub) -> None:
     q.add_argument("--lora-dropout", type=float, default=head["dropout"], help="LoRA dropout (default: %(default)s)")
     q.add_argument("--adversarial", default=train["adversarial"], choices=ADVERSARIAL_NORMS,
                    help="train on references attacked with PGD (default: off)")
-    q.add_argument("--eps", type=float, default=train["eps"],
-                   help="attack radius in 1/255 units (default: %(default)s, i.e. %(default)s/255)")
-    q.add_argument("--attack-steps", type=at_least(1), default=train["attack_steps"],
-                   help="PGD steps per batch (default: %(default)s)")
+    # None: not given, so that they can be refused without --adversarial instead of silently ignored.
+    q.add_argument("--eps", type=float, default=None,
+                   help=f"with --adversarial: attack radius in 1/255 units (default: {train['eps']:g}, "
+                        f"i.e. {train['eps']:g}/255)")
+    q.add_argument("--attack-steps", type=at_least(1), default=None,
+                   help=f"with --adversarial: PGD steps per batch (default: {train['attack_steps']})")
     q.add_argument("--workers", type=at_least(0), default=train["workers"],
                    help="DataLoader processes decoding images (default: %(default)s)")
     add_device_option(q)
@@ -63,15 +68,24 @@ def config_from_args(args):
     from ..heads import HeadConfig
     from ..training import TrainConfig
 
+    attack = {"eps": args.eps, "attack_steps": args.attack_steps}
+    given = [f"--{name.replace('_', '-')}" for name, value in attack.items() if value is not None]
+    if given and args.adversarial is None:
+        verb, pronoun = ("apply", "them") if len(given) > 1 else ("applies", "it")
+        raise ValueError(f"{' and '.join(given)} only {verb} to adversarial training; add --adversarial linf, or drop "
+                         f"{pronoun}.")
     head = HeadConfig(args.head, hidden=args.hidden, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout)
     return TrainConfig(head=head, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, margin=args.margin, seed=args.seed,
-                       adversarial=args.adversarial, eps=args.eps, attack_steps=args.attack_steps,
-                       workers=args.workers)
+                       weight_decay=args.weight_decay, betas=tuple(args.betas), margin=args.margin, seed=args.seed,
+                       adversarial=args.adversarial, workers=args.workers,
+                       **{name: value for name, value in attack.items() if value is not None})
 
 
 def run(args) -> int:
-    from ..training import train_nights
+    import sys
+
+    from ..heads import CONFIG_NAME, WEIGHTS_NAME
+    from ..training import CHECKPOINT_NAME, train_nights
 
     config = config_from_args(args)
     result = train_nights(args.root, args.model, args.out, config, resume=args.resume, device=args.device)
@@ -79,5 +93,11 @@ def run(args) -> int:
             (f"val (epoch {result.best_epoch}, kept)", "", f"{100 * result.val_history[result.best_epoch]:.2f}")]
     rows += [(name, r["n"], f"{100 * r['score']:.2f}") for name, r in result.test.items()]
     print(format_table(rows, ["split", "n", "2AFC %"]))
-    print(f"head written to {result.out} (load it with --model {result.out})")
+    if result.best_epoch == 0:
+        print(f"rpmetric train: warning: no epoch beat the untrained head on val ({100 * result.val_history[0]:.2f}%), "
+              "so the head written is the untrained one; try another --lr or more --epochs.", file=sys.stderr)
+    checkpoint = Path(CHECKPOINT_NAME).parent
+    print(f"head written to {result.out} (load it with --model {result.out}); to share it, upload {CONFIG_NAME} and "
+          f"{WEIGHTS_NAME}, not {checkpoint}/ (the resume state): "
+          f"hf upload ORG/NAME {result.out} --exclude '{checkpoint}/*'")
     return 0

@@ -4,7 +4,8 @@ Readers return records with file paths (cheap, checked); :class:`TripletImages` 
 :class:`PairImages` decode the pixels, in DataLoader workers.
 """
 
-from .bapps import BAPPS_2AFC_CATEGORIES, BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, read_bapps_2afc, read_bapps_jnd
+from .bapps import (BAPPS_2AFC_CATEGORIES, BAPPS_2AFC_TRAIN_CATEGORIES, BAPPS_JND_CATEGORIES, BAPPS_SUBSETS,
+                    bapps_2afc_categories, read_bapps_2afc, read_bapps_jnd)
 from .loading import PairImages, TripletImages, collate_images
 from .nights import NIGHTS_SPLITS, read_nights
 from .records import BadItem, JNDPair, Triplet
@@ -21,6 +22,8 @@ __all__ = [
     "collate_images",
     "NIGHTS_SPLITS",
     "BAPPS_2AFC_CATEGORIES",
+    "BAPPS_2AFC_TRAIN_CATEGORIES",
+    "bapps_2afc_categories",
     "BAPPS_JND_CATEGORIES",
     "BAPPS_SUBSETS",
 ]

@@ -14,9 +14,11 @@ import numpy as np
 
 from .records import BadItem, JNDPair, Triplet
 
-__all__ = ["BAPPS_2AFC_CATEGORIES", "BAPPS_JND_CATEGORIES", "BAPPS_SUBSETS", "read_bapps_2afc", "read_bapps_jnd"]
+__all__ = ["BAPPS_2AFC_CATEGORIES", "BAPPS_2AFC_TRAIN_CATEGORIES", "BAPPS_JND_CATEGORIES", "BAPPS_SUBSETS",
+           "bapps_2afc_categories", "read_bapps_2afc", "read_bapps_jnd"]
 
-BAPPS_2AFC_CATEGORIES = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")
+BAPPS_2AFC_CATEGORIES = ("traditional", "cnn", "superres", "deblur", "color", "frameinterp")  # 2afc/val
+BAPPS_2AFC_TRAIN_CATEGORIES = ("traditional", "cnn", "mix")  # 2afc/train, which lpips trains on
 BAPPS_JND_CATEGORIES = ("traditional", "cnn")
 BAPPS_SUBSETS = ("train", "val")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -28,20 +30,40 @@ def read_bapps_2afc(root: Union[str, Path], category: str, subset: str = "val", 
 
     Args:
         root: the BAPPS folder (holding ``2afc/``).
-        category: one of ``traditional, cnn, superres, deblur, color, frameinterp``.
+        category: one of ``traditional, cnn, superres, deblur, color, frameinterp``, or ``mix``
+            (in ``train`` only).
         subset: ``val`` (5 raters per triplet) or ``train`` (2).
         skipped: if given, incomplete or bad entries are appended here and left out instead of raising.
 
     Example:
         >>> triplets = read_bapps_2afc("/data/bapps", "cnn")  # doctest: +SKIP
     """
-    _check_choice("category", category, BAPPS_2AFC_CATEGORIES)
-    _check_choice("subset", subset, BAPPS_SUBSETS)
+    allowed = bapps_2afc_categories(subset, every=True)
+    if category not in allowed and category in bapps_2afc_categories("train", every=True):
+        raise ValueError(f"BAPPS category {category!r} exists in the train subset only (2afc/train/{category}); "
+                         f"pass --subset train (subset='train'), or choose one of {allowed}.")
+    _check_choice("category", category, allowed)
     folder = Path(root) / "2afc" / subset / category
     kinds = {"ref": IMAGE_SUFFIXES, "p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES, "judge": (".npy",)}
     triplets = [Triplet(stem, f["ref"], f["p0"], f["p1"], p)
                 for stem, f, p in _entries(folder, kinds, "judge", skipped)]
     return _nonempty(triplets, folder)
+
+
+def bapps_2afc_categories(subset: str = "val", every: bool = False) -> Tuple[str, ...]:
+    """The 2AFC categories of a subset as BAPPS ships them; ``every=True`` adds every name the other
+    subset has too, which a custom layout may hold (``mix`` exists in ``train`` only).
+
+    Example:
+        >>> bapps_2afc_categories("train")
+        ('traditional', 'cnn', 'mix')
+    """
+    _check_choice("subset", subset, BAPPS_SUBSETS)
+    if subset == "val":
+        return BAPPS_2AFC_CATEGORIES
+    if every:
+        return BAPPS_2AFC_CATEGORIES + tuple(c for c in BAPPS_2AFC_TRAIN_CATEGORIES if c not in BAPPS_2AFC_CATEGORIES)
+    return BAPPS_2AFC_TRAIN_CATEGORIES
 
 
 def read_bapps_jnd(root: Union[str, Path], category: str, *, skipped: Optional[List[BadItem]] = None) -> List[JNDPair]:
