@@ -43,7 +43,7 @@ def test_rgb_to_lab_keeps_shape_and_is_per_pixel():
 
 
 def test_rgb_to_lab_agrees_with_skimage():
-    color = pytest.importorskip("skimage.color")  # not a dependency; checked where it is installed
+    from skimage import color  # lpips' own Lab conversion; a test dependency only
     rgb = np.random.default_rng(0).integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
     expected = color.rgb2lab(rgb)
     got = rgb_to_lab(torch.tensor(rgb).permute(2, 0, 1)[None].double() / 255)[0].permute(1, 2, 0).numpy()
