@@ -16,13 +16,37 @@ from ..errors import MissingDependencyError
 COMMAND_MODULES = ["models", "distance", "download", "evaluate", "embed", "train"]
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose commands take options anywhere among their positionals
+    (``classify STORE --labels L.csv Q1 Q2``), as argparse users expect.
+
+    A command's parser (one without sub-commands) parses intermixed, and reports arguments it does
+    not know itself, so the usage shown is that command's, not the top-level one.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        # parse_known_intermixed_args calls this method again: the inner calls parse plainly.
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="rpmetric",
         description="Robust perceptual metrics from adversarially robust vision encoders.",
     )
     parser.add_argument("--version", action="version", version=f"rpmetric {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")  # sub-parsers are Parsers too
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)

@@ -1,0 +1,108 @@
+"""How the command line treats its users: options anywhere, checks before any model is loaded,
+one-line errors and notices in CLI words, Ctrl-C, and how distances print."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from rpmetric.cli import build_parser, main
+from subproc import run_cli
+
+# A model that cannot load here (conftest sets HF_HUB_OFFLINE=1): an error naming it means the
+# command tried to load the model before checking its other arguments.
+ABSENT_MODEL = "hf-hub:nobody/absent-model"
+
+
+def _save(path, seed, size=(40, 30)):
+    gen = torch.Generator().manual_seed(seed)
+    arr = (torch.rand(size[1], size[0], 3, generator=gen) * 255).to(torch.uint8).numpy()
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _run(capsys, argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, vit_folder):
+    """Images, a labelled store, a query CSV and a NIGHTS folder, shared by the tables below."""
+    import datagen
+
+    root = tmp_path_factory.mktemp("usage")
+    images = root / "images"
+    images.mkdir()
+    for i in range(4):
+        _save(images / f"img{i}.png", i, size=(36 + 4 * i, 32))
+    (root / "labels.csv").write_text("path,label\n" + "".join(f"images/img{i}.png,{'ab'[i % 2]}\n" for i in range(4)))
+    (root / "queries.csv").write_text("path,label\nimages/img0.png,a\n")
+    store = root / "store"
+    assert main(["embed", str(images), "--out", str(store), "--model", str(vit_folder), "--device", "cpu",
+                 "--workers", "0", "--quiet"]) == 0
+    datagen.nights_known(root / "nights")
+    return root
+
+
+# -- 1. options anywhere -------------------------------------------------------------------------
+def _parse(argv):
+    return vars(build_parser().parse_args([str(a) for a in argv]))
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["distance", "a.png", "--model", "M", "b.png"], {"images": ["a.png", "b.png"], "model": "M"}),
+    (["distance", "a.png", "b.png", "--device", "cpu"], {"images": ["a.png", "b.png"], "device": "cpu"}),
+    (["search", "S", "--k", "2", "q1.png", "q2.png"], {"store": "S", "queries": ["q1.png", "q2.png"], "k": 2}),
+    (["search", "--k", "2", "S", "q1.png", "--json"], {"store": "S", "queries": ["q1.png"], "json": True}),
+    (["classify", "S", "--labels", "L.csv", "q1.png", "q2.png"],
+     {"store": "S", "labels": "L.csv", "queries": ["q1.png", "q2.png"]}),
+    (["classify", "S", "q1.png", "--k", "3", "q2.png", "--labels", "L.csv"],
+     {"store": "S", "queries": ["q1.png", "q2.png"], "k": 3}),
+    (["dedup", "--threshold", "0.1", "S", "--out", "d.csv"], {"store": "S", "threshold": 0.1, "out": "d.csv"}),
+    (["embed", "--out", "O", "SRC", "--batch-size", "4"], {"source": "SRC", "out": "O", "batch_size": 4}),
+    (["eval", "nights", "--model", "l2", "ROOT", "--workers", "0"], {"root": "ROOT", "model": "l2", "workers": 0}),
+    (["eval", "bapps", "--batch-size", "2", "ROOT", "--model", "l2"], {"root": "ROOT", "batch_size": 2}),
+    (["eval", "jnd", "ROOT", "--model", "l2"], {"root": "ROOT", "model": "l2"}),
+    (["eval", "retrieval", "--queries", "Q.csv", "S", "--labels", "L.csv"],
+     {"store": "S", "queries": "Q.csv", "labels": "L.csv"}),
+    (["train", "nights", "--model", "M", "ROOT", "--head", "mlp", "--out", "D"],
+     {"root": "ROOT", "model": "M", "head": "mlp", "out": "D"}),
+    (["download", "NAME"], {"name": "NAME"}),
+])
+def test_options_go_anywhere(argv, expected):
+    parsed = _parse(argv)
+    got = {k: (str(v) if hasattr(v, "parts") else [str(x) for x in v] if isinstance(v, list) else v)
+           for k, v in parsed.items() if k in expected}
+    assert got == expected
+
+
+def test_classify_in_the_readmes_order(workspace, capsys):
+    code, out, err = _run(capsys, ["classify", workspace / "store", "--labels", workspace / "labels.csv",
+                                   workspace / "images/img1.png", workspace / "images/img2.png", "--k", "1",
+                                   "--device", "cpu"])
+    assert code == 0, err
+    assert [line.split()[1] for line in out.splitlines()[2:]] == ["b", "a"]  # each image is its own neighbour
+
+
+@pytest.mark.parametrize("argv,usage", [
+    (["classify", "S", "q.png", "--labels", "L.csv", "--bogus"], "usage: rpmetric classify"),
+    (["search", "S", "q.png", "--bogus"], "usage: rpmetric search"),
+    (["eval", "nights", "ROOT", "--bogus"], "usage: rpmetric eval nights"),
+    (["distance", "a.png", "b.png", "c.png", "--bogus"], "usage: rpmetric distance"),
+])
+def test_errors_show_the_commands_usage(argv, usage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and "unrecognized arguments: --bogus" in err
