@@ -169,10 +169,10 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint_path = out / CHECKPOINT_NAME
     if checkpoint_path.exists() and not resume:
-        raise ValueError(f"{out} already holds a training run ({CHECKPOINT_NAME}); pass --resume (resume=True) to "
+        raise ValueError(f"{out} already holds a training run ({CHECKPOINT_NAME}); pass `resume=True` to "
                          "continue it, or choose another output folder.")
     if resume and not checkpoint_path.exists():
-        raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; run without --resume to start.")
+        raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; start without `resume=True`.")
     splits = {name: read_nights(root, name) for name in ("train", "val") + TEST_SPLITS}
     # A folder by its absolute path: in the head folder and in the run's settings (resume).
     base_model = base_model_reference(base_model)

@@ -106,3 +106,50 @@ def test_errors_show_the_commands_usage(argv, usage, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(usage) and "unrecognized arguments: --bogus" in err
+
+
+# -- 9. CLI words for CLI users -----------------------------------------------------------------------------
+@pytest.mark.parametrize("python,cli", [
+    ("pass `resume=True` to continue", "pass --resume to continue"),
+    ("pass `skip_bad=True` to skip it", "pass --skip-bad to skip it"),
+    ("or pass `skipped=[]` to skip it", "or pass --skip-bad to skip it"),
+    ("use `device='cpu'`", "use --device cpu"),
+    ("Argument `batch_size` must be at least 1", "Argument `batch_size` must be at least 1"),  # no option form
+])
+def test_cli_words(python, cli):
+    from rpmetric.cli import cli_words
+
+    assert cli_words(python) == cli
+
+
+def test_existing_log_message_in_each_language(fresh_nights, tmp_path, capsys):
+    from rpmetric.evaluation import evaluate, load_distances, load_groups
+
+    log = tmp_path / "run.jsonl"
+    log.write_text('{"config": {}}\n')
+    code, _, err = _run(capsys, ["eval", "nights", fresh_nights, "--model", "l2", "--workers", "0", "--log", log])
+    assert code == 2 and "pass --resume to continue" in err and "resume=" not in err
+    task, groups, _ = load_groups("nights", fresh_nights, ["test"], "val")
+    with pytest.raises(FileExistsError, match=r"pass `resume=True` to continue") as info:
+        evaluate(load_distances("l2"), task, groups, log=log)
+    assert "--" not in str(info.value)
+
+
+def test_library_messages_use_python_words():
+    """Modules below rpmetric.cli speak to Python callers; CLI options belong in rpmetric/cli (and the
+    argparse helpers beside their features), which translates the Python words."""
+    import pathlib
+    import re
+
+    import rpmetric
+
+    package = pathlib.Path(rpmetric.__file__).parent
+    cli_helpers = {package / "attacks" / "cli.py", package / "counterattack.py"}
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "cli" in path.relative_to(package).parts[:1] or path in cli_helpers:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if re.search(r"pass --|\((resume|skip_bad|skipped|overwrite)=", line):
+                offenders.append(f"{path.relative_to(package)}:{number}")
+    assert not offenders

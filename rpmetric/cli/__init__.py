@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from typing import List, Optional
 
@@ -14,6 +15,9 @@ from ..errors import MissingDependencyError
 
 # Module names under rpmetric.cli, in the order `rpmetric --help` lists them.
 COMMAND_MODULES = ["models", "distance", "download", "evaluate", "embed", "train"]
+
+# Python arguments whose CLI option is not their name with dashes (see cli_words).
+CLI_OPTIONS = {"skipped": "--skip-bad"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -53,6 +57,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cli_words(message: str) -> str:
+    """A library message with its Python arguments in backticks (```resume=True```) spelled as CLI
+    options (``--resume``), so that each audience reads its own words.
+
+    Example:
+        >>> cli_words("pass `resume=True` to continue, or use `device='cpu'`")
+        'pass --resume to continue, or use --device cpu'
+    """
+    def option(match) -> str:
+        name, value = match[1], match[2]
+        flag = CLI_OPTIONS.get(name, "--" + name.replace("_", "-"))
+        if value in ("True", "[]"):  # a flag, or skipped=[] for --skip-bad
+            return flag
+        return f"{flag} " + value.strip("'\"")
+
+    return re.sub(r"`([a-z_]+)=([^`]*)`", option, message)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``rpmetric`` command; returns the exit status."""
     parser = build_parser()
@@ -62,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, MissingDependencyError) as err:
         # Expected user-facing errors: one clear line, no traceback (once, not once per torchrun process).
         if os.environ.get("RANK", "0") == "0":
-            print(f"rpmetric {args.command}: error: {err}", file=sys.stderr)
+            print(f"rpmetric {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"rpmetric {args.command}: interrupted", file=sys.stderr)
