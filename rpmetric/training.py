@@ -34,6 +34,7 @@ from .evaluation import nights_total
 from .files import atomic_write
 from .functional import cosine_distance
 from .images import unit_float
+from .metric import check_device
 from .heads import (HeadConfig, attach_head, base_model_reference, head_dropouts, head_parameters, head_state_dict,
                     load_head_state, save_head_folder)
 from .preprocess import resize_and_crop
@@ -166,7 +167,7 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
         0.93
     """
     out = Path(out)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint_path = out / CHECKPOINT_NAME
     if checkpoint_path.exists() and not resume:
         raise ValueError(f"{out} already holds a training run ({CHECKPOINT_NAME}); pass `resume=True` to "

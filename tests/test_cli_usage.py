@@ -153,3 +153,66 @@ def test_library_messages_use_python_words():
             if re.search(r"pass --|\((resume|skip_bad|skipped|overwrite)=", line):
                 offenders.append(f"{path.relative_to(package)}:{number}")
     assert not offenders
+# -- 2. --device, checked first ------------------------------------------------------------------
+ABSENT_DEVICES = ["gpu", "cuda:99", "tpu0"] + ([] if torch.cuda.is_available() else ["cuda"]) + \
+                 ([] if torch.backends.mps.is_available() else ["mps"])
+DEVICE_COMMANDS = [
+    ["distance", "nope1.png", "nope2.png"],
+    ["embed", "nope-folder", "--out", "nope-store"],
+    ["search", "nope-store", "q.png"],
+    ["classify", "nope-store", "q.png", "--labels", "nope.csv"],
+    ["eval", "nights", "nope-root"],
+    ["eval", "retrieval", "nope-store", "--queries", "nope.csv"],
+    ["train", "nights", "nope-root", "--head", "mlp", "--out", "nope-out"],
+]
+
+
+@pytest.mark.parametrize("device", ABSENT_DEVICES)
+@pytest.mark.parametrize("argv", DEVICE_COMMANDS, ids=lambda a: " ".join(a[:2]))
+def test_absent_device_is_one_line_before_anything(argv, device, capsys):
+    code, _, err = _run(capsys, argv + ["--model", ABSENT_MODEL, "--device", device])
+    assert code == 2
+    assert err.count("\n") == 1 and f"--device {device}" in err and "nobody" not in err and "nope" not in err
+
+
+def test_absent_device_in_a_fresh_process():
+    result = run_cli(["distance", "a.png", "b.png", "--device", "cuda:99"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "cuda:99" in result.stderr
+
+
+def test_library_checks_the_device_before_loading():
+    import rpmetric
+
+    with pytest.raises(ValueError, match=r"`device='cuda:99'`"):
+        rpmetric.RobustDistance(ABSENT_MODEL, device="cuda:99")
+
+
+# -- 3. inputs, checked before the model -----------------------------------------------------------
+def _missing_inputs(ws):
+    """(argv, the path the error must name) for each command's inputs."""
+    (ws / "bad-pairs.csv").write_text("a,b\nimages/img0.png,images/gone.png\n")
+    (ws / "bad-queries.csv").write_text("path,label\nimages/gone.png,a\n")
+    s, lab = ws / "store", ws / "labels.csv"
+    return [
+        (["distance", ws / "nope1.png", ws / "nope2.png"], "nope1.png"),
+        (["distance", ws / "images/img0.png", ws / "nope2.png"], "nope2.png"),
+        (["distance", "--pairs", ws / "bad-pairs.csv"], "gone.png"),
+        (["embed", ws / "nope-folder", "--out", ws / "out-store"], "nope-folder"),
+        (["search", ws / "nope-store", ws / "images/img0.png"], "nope-store"),
+        (["search", s, ws / "nope.png"], "nope.png"),
+        (["classify", s, ws / "images/img0.png", "--labels", ws / "nope.csv"], "nope.csv"),
+        (["classify", s, ws / "nope.png", "--labels", lab], "nope.png"),
+        (["eval", "nights", ws / "nope-root"], "nope-root"),
+        (["eval", "retrieval", s, "--queries", ws / "bad-queries.csv", "--labels", lab], "gone.png"),
+        (["train", "nights", ws / "nope-root", "--head", "mlp", "--out", ws / "head"], "nope-root"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_inputs_are_checked_before_the_model(workspace, case, capsys, monkeypatch):
+    argv, named = _missing_inputs(workspace)[case]
+    monkeypatch.chdir(workspace)  # where default run logs go
+    code, _, err = _run(capsys, argv + ["--model", ABSENT_MODEL, "--device", "cpu"])
+    assert code == 2 and err.count("\n") == 1
+    assert named in err and "nobody" not in err

@@ -80,6 +80,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "device", None) is not None:  # before any input is read or model loaded
+            from ..metric import check_device
+
+            check_device(args.device)
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, MissingDependencyError) as err:
         # Expected user-facing errors: one clear line, no traceback (once, not once per torchrun process).

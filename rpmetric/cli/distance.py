@@ -35,6 +35,7 @@ def run(args) -> int:
     if args.pairs is not None and args.images:
         raise ValueError("give either two images or --pairs, not both")
     pairs = _read_pairs(args.pairs) if args.pairs else [(Path(args.images[0]), Path(args.images[1]))]
+    _check_files(pairs, args.pairs)  # before the model loads (or downloads)
     metric = RobustDistance(args.model, device=args.device)
     prepare = metric.encoder.prepare  # images differ in size: bring each to the model's input first
     results = []
@@ -58,3 +59,10 @@ def _read_pairs(path: Path):
     if not rows:
         raise ValueError(f"{path} lists no pairs")
     return rows
+
+
+def _check_files(pairs, source) -> None:
+    """Every image exists, or a one-line error naming the first missing one (and the CSV listing it)."""
+    for path in (p for pair in pairs for p in pair):
+        if not path.is_file():
+            raise FileNotFoundError(f"Image file not found: {path}" + (f" (listed in {source})" if source else ""))

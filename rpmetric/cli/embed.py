@@ -153,6 +153,9 @@ def run_embed(args) -> int:
     from ..metric import RobustDistance
     from ..store import build_store
 
+    if not args.source.exists():  # before the model loads (or downloads)
+        raise FileNotFoundError(f"SOURCE {args.source} does not exist: give a folder of images or a text file "
+                                "listing them.")
     distributed.init_from_env()
     try:
         metric = RobustDistance(args.model, device=distributed.local_device(args.device))
@@ -302,6 +305,9 @@ def run_eval_retrieval(args) -> int:
         truth = store.locate([r["match"] for r in rows], base, source=args.queries)
         if None in truth:
             raise ValueError(f"{args.queries} names as a match a file that store {store.path} skipped as unreadable")
+    missing = next((base / r["path"] for r in rows if not (base / r["path"]).is_file()), None)
+    if missing is not None:  # before the model loads
+        raise FileNotFoundError(f"Query image not found: {missing} (listed in {args.queries})")
     metric = store.load_metric(args.model, args.device)
     # Decoded as the store's images were, so an unattacked query is embedded as in the store; kept in
     # uint8 (a quarter of float32's memory) until its batch is evaluated.
