@@ -216,3 +216,109 @@ def test_inputs_are_checked_before_the_model(workspace, case, capsys, monkeypatc
     code, _, err = _run(capsys, argv + ["--model", ABSENT_MODEL, "--device", "cpu"])
     assert code == 2 and err.count("\n") == 1
     assert named in err and "nobody" not in err
+
+
+# -- 4. Ctrl-C -----------------------------------------------------------------------------------------
+def _interrupt_after_first(monkeypatch, module, name):
+    """Make ``module.name`` do its work once, then raise KeyboardInterrupt (as Ctrl-C would)."""
+    real = getattr(module, name)
+
+    def once(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, name, once)
+
+
+def _printed_command(err):
+    """The arguments of the `rpmetric ...` command an interruption message prints."""
+    import shlex
+
+    words = shlex.split(err.split("`")[1])
+    assert words[0] == "rpmetric"
+    return words[1:]
+
+
+def test_ctrl_c_in_eval_names_the_log_and_the_rerun(workspace, vit_folder, tmp_path, capsys, monkeypatch):
+    from rpmetric.runlog import RunLog
+
+    monkeypatch.chdir(tmp_path)
+    _interrupt_after_first(monkeypatch, RunLog, "append")
+    argv = ["eval", "nights", str(workspace / "nights"), "--model", str(vit_folder), "--device", "cpu",
+            "--workers", "0", "--batch-size", "2", "--log", str(tmp_path / "run.jsonl")]
+    code, _, err = _run(capsys, argv)
+    assert code == 130
+    assert f"saved in {tmp_path / 'run.jsonl'}" in err
+    assert f"rpmetric {' '.join(argv[:3])} --model {vit_folder}" in err and err.rstrip().endswith("--resume` to continue.")
+    monkeypatch.undo()
+    code, _, err = _run(capsys, _printed_command(err))  # it does finish the run
+    assert code == 0, err
+
+
+def test_ctrl_c_in_embed_says_rerun_resumes(workspace, vit_folder, tmp_path, capsys, monkeypatch):
+    from rpmetric import store
+
+    _interrupt_after_first(monkeypatch, store, "_write_shard")
+    argv = ["embed", str(workspace / "images"), "--out", str(tmp_path / "s"), "--model", str(vit_folder),
+            "--device", "cpu", "--workers", "0", "--quiet", "--shard-size", "2", "--overwrite"]
+    code, _, err = _run(capsys, argv)
+    assert code == 130
+    assert f"saved in {tmp_path / 's'}" in err and "--resume" not in err
+    assert "--overwrite" not in err  # rerunning with it would start afresh
+    monkeypatch.undo()
+    code, out, err = _run(capsys, _printed_command(err))
+    assert code == 0 and "4 images embedded" in out, err
+
+
+def test_ctrl_c_in_train_names_the_checkpoint(workspace, vit_folder, tmp_path, capsys, monkeypatch):
+    from rpmetric import training
+
+    _interrupt_after_first(monkeypatch, training, "_write_checkpoint")
+    argv = ["train", "nights", str(workspace / "nights"), "--model", str(vit_folder), "--head", "mlp",
+            "--out", str(tmp_path / "head"), "--epochs", "2", "--workers", "0", "--device", "cpu"]
+    code, _, err = _run(capsys, argv)
+    assert code == 130
+    assert f"saved in {tmp_path / 'head'}" in err and err.rstrip().endswith("--resume` to continue.")
+
+
+def test_ctrl_c_before_anything_is_saved(capsys, monkeypatch):
+    from rpmetric import cli
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["models"].set_defaults(func=lambda args: (_ for _ in ()).throw(
+        KeyboardInterrupt))
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err == "rpmetric models: interrupted\n"
+
+
+SLOW_EVAL = """
+import sys, time
+import rpmetric.runlog as runlog
+real = runlog.RunLog.append
+def slow(self, records):
+    real(self, records)
+    print("appended", flush=True)
+    time.sleep(60)
+runlog.RunLog.append = slow
+from rpmetric.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigint_to_a_running_eval(workspace, vit_folder, tmp_path):
+    log = tmp_path / "run.jsonl"
+    argv = ["eval", "nights", str(workspace / "nights"), "--model", str(vit_folder), "--device", "cpu",
+            "--workers", "0", "--batch-size", "2", "--log", str(log)]
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EVAL, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while proc.stdout.readline().strip() != "appended":  # a batch is in the log
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert f"saved in {log}" in err and "--resume` to continue." in err

@@ -8,10 +8,12 @@ import importlib
 import os
 import re
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .._version import __version__
 from ..errors import MissingDependencyError
+from .common import rerun_command
 
 # Module names under rpmetric.cli, in the order `rpmetric --help` lists them.
 COMMAND_MODULES = ["models", "distance", "download", "evaluate", "embed", "train"]
@@ -77,8 +79,13 @@ def cli_words(message: str) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the ``rpmetric`` command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return _run(args)
+
+
+def _run(args) -> int:
     try:
         if getattr(args, "device", None) is not None:  # before any input is read or model loaded
             from ..metric import check_device
@@ -87,9 +94,27 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError, MissingDependencyError) as err:
         # Expected user-facing errors: one clear line, no traceback (once, not once per torchrun process).
-        if os.environ.get("RANK", "0") == "0":
-            print(f"rpmetric {args.command}: error: {cli_words(str(err))}", file=sys.stderr)
+        _say(args, f"error: {cli_words(str(err))}")
         return 2
     except KeyboardInterrupt:
-        print(f"rpmetric {args.command}: interrupted", file=sys.stderr)
+        _say(args, _interrupted(args))
         return 130
+
+
+def _say(args, text: str) -> None:
+    if os.environ.get("RANK", "0") == "0":
+        print(f"rpmetric {args.command}: {text}", file=sys.stderr)
+
+
+def _interrupted(args) -> str:
+    """What Ctrl-C leaves behind: where the work done is saved, and the command that continues it.
+
+    A command that saves progress sets ``args.progress`` (its run log, store or head folder) and
+    declares how to continue with ``set_defaults(rerun=(options to add, options to drop))``.
+    """
+    saved = getattr(args, "progress", None)
+    if saved is None or not Path(saved).exists():
+        return "interrupted"
+    add, drop = getattr(args, "rerun", ((), ()))
+    return (f"interrupted; the work done is saved in {saved}; run `{rerun_command(args.argv, add, drop)}` "
+            "to continue.")

@@ -47,3 +47,11 @@ def format_table(rows, headers) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def rerun_command(argv, add=(), drop=()) -> str:
+    """The shell command that reruns ``rpmetric ARGV`` with the options ``add`` and without ``drop``."""
+    import shlex
+
+    words = [w for w in argv if w not in drop] + [w for w in add if w not in argv]
+    return shlex.join(["rpmetric", *words])

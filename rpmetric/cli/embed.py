@@ -76,7 +76,7 @@ def _register_embed(sub) -> None:
                    help="files per shard, the unit an interruption can lose (default: 1024)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store in --out and start again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_embed)
+    p.set_defaults(func=run_embed, rerun=((), ("--overwrite",)))  # the same command resumes
 
 
 def _add_query_options(p) -> None:
@@ -156,6 +156,7 @@ def run_embed(args) -> int:
     if not args.source.exists():  # before the model loads (or downloads)
         raise FileNotFoundError(f"SOURCE {args.source} does not exist: give a folder of images or a text file "
                                 "listing them.")
+    args.progress = args.out  # finished shards survive an interruption (see cli.main)
     distributed.init_from_env()
     try:
         metric = RobustDistance(args.model, device=distributed.local_device(args.device))

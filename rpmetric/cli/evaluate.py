@@ -49,7 +49,7 @@ def register(sub) -> None:
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
             add_attack_options(q)
-        q.set_defaults(func=run)
+        q.set_defaults(func=run, rerun=(("--resume",), ()))
     from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
 
     register_eval_retrieval(datasets)
@@ -99,6 +99,7 @@ def run(args) -> int:
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack)
         log, default_log = _log_path(args, distances.name)
+        args.progress = log  # what --resume continues after an interruption (see cli.main)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "subset": subset,
                       "model_argument": args.model}
         result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
