@@ -322,3 +322,35 @@ def test_sigint_to_a_running_eval(workspace, vit_folder, tmp_path):
         proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err
     assert f"saved in {log}" in err and "--resume` to continue." in err
+
+
+# -- 5. pickled checkpoints --------------------------------------------------------------------------
+class _Payload:
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def _pickle_dump(obj, path):
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+@pytest.mark.parametrize("write,reason", [
+    (torch.save, "Unsupported global: GLOBAL print"),  # torch's message here has ANSI escapes
+    (_pickle_dump, "Unsupported operand"),
+    (lambda obj, path: path.write_bytes(b"not a pickle"), ""),
+])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_pickled_checkpoint_error_is_one_clean_line(tmp_path, vit_folder, write, reason):
+    import rpmetric
+
+    (tmp_path / "open_clip_config.json").write_text((vit_folder / "open_clip_config.json").read_text())
+    write({"visual.x": _Payload()}, tmp_path / "open_clip_pytorch_model.bin")
+    with pytest.raises(rpmetric.CheckpointError) as info:
+        rpmetric.RobustDistance(str(tmp_path), device="cpu")
+    message = str(info.value)
+    assert "\x1b" not in message and "\n" not in message and "\t" not in message
+    assert str(tmp_path / "open_clip_pytorch_model.bin") in message and "safetensors" in message
+    assert reason in message and "set to `False`" not in message  # torch's advice to unpickle anyway
