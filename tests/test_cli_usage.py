@@ -354,3 +354,21 @@ def test_pickled_checkpoint_error_is_one_clean_line(tmp_path, vit_folder, write,
     assert "\x1b" not in message and "\n" not in message and "\t" not in message
     assert str(tmp_path / "open_clip_pytorch_model.bin") in message and "safetensors" in message
     assert reason in message and "set to `False`" not in message  # torch's advice to unpickle anyway
+
+
+# -- 6. the model-mismatch notice ------------------------------------------------------------------------
+def test_search_with_another_model_gives_a_one_line_notice(workspace, vit_folder, tmp_path):
+    other = shutil.copytree(vit_folder, tmp_path / "other-model")
+    result = run_cli(["search", workspace / "store", workspace / "images/img0.png", "--model", other,
+                      "--device", "cpu", "--k", "1"])
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("rpmetric search: warning: Model ") and result.stderr.count("\n") == 1
+    assert "warnings.warn" not in result.stderr and "UserWarning" not in result.stderr
+
+
+def test_the_library_still_warns(workspace, vit_folder, tmp_path):
+    from rpmetric.store import EmbeddingStore
+
+    other = shutil.copytree(vit_folder, tmp_path / "other-model")
+    with pytest.warns(UserWarning, match="differs from the model that built store"):
+        EmbeddingStore(workspace / "store").load_metric(str(other), "cpu")

@@ -8,6 +8,7 @@ import importlib
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -82,7 +83,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    return _run(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = _notice(args.command)
+        return _run(args)
 
 
 def _run(args) -> int:
@@ -104,6 +107,15 @@ def _run(args) -> int:
 def _say(args, text: str) -> None:
     if os.environ.get("RANK", "0") == "0":
         print(f"rpmetric {args.command}: {text}", file=sys.stderr)
+
+
+def _notice(command: str):
+    """A ``warnings.showwarning`` that prints one line, without Python's source line: the library's
+    warnings are notices for the user of the command."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"rpmetric {command}: warning: {cli_words(str(message))}", file=sys.stderr)
+
+    return show
 
 
 def _interrupted(args) -> str:
