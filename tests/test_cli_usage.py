@@ -372,3 +372,27 @@ def test_the_library_still_warns(workspace, vit_folder, tmp_path):
     other = shutil.copytree(vit_folder, tmp_path / "other-model")
     with pytest.warns(UserWarning, match="differs from the model that built store"):
         EmbeddingStore(workspace / "store").load_metric(str(other), "cpu")
+
+
+# -- 7. distances keep their significant digits --------------------------------------------------------
+@pytest.mark.parametrize("value,text", [
+    (0.0, "0"), (0.5, "0.5"), (1.2345678, "1.23457"), (3.1e-7, "3.1e-07"), (0.000123456789, "0.000123457"),
+    (2.0, "2"),
+])
+def test_format_distance(value, text):
+    from rpmetric.cli.common import format_distance
+
+    assert format_distance(value) == text
+
+
+def test_close_distinct_images_do_not_print_zero(tmp_path, vit_folder, tiny_metric, capsys):
+    import rpmetric
+
+    a = _save(tmp_path / "a.png", 0, size=(32, 32))
+    arr = __import__("numpy").asarray(Image.open(a)).copy()
+    arr[0, 0, 0] ^= 1  # one pixel, one level
+    Image.fromarray(arr).save(tmp_path / "b.png")
+    expected = tiny_metric(rpmetric.load_image(a), rpmetric.load_image(tmp_path / "b.png")).item()
+    assert 0 < expected < 5e-7  # else this would not test the rounding
+    code, out, _ = _run(capsys, ["distance", a, tmp_path / "b.png", "--model", vit_folder, "--device", "cpu"])
+    assert code == 0 and float(out) == pytest.approx(expected, rel=1e-4)

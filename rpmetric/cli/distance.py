@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .common import add_device_option, add_model_option, at_least
+from .common import add_device_option, add_model_option, at_least, format_distance
 
 
 def register(sub) -> None:
@@ -46,9 +46,9 @@ def run(args) -> int:
             b = torch.cat([prepare(load_image(p[1])) for p in chunk])
             results.extend(metric(a, b).tolist())
     if args.pairs is None:
-        print(f"{results[0]:.6f}")
+        print(format_distance(results[0]))
         return 0
-    write_csv(args.out, ["a", "b", "distance"], [(a, b, f"{d:.6f}") for (a, b), d in zip(pairs, results)])
+    write_csv(args.out, ["a", "b", "distance"], [(a, b, format_distance(d)) for (a, b), d in zip(pairs, results)])
     return 0
 
 

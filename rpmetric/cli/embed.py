@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_device_option, add_model_option, at_least, format_table
+from .common import add_device_option, add_model_option, at_least, format_distance, format_table
 
 
 def register(sub) -> None:
@@ -221,7 +221,7 @@ def run_search(args) -> int:
     if args.json:
         print(json.dumps({"store": str(store.path), "index": hits.index, "results": results}, indent=1))
     else:
-        rows = [(r["query"], n["rank"], f"{n['distance']:.6f}", n["path"]) for r in results for n in r["neighbours"]]
+        rows = [(r["query"], n["rank"], format_distance(n["distance"]), n["path"]) for r in results for n in r["neighbours"]]
         print(format_table(rows, ["query", "rank", "distance", "path"]))
     return 0
 
@@ -242,7 +242,7 @@ def run_dedup(args) -> int:
         store.check_same_model(other)
         rows, ref, dist = find_near(emb, other.embeddings(), args.threshold, index=args.index, nprobe=args.nprobe)
         header = ["path", "match", "distance"]
-        table = [(files[i], other.files[j], f"{d:.6f}") for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
+        table = [(files[i], other.files[j], format_distance(d)) for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
         summary = f"{len(table)} of {len(store)} images are within {args.threshold} of an image of {other.path}"
     else:
         groups = group_duplicates(emb, args.threshold)
@@ -250,7 +250,7 @@ def run_dedup(args) -> int:
         table = []
         for g, members in enumerate(groups, start=1):
             d = cosine_distance(emb[members[:1]], emb[members]).tolist()
-            table.extend((g, int(m == members[0]), files[m], f"{dm:.6f}") for m, dm in zip(members, d))
+            table.extend((g, int(m == members[0]), files[m], format_distance(dm)) for m, dm in zip(members, d))
         summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
     write_csv(args.out, header, table)
     print(summary, file=sys.stderr)
