@@ -396,3 +396,25 @@ def test_close_distinct_images_do_not_print_zero(tmp_path, vit_folder, tiny_metr
     assert 0 < expected < 5e-7  # else this would not test the rounding
     code, out, _ = _run(capsys, ["distance", a, tmp_path / "b.png", "--model", vit_folder, "--device", "cpu"])
     assert code == 0 and float(out) == pytest.approx(expected, rel=1e-4)
+
+
+# -- 8. short rows of --pairs ------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,line", [
+    ("a,b\nimages/img0.png\n", 2),
+    ("a,b\nimages/img0.png,images/img1.png\nimages/img2.png,\n", 3),
+    ("a,b\n,images/img1.png\n", 2),
+])
+def test_short_pairs_rows(workspace, tmp_path, text, line, capsys):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(text.replace("images/", f"{workspace}/images/"))
+    code, _, err = _run(capsys, ["distance", "--pairs", pairs, "--model", ABSENT_MODEL])
+    assert code == 2 and err.count("\n") == 1
+    assert f"{pairs}, line {line}" in err and "NoneType" not in err
+
+
+def test_short_rows_of_any_csv_name_the_line(tmp_path):
+    from rpmetric.files import read_csv_columns
+
+    (tmp_path / "labels.csv").write_text("path,label,extra\na.png,cat,1\nb.png\n")
+    with pytest.raises(ValueError, match=r"labels.csv, line 3: no value in column label; every row needs path,label"):
+        read_csv_columns(tmp_path / "labels.csv", ("path", "label"))
