@@ -302,7 +302,7 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
     runlog, done = _open_log(log, config, resume)
     for key in keys:
         if key in done and "error" in done[key] and not skip_bad:
-            raise ValueError(f"{done[key]['error']}; pass --skip-bad (skip_bad=True) to skip it")
+            raise ValueError(f"{done[key]['error']}; pass `skip_bad=True` to skip it")
 
     # Batches are fixed slices of the dataset order; only unfinished ones run, dealt out to ranks.
     batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(0, len(items), batch_size)]
@@ -332,7 +332,7 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
             if runlog is not None:
                 runlog.append(good if bad and not skip_bad else new)  # finished work is kept either way
             if bad and not skip_bad:
-                raise ValueError(f"{bad[0]['error']}; pass --skip-bad (skip_bad=True) to skip bad {spec.unit}s")
+                raise ValueError(f"{bad[0]['error']}; pass `skip_bad=True` to skip bad {spec.unit}s")
             finished.update((r["key"], r) for r in new)
             bar.update(len(new))
             running.update(finished, final=step == steps - 1)

@@ -38,7 +38,8 @@ def read_csv_columns(path: Union[str, Path], columns: Sequence[str]) -> List[dic
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the header lacks one of ``columns``.
+        ValueError: the header lacks one of ``columns``, or a row has no value in one (e.g. a short
+            row); the message names the line.
     """
     path = Path(path)
     if not path.is_file():
@@ -47,7 +48,14 @@ def read_csv_columns(path: Union[str, Path], columns: Sequence[str]) -> List[dic
         reader = csv.DictReader(f)
         if not reader.fieldnames or not set(columns) <= set(reader.fieldnames):
             raise ValueError(f"{path} must have a header with columns {','.join(columns)} (found: {reader.fieldnames}).")
-        return list(reader)
+        rows = []
+        for row in reader:
+            empty = [c for c in columns if not (row[c] or "").strip()]  # DictReader fills short rows with None
+            if empty:
+                raise ValueError(f"{path}, line {reader.line_num}: no value in column {', '.join(empty)}; every row "
+                                 f"needs {','.join(columns)}.")
+            rows.append(row)
+        return rows
 
 
 def write_csv(path: Optional[Union[str, Path]], header: Sequence[str], rows) -> None:

@@ -11,7 +11,7 @@ from .encoder import Encoder, load_encoder
 from .functional import cosine_distance
 from .validation import check_batches, check_images, check_value_range
 
-__all__ = ["RobustDistance"]
+__all__ = ["RobustDistance", "check_device"]
 
 
 def _zero_where_identical(d: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -29,6 +29,33 @@ def _zero_where_identical(d: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> 
 
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device, if this machine has it; checked before any model is loaded.
+
+    Raises:
+        ValueError: not a device name, or a device this machine lacks (the message says which exist).
+
+    Example:
+        >>> check_device("cpu")
+        device(type='cpu')
+    """
+    given = f"`device={device!r}`"
+    fix = "use `device='cpu'`" + (" or `device='cuda'`" if torch.cuda.is_available() else "")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{given} is not a torch device name such as cpu, cuda or cuda:1; {fix}.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{given} is not available: this torch sees no CUDA GPU; {fix}.")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{given} is not available: this machine has {torch.cuda.device_count()} "
+                         f"CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}; {fix}.")
+    backend = getattr(torch.backends, dev.type, None) or getattr(torch, dev.type, None)
+    if dev.type not in ("cpu", "cuda") and not (hasattr(backend, "is_available") and backend.is_available()):
+        raise ValueError(f"{given} is not available on this machine; {fix}.")
+    return dev
 
 
 class RobustDistance(nn.Module):
@@ -69,6 +96,7 @@ class RobustDistance(nn.Module):
     def __init__(self, model=None, *, device=None, value_range=(0.0, 1.0), resize: Optional[bool] = None,
                  counterattack=None, clamp: bool = False):
         super().__init__()
+        device = _default_device() if device is None else check_device(device)  # before loading the model
         self.value_range = check_value_range(value_range)
         if not isinstance(clamp, bool):
             raise TypeError(f"Argument `clamp` must be True or False, but got {clamp!r}.")
@@ -81,7 +109,7 @@ class RobustDistance(nn.Module):
             encoder = load_encoder(model, resize=True if resize is None else resize)
         self.encoder = encoder
         self.counterattack = counterattack
-        self.to(_default_device() if device is None else torch.device(device))
+        self.to(device)
 
     # -- properties ------------------------------------------------------------------------
     @property

@@ -48,7 +48,7 @@ class RunLog:
         if self.path.exists():
             if not resume:
                 raise FileExistsError(
-                    f"Run log {self.path} already exists; pass --resume (resume=True) to continue that run, "
+                    f"Run log {self.path} already exists; pass `resume=True` to continue that run, "
                     "or delete the file to start over."
                 )
             self._read()

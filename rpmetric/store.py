@@ -340,14 +340,14 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
     """
     manifest = out / MANIFEST
     if out.exists() and not out.is_dir():
-        raise ValueError(f"Output {out} is a file; `--out` must be a folder for the embedding store.")
+        raise ValueError(f"Output {out} is a file; the embedding store's output must be a folder.")
     if manifest.is_file() and not overwrite:
         saved = json.loads(manifest.read_text())
         changed = [key for key in _PLAN_KEYS if saved.get(key) != plan[key]]
         if changed:
             raise ValueError(
                 f"{out} already holds a store built with different {', '.join(changed)}; rerun with the same "
-                f"settings to resume it, pass --overwrite (overwrite=True) to rebuild it, or choose another --out."
+                f"settings to resume it, pass `overwrite=True` to rebuild it, or choose another output folder."
             )
         # A store from before format 2 recorded no sizes or mtimes: every file counts as new.
         added, removed, changed = _changes(saved.get("stats") or {}, plan["stats"])
@@ -692,7 +692,7 @@ class EmbeddingStore:
         emb = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
         if emb.shape != (len(self), self.dim):
             raise ValueError(f"Store {self.path} is inconsistent: shards hold {emb.shape}, the manifest says "
-                             f"({len(self)}, {self.dim}); rebuild it with `rpmetric embed --overwrite`.")
+                             f"({len(self)}, {self.dim}); rebuild it with `overwrite=True`.")
         return torch.from_numpy(emb).to(dtype)
 
     def load_metric(self, model=None, device=None):
@@ -770,5 +770,5 @@ class EmbeddingStore:
         if self.model_spec != other.model_spec:
             raise ValueError(
                 f"Stores {self.path} ({self.model_ref!r}) and {other.path} ({other.model_ref!r}) were built with "
-                "different models, so their embeddings do not compare; embed both with the same --model."
+                "different models, so their embeddings do not compare; embed both with the same model."
             )

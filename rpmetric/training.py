@@ -36,6 +36,7 @@ from .evaluation import nights_total
 from .files import atomic_write
 from .functional import cosine_distance
 from .images import unit_float
+from .metric import check_device
 from .heads import (HeadConfig, attach_head, base_model_reference, head_dropouts, head_parameters, head_state_dict,
                     load_head_state, save_head_folder)
 from .preprocess import resize_and_crop
@@ -180,14 +181,14 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
         0.93
     """
     out = Path(out)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint_path = out / CHECKPOINT_NAME
     found = next((p for p in (checkpoint_path, out / _OLD_CHECKPOINT_NAME) if p.is_file()), None)
     if found is not None and not resume:
-        raise ValueError(f"{out} already holds a training run ({found.relative_to(out)}); pass --resume (resume=True) "
-                         "to continue it, or choose another output folder.")
+        raise ValueError(f"{out} already holds a training run ({found.relative_to(out)}); pass `resume=True` to "
+                         "continue it, or choose another output folder.")
     if resume and found is None:
-        raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; run without --resume to start.")
+        raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; start without `resume=True`.")
     splits = {name: read_nights(root, name) for name in ("train", "val") + TEST_SPLITS}
     # A folder by its absolute path: in the head folder and in the run's settings (resume).
     base_model = base_model_reference(base_model)

@@ -307,7 +307,7 @@ def test_resume_after_an_interruption_is_exact(tiny_metric, fooled_data, tmp_pat
 def test_run_log_errors(tiny_metric, fooled_data, tmp_path):
     log = tmp_path / "attack.jsonl"
     evaluate_attack(tiny_metric, fooled_data[:2], steps=1, runlog_path=log, progress=False)
-    with pytest.raises(FileExistsError, match="already exists; pass --resume"):
+    with pytest.raises(FileExistsError, match="already exists; pass `resume=True`"):
         evaluate_attack(tiny_metric, fooled_data[:2], steps=1, runlog_path=log, progress=False)
     with pytest.raises(ValueError, match="different configuration.*attack"):
         evaluate_attack(tiny_metric, fooled_data[:2], steps=2, runlog_path=log, resume=True, progress=False)

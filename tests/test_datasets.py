@@ -105,7 +105,7 @@ def _truncate_line(root, number, fields):
 def test_read_nights_short_row(fresh_nights):
     _truncate_line(fresh_nights, 5, 5)  # ti-tie's row, cut before its split column
     with pytest.raises(ValueError, match=r"line 5 \(id 'ti-tie'\): the row has fewer fields \(5\) than the header "
-                                         r"\(10\).*pass --skip-bad"):
+                                         r"\(10\).*pass `skipped=\[\]`"):
         read_nights(fresh_nights, "test")
     skipped = []
     assert len(read_nights(fresh_nights, "test", skipped=skipped)) == 5

@@ -138,7 +138,7 @@ def test_resume_rejects_other_settings(nights_known, tmp_path):
     task, groups, _ = load_groups("nights", root, ["val"])
     log = tmp_path / "run.jsonl"
     evaluate(PixelL2(), task, groups, batch_size=2, log=log)
-    with pytest.raises(FileExistsError, match=r"run.jsonl already exists; pass --resume"):
+    with pytest.raises(FileExistsError, match=r"run.jsonl already exists; pass `resume=True`"):
         evaluate(PixelL2(), task, groups, batch_size=2, log=log)
     with pytest.raises(ValueError, match=r"different configuration \(batch_size: log has 2, this run has 1\)"):
         evaluate(PixelL2(), task, groups, batch_size=1, log=log, resume=True)
@@ -149,7 +149,7 @@ def test_bad_image_raises_or_is_skipped(fresh_nights):
     tie = next(t for t in groups["test_imagenet"] if t.id == "ti-tie")
     tie.right.write_bytes(b"\x89PNG broken")
     with pytest.raises(ValueError, match=rf"bad triplet test_imagenet/ti-tie: {tie.right} cannot be read as an image"
-                                         r".*pass --skip-bad"):
+                                         r".*pass `skip_bad=True`"):
         evaluate(PixelL2(), task, groups, batch_size=4)
     result = evaluate(PixelL2(), task, groups, batch_size=4, skip_bad=True)
     assert [(s["group"], s["id"]) for s in result.skipped] == [("test_imagenet", "ti-tie")]
@@ -224,7 +224,7 @@ def test_runlog_errors(tmp_path):
     log = RunLog(path, {"model": "l2", "batch_size": 4}, resume=False)
     with pytest.raises(ValueError, match=r"needs a 'key' field"):
         log.append([{"d": 1.0}])
-    with pytest.raises(FileExistsError, match=r"pass --resume \(resume=True\) to continue that run, or delete the file"):
+    with pytest.raises(FileExistsError, match=r"pass `resume=True` to continue that run, or delete the file"):
         RunLog(path, {"model": "l2"}, resume=False)
     with pytest.raises(ValueError, match=r"\(batch_size: log has 4, this run has '<missing>'; model: log has 'l2', "
                                          r"this run has 'x'\)"):

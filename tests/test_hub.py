@@ -123,7 +123,11 @@ def test_zoo_name_loads_from_prefilled_cache_offline(zoo_cache, tmp_path):
 
 
 def test_missing_weights_offline_give_one_clear_error(tmp_path):
-    out = run_cli(["distance", "a.png", "b.png", "--model", "r-clip-t-vitb16"],
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):  # inputs that exist: they are checked before the model
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    out = run_cli(["distance", tmp_path / "a.png", tmp_path / "b.png", "--model", "r-clip-t-vitb16"],
                   env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}, timeout=120)
     assert out.returncode == 2
     err = out.stderr

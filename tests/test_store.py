@@ -160,7 +160,7 @@ def test_max_shards_stops_early_and_a_finished_store_is_not_rebuilt(images, tiny
 def test_changed_settings_refuse_to_resume_unless_overwrite(images, tiny_metric, tmp_path):
     out = tmp_path / "s"
     build_store(images, out, tiny_metric, dtype="float32", shard_size=5, num_workers=0, progress=False)
-    with pytest.raises(ValueError, match="different dtype, shard_size; .* --overwrite"):
+    with pytest.raises(ValueError, match="different dtype, shard_size; .* `overwrite=True`"):
         build_store(images, out, tiny_metric, dtype="float16", shard_size=4, num_workers=0, progress=False)
     (out / "keep-me.txt").write_text("unrelated")
     rebuilt = build_store(images, out, tiny_metric, dtype="float16", shard_size=4, num_workers=0, progress=False,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Dict, Iterable, Tuple
 
@@ -27,10 +28,9 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors come in many types; all mean the same here
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(
                 f"{path} could not be read with torch.load(weights_only=True); rpmetric never unpickles "
-                f"arbitrary objects, so convert the checkpoint to safetensors. ({reason})"
+                f"arbitrary objects, so convert the checkpoint to safetensors. ({_load_failure(err)})"
             ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -38,6 +38,16 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dictionary of tensors.")
     return {_strip(k, "module."): v for k, v in state.items()}
+
+
+def _load_failure(err: Exception) -> str:
+    """The gist of torch.load's error on one line: torch's message spans lines, carries ANSI escapes and
+    suggests weights_only=False, so keep only the unpickler's reason when it gives one."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(err))
+    _, marker, after = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (after if marker else text).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(err).__name__
+    return reason.split(". Please use")[0].rstrip(".")
 
 
 def _strip(key: str, prefix: str) -> str:

@@ -47,3 +47,21 @@ def format_table(rows, headers) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_distance(value: float) -> str:
+    """A distance with 6 significant digits, so that distinct images never print as 0.
+
+    Example:
+        >>> format_distance(0.0), format_distance(0.1234567), format_distance(2.5e-8)
+        ('0', '0.123457', '2.5e-08')
+    """
+    return f"{value:.6g}"
+
+
+def rerun_command(argv, add=(), drop=()) -> str:
+    """The shell command that reruns ``rpmetric ARGV`` with the options ``add`` and without ``drop``."""
+    import shlex
+
+    words = [w for w in argv if w not in drop] + [w for w in add if w not in argv]
+    return shlex.join(["rpmetric", *words])

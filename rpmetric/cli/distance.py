@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .common import add_device_option, add_model_option, at_least
+from .common import add_device_option, add_model_option, at_least, format_distance
 
 
 def register(sub) -> None:
@@ -35,6 +35,7 @@ def run(args) -> int:
     if args.pairs is not None and args.images:
         raise ValueError("give either two images or --pairs, not both")
     pairs = _read_pairs(args.pairs) if args.pairs else [(Path(args.images[0]), Path(args.images[1]))]
+    _check_files(pairs, args.pairs)  # before the model loads (or downloads)
     metric = RobustDistance(args.model, device=args.device)
     prepare = metric.encoder.prepare  # images differ in size: bring each to the model's input first
     results = []
@@ -45,9 +46,9 @@ def run(args) -> int:
             b = torch.cat([prepare(load_image(p[1])) for p in chunk])
             results.extend(metric(a, b).tolist())
     if args.pairs is None:
-        print(f"{results[0]:.6f}")
+        print(format_distance(results[0]))
         return 0
-    write_csv(args.out, ["a", "b", "distance"], [(a, b, f"{d:.6f}") for (a, b), d in zip(pairs, results)])
+    write_csv(args.out, ["a", "b", "distance"], [(a, b, format_distance(d)) for (a, b), d in zip(pairs, results)])
     return 0
 
 
@@ -58,3 +59,10 @@ def _read_pairs(path: Path):
     if not rows:
         raise ValueError(f"{path} lists no pairs")
     return rows
+
+
+def _check_files(pairs, source) -> None:
+    """Every image exists, or a one-line error naming the first missing one (and the CSV listing it)."""
+    for path in (p for pair in pairs for p in pair):
+        if not path.is_file():
+            raise FileNotFoundError(f"Image file not found: {path}" + (f" (listed in {source})" if source else ""))

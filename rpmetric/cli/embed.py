@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_device_option, add_model_option, at_least, format_table
+from .common import add_device_option, add_model_option, at_least, format_distance, format_table
 
 
 def register(sub) -> None:
@@ -86,7 +86,7 @@ def _register_embed(sub) -> None:
                        help="bring the store in --out up to date with a changed SOURCE: embed new and changed files, "
                             "drop removed ones")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run_embed)
+    p.set_defaults(func=run_embed, rerun=((), ("--overwrite",)))  # the same command resumes
 
 
 def _add_query_options(p) -> None:
@@ -165,6 +165,7 @@ def run_embed(args) -> int:
 
     if not args.source.exists():  # before the model loads
         raise missing_source(args.source)
+    args.progress = args.out  # finished shards survive an interruption (see cli.main)
     distributed.init_from_env()
     try:
         metric = RobustDistance(args.model, device=distributed.local_device(args.device))
@@ -229,7 +230,7 @@ def run_search(args) -> int:
     if args.json:
         print(json.dumps({"store": str(store.path), "index": hits.index, "results": results}, indent=1))
     else:
-        rows = [(r["query"], n["rank"], f"{n['distance']:.6f}", n["path"]) for r in results for n in r["neighbours"]]
+        rows = [(r["query"], n["rank"], format_distance(n["distance"]), n["path"]) for r in results for n in r["neighbours"]]
         print(format_table(rows, ["query", "rank", "distance", "path"]))
     return 0
 
@@ -250,7 +251,7 @@ def run_dedup(args) -> int:
         store.check_same_model(other)
         rows, ref, dist = find_near(emb, other.embeddings(), args.threshold, index=args.index, nprobe=args.nprobe)
         header = ["path", "match", "distance"]
-        table = [(files[i], other.files[j], f"{d:.6f}") for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
+        table = [(files[i], other.files[j], format_distance(d)) for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
         summary = f"{len(table)} of {len(store)} images are within {args.threshold} of an image of {other.path}"
     else:
         groups = group_duplicates(emb, args.threshold)
@@ -258,7 +259,7 @@ def run_dedup(args) -> int:
         table = []
         for g, members in enumerate(groups, start=1):
             d = cosine_distance(emb[members[:1]], emb[members]).tolist()
-            table.extend((g, int(m == members[0]), files[m], f"{dm:.6f}") for m, dm in zip(members, d))
+            table.extend((g, int(m == members[0]), files[m], format_distance(dm)) for m, dm in zip(members, d))
         summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
     write_csv(args.out, header, table)
     print(summary, file=sys.stderr)
@@ -314,6 +315,9 @@ def run_eval_retrieval(args) -> int:
         truth = store.locate([r["match"] for r in rows], base, source=args.queries)
         if None in truth:
             raise ValueError(f"{args.queries} names as a match a file that store {store.path} skipped as unreadable")
+    missing = next((base / r["path"] for r in rows if not (base / r["path"]).is_file()), None)
+    if missing is not None:  # before the model loads
+        raise FileNotFoundError(f"Query image not found: {missing} (listed in {args.queries})")
     metric = store.load_metric(args.model, args.device)
     # Decoded as the store's images were, so an unattacked query is embedded as in the store; kept in
     # uint8 (a quarter of float32's memory) until its batch is evaluated.

@@ -63,7 +63,7 @@ def register(sub) -> None:
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
             add_attack_options(q)
-        q.set_defaults(func=run)
+        q.set_defaults(func=run, rerun=(("--resume",), ()))
     from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
 
     register_eval_retrieval(datasets)
@@ -136,6 +136,7 @@ def run(args) -> int:
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
                                    preprocess=args.preprocess)
         log, default_log = _log_path(args, distances.name, names, subset)
+        args.progress = log  # what --resume continues after an interruption (see cli.main)
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()),
                       **({"subset": subset} if args.dataset == "bapps" else {}), "model_argument": args.model,
                       **({"preprocess": args.preprocess} if args.preprocess is not None else {})}

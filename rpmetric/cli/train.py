@@ -55,7 +55,7 @@ def register(sub) -> None:
     q.add_argument("--workers", type=at_least(0), default=train["workers"],
                    help="DataLoader processes decoding images (default: %(default)s)")
     add_device_option(q)
-    q.set_defaults(func=run)
+    q.set_defaults(func=run, rerun=(("--resume",), ()))
 
 
 def _defaults(cls) -> dict:
@@ -88,6 +88,7 @@ def run(args) -> int:
     from ..training import CHECKPOINT_NAME, train_nights
 
     config = config_from_args(args)
+    args.progress = args.out / CHECKPOINT_NAME  # written after each epoch; --resume continues from it
     result = train_nights(args.root, args.model, args.out, config, resume=args.resume, device=args.device)
     rows = [("val (untrained)", "", f"{100 * result.val_history[0]:.2f}"),
             (f"val (epoch {result.best_epoch}, kept)", "", f"{100 * result.val_history[result.best_epoch]:.2f}")]

@@ -91,7 +91,7 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 
 def _bad(stem: str, reason: str, skipped: Optional[List[BadItem]]) -> None:
     if skipped is None:
-        raise ValueError(f"{reason}; fix it or pass --skip-bad (skipped=[...]) to skip it")
+        raise ValueError(f"{reason}; fix it or pass `skipped=[]` to skip it")
     skipped.append(BadItem(stem, reason))
 
 
@@ -126,7 +126,7 @@ def _paired_files(folder: Path, kinds: Dict[str, Sequence[str]], value_kind: str
         reason = (f"{folder}: the {value_kind} count does not match the images ({counts} files); "
                   f"e.g. {example!r} has no file in {', '.join(lacking)}/")
         if skipped is None:
-            raise ValueError(f"{reason}; every sub-folder needs one file per stem, or pass --skip-bad to skip "
+            raise ValueError(f"{reason}; every sub-folder needs one file per stem, or pass `skipped=[]` to skip "
                              "incomplete entries")
         for s in stems:
             if s not in complete:

@@ -83,7 +83,7 @@ def read_nights(root: Union[str, Path], split: str, *, skipped: Optional[List[Ba
                 where = f"line {line}" if ident is None else f"line {line} (id {ident!r})"
                 message = f"{csv_path}, {where}: {err}"
                 if skipped is None:
-                    raise type(err)(message + "; fix the row or pass --skip-bad (skipped=[...]) to skip it") from None
+                    raise type(err)(message + "; fix the row or pass `skipped=[]` to skip it") from None
                 skipped.append(BadItem(f"line {line}" if ident is None else ident, message))
                 continue
             triplets.append(Triplet(ident, *paths, p))
