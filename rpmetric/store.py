@@ -328,8 +328,8 @@ def _changes(saved: dict, current: dict) -> Tuple[List[str], List[str], List[str
 def _change_message(source, out: Path, added, removed, changed) -> str:
     example = (added or changed or removed)[0]
     return (f"{source} has changed since store {out} was built: {len(added)} added, {len(removed)} removed, "
-            f"{len(changed)} changed file(s), e.g. {example!r}; pass --update (update=True) to embed the new and "
-            "changed files and drop the removed ones, or --overwrite (overwrite=True) to rebuild the store.")
+            f"{len(changed)} changed file(s), e.g. {example!r}; pass `update=True` to embed the new and "
+            "changed files and drop the removed ones, or `overwrite=True` to rebuild the store.")
 
 
 def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -> dict:

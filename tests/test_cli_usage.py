@@ -3,7 +3,6 @@ one-line errors and notices in CLI words, Ctrl-C, and how distances print."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess

@@ -247,5 +247,5 @@ def test_read_bapps_2afc_train_mix(tmp_path):
     # lpips trains on 2afc/train/{traditional,cnn,mix}; mix is a train-only category.
     datagen.write_bapps_2afc(tmp_path, "mix", [("left", 0.0), ("right", 1.0)], subset="train")
     assert [t.p for t in read_bapps_2afc(tmp_path, "mix", "train")] == [0.0, 1.0]
-    with pytest.raises(ValueError, match=r"'mix' exists in the train subset only .*pass --subset train"):
+    with pytest.raises(ValueError, match=r"'mix' exists in the train subset only .*pass `subset='train'`"):
         read_bapps_2afc(tmp_path, "mix")

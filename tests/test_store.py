@@ -380,7 +380,7 @@ def test_a_changed_folder_is_refused_naming_the_change_and_the_fix(tmp_path, tin
     build_store(src, tmp_path / "s", tiny_metric, **KW)
     change_folder(src)
     with pytest.raises(ValueError, match=r"changed since store .* was built: 1 added, 1 removed, 1 changed file\(s\), "
-                                         r"e.g. 'img10.png'; pass --update \(update=True\) .* or --overwrite"):
+                                         r"e.g. 'img10.png'; pass `update=True` .* or `overwrite=True`"):
         build_store(src, tmp_path / "s", tiny_metric, **KW)
 
 

@@ -41,7 +41,7 @@ def read_bapps_2afc(root: Union[str, Path], category: str, subset: str = "val", 
     allowed = bapps_2afc_categories(subset, every=True)
     if category not in allowed and category in bapps_2afc_categories("train", every=True):
         raise ValueError(f"BAPPS category {category!r} exists in the train subset only (2afc/train/{category}); "
-                         f"pass --subset train (subset='train'), or choose one of {allowed}.")
+                         f"pass `subset='train'`, or choose one of {allowed}.")
     _check_choice("category", category, allowed)
     folder = Path(root) / "2afc" / subset / category
     kinds = {"ref": IMAGE_SUFFIXES, "p0": IMAGE_SUFFIXES, "p1": IMAGE_SUFFIXES, "judge": (".npy",)}
