@@ -41,6 +41,7 @@ from .heads import (HeadConfig, attach_head, base_model_reference, head_dropouts
                     load_head_state, save_head_folder)
 from .preprocess import resize_and_crop
 from .scoring import twoafc_score
+from .unique import embed_unique
 from .validation import check_int
 
 __all__ = ["TrainConfig", "TrainResult", "hinge_loss", "train_nights", "CHECKPOINT_NAME", "ADVERSARIAL_NORMS",
@@ -279,15 +280,17 @@ class _Run:
         """``(ref, left, right)`` embeddings ``[N, D]`` in dataset order; one encoder pass per batch."""
         parts = []
         for batch in self.batches(model, triplets, None, 64, desc):
-            images = unit_float(torch.cat([batch["ref"], batch["left"], batch["right"]]).to(self.device))
-            parts.append(model(images).chunk(3))
+            # Each distinct image once: a tie triplet (left == right) is an exact tie in the scores.
+            images = torch.cat([batch["ref"], batch["left"], batch["right"]])
+            parts.append(embed_unique(lambda x: model(unit_float(x.to(self.device))), images).chunk(3))
         return tuple(torch.cat([p[i] for p in parts]) for i in range(3))
 
     # -- scores -------------------------------------------------------------------------------
     def distances(self, model: Encoder, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.cache is not None:
             with torch.no_grad():
-                ref, left, right = (model.backbone.mlp_head(e) for e in self.cache[name])
+                # One pass over the distinct rows, so equal cached embeddings stay equal after the head.
+                ref, left, right = embed_unique(model.backbone.mlp_head, torch.cat(self.cache[name])).chunk(3)
         else:
             ref, left, right = self.embed(model, self.splits[name], f"scoring {name}")
         return cosine_distance(ref, left), cosine_distance(ref, right)
