@@ -22,7 +22,7 @@ from ._version import __version__
 from .errors import ModelNotAvailableError
 from .spec import Family, ModelSpec, get_spec
 
-__all__ = ["ModelFiles", "resolve", "fetch", "fetch_head", "HUB_PREFIX"]
+__all__ = ["ModelFiles", "resolve", "fetch", "fetch_head", "HUB_PREFIX", "MODEL_FILES"]
 
 HUB_PREFIX = "hf-hub:"
 
@@ -33,6 +33,9 @@ _LAYOUTS = {
     Family.HF_VIT: ("config.json", ("model.safetensors", "pytorch_model.bin")),
 }
 _OPTIONAL_FILES = {Family.HF_VIT: ("preprocessor_config.json",)}
+# Every file a checkpoint may be read from, whatever its layout (rpmetric.fingerprint fingerprints them).
+MODEL_FILES = tuple(dict.fromkeys([name for config, weights in _LAYOUTS.values() for name in (config, *weights)]
+                                  + [name for names in _OPTIONAL_FILES.values() for name in names]))
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
