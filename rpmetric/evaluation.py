@@ -32,6 +32,7 @@ import torch
 from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_bapps_2afc, read_bapps_jnd,
                        read_nights)
 from .distributed import broadcast_object, gather_records, rank_and_world, shard
+from .fingerprint import model_identity, records_fingerprint
 from .functional import cosine_distance, rgb_to_lab
 from .images import unit_float
 from .preprocess import resize_and_crop
@@ -259,7 +260,10 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
         batch_size: records per batch (3 or 2 images each).
         workers: DataLoader worker processes decoding images (0: in this process).
         log: run-log file for per-sample results (JSON lines); None keeps them in memory only.
-        resume: continue the run in ``log`` (it must have the same configuration).
+        resume: continue the run in ``log``. It must have the same configuration, model files and
+            records: the log records the model's resolved location and file digests and a hash of
+            the records (ids, paths, targets; see :mod:`rpmetric.fingerprint`), and a resume that
+            differs in any of them is refused, naming what differs.
         run_config: extra entries that define the run (e.g. dataset root), checked on resume.
         skip_bad: skip triplets with missing or unreadable images and report them, instead of raising.
         skipped: records the readers already skipped, ``{group: [BadItem]}``, to include in the report.
@@ -271,7 +275,7 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
 
     Raises:
         ValueError: a bad image (without ``skip_bad``), duplicate ids, an empty group, or a log
-            written for another configuration.
+            written for another configuration, other model files or other records.
         FileExistsError: ``log`` exists and ``resume`` is False.
 
     Example:
@@ -297,8 +301,11 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
         duplicate = next(k for k in keys if k in seen or seen.add(k))
         raise ValueError(f"Duplicate {spec.unit} id {duplicate!r}: ids must be unique within a group.")
 
-    config = {"task": task, "batch_size": batch_size, "groups": {g: len(r) for g, r in groups.items()},
-              **distances.describe(), **(run_config or {})}
+    config = None
+    if log is not None:
+        config = {"task": task, "batch_size": batch_size, "groups": {g: len(r) for g, r in groups.items()},
+                  **distances.describe(), **_identity(distances),
+                  "records": records_fingerprint(record for _, record in items), **(run_config or {})}
     runlog, done = _open_log(log, config, resume)
     for key in keys:
         if key in done and "error" in done[key] and not skip_bad:
@@ -342,7 +349,15 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
     return _summarise(spec, groups, items, keys, finished, skipped)
 
 
-def _open_log(path, config: dict, resume: bool) -> Tuple[Optional[RunLog], Dict[str, dict]]:
+def _identity(distances) -> dict:
+    """The model as a run log records it: its resolved location and file digests (see
+    :func:`rpmetric.fingerprint.model_identity`), in place of the name it was given by; a pixel
+    baseline has no files, and its name is its identity."""
+    metric = getattr(distances, "metric", None)
+    return model_identity(metric.spec) if metric is not None else {}
+
+
+def _open_log(path, config: Optional[dict], resume: bool) -> Tuple[Optional[RunLog], Dict[str, dict]]:
     """Rank 0 opens the log; every rank gets its records (and rank 0's error, if it failed)."""
     if path is None:
         return None, {}

@@ -3,7 +3,6 @@ reference image (the protocol of Croce et al., SaTML 2025), batched and resumabl
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Union
@@ -11,6 +10,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from ..datasets import Triplet, TripletImages, collate_images
+from ..fingerprint import model_identity, records_fingerprint
 from ..images import unit_float
 from ..preprocess import resize_and_crop
 from ..runlog import RunLog
@@ -112,7 +112,9 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         device: where to run; None for the model's device. The model is moved there.
         runlog_path: a JSON-lines file that records every finished batch, so that an interrupted run
             can continue with ``resume=True`` and give exactly the same result.
-        resume: continue the run recorded in ``runlog_path``.
+        resume: continue the run recorded in ``runlog_path``; refused when the model's files (its
+            resolved location and file digests) or the triplets (ids, paths, ``p``) differ from the
+            run's that wrote it (see :mod:`rpmetric.fingerprint`).
         progress: show a progress bar.
 
     Raises:
@@ -142,7 +144,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     if n == 0:
         raise ValueError("Argument `data` holds no triplets; pass at least one.")
     keys = keys[:n]
-    run_config = _run_config(metric, config, counterattack, batch_size, keys)
+    run_config = _run_config(metric, config, counterattack, batch_size, keys, dataset)
     log = RunLog(runlog_path, run_config, resume) if runlog_path is not None else None
     done: Dict[str, dict] = dict(log.done) if log is not None else {}
 
@@ -306,18 +308,22 @@ def _raise_on_bad_items(batch: dict, keys: List[str]) -> None:
                          "triplet(s) in this batch); fix or remove them from `data`.")
 
 
-def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, keys: List[str]) -> dict:
+def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, keys: List[str], dataset=None) -> dict:
     spec = getattr(metric, "spec", None) or getattr(getattr(metric, "encoder", None), "spec", None)
+    # The resolved location and file digests, not the name the model was given by (rpmetric.fingerprint).
+    identity = model_identity(spec) if spec is not None else {"model": type(metric).__name__, "model_files": None}
+    records = getattr(dataset, "records", None)
     return {
         "task": "robust-2afc",
-        "model": getattr(spec, "name", type(metric).__name__),
+        **identity,
         # How the reference is resized before the attack (rpmetric eval --preprocess changes it).
         "preprocessing": asdict(spec.preprocessing) if getattr(spec, "preprocessing", None) is not None else None,
         "attack": config.to_dict(defended=counterattack is not None),
         "counterattack": None if counterattack is None else repr(counterattack),
         "batch_size": batch_size,
         "n": len(keys),
-        "ids_sha256": hashlib.sha256("\n".join(keys).encode()).hexdigest(),
+        # Ids, paths and human targets; a dataset without records is known by its ids.
+        "records": records_fingerprint(records[:len(keys)] if records is not None else keys),
     }
 
 

@@ -135,10 +135,12 @@ def run(args) -> int:
         task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
                                    preprocess=args.preprocess)
-        log, default_log = _log_path(args, distances.name, names, subset)
+        log, default_log = _log_path(args, distances, names, subset)
         args.progress = log  # what --resume continues after an interruption (see cli.main)
+        # The model is not recorded as typed: evaluate() records its resolved location and files, so
+        # that the same folder spelled another way resumes and another folder of the same name does not.
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()),
-                      **({"subset": subset} if args.dataset == "bapps" else {}), "model_argument": args.model,
+                      **({"subset": subset} if args.dataset == "bapps" else {}),
                       **({"preprocess": args.preprocess} if args.preprocess is not None else {})}
         with _no_empty_logs([log], rank == 0):
             result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
@@ -208,17 +210,21 @@ def _attack(args, distances, groups, result, options, log):
                          log=log, resume=args.resume, progress=True)
 
 
-def _log_path(args, model_name: str, names, subset: str):
+def _log_path(args, distances, names, subset: str):
     """``(log, whether it is a default one)``. A default log beside no ``--out`` is named by what the
     run reads, so that runs on other data, splits or models never share (or block) one: readable
-    parts, and a short hash of the resolved root, the selection and the model."""
+    parts, and a short hash of the resolved root, the selection and the model's resolved source
+    (so that the model folder spelled another way finds the same log)."""
     if args.log is not None:
         return args.log, False
     if args.out is not None:
         return args.out.with_name(args.out.name + ".log.jsonl"), True
     root = args.root.resolve()
     subset = subset if args.dataset == "bapps" else None
-    identity = json.dumps([args.dataset, str(root), subset, list(names), args.model, model_name])
+    metric = getattr(distances, "metric", None)
+    source = metric.spec.source if metric is not None else distances.name
+    model_name = Path(source).name if metric is not None and metric.spec.local_path else distances.name
+    identity = json.dumps([args.dataset, str(root), subset, list(names), source])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     parts = [args.dataset, root.name, *([subset] if subset else []), "+".join(names), model_name]
     slug = "-".join(re.sub(r"[^A-Za-z0-9._+]+", "_", part).strip("_")[:40] for part in parts)
