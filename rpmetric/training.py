@@ -34,6 +34,7 @@ from .datasets import TripletImages, collate_images, read_nights
 from .encoder import Encoder, load_encoder
 from .evaluation import nights_total
 from .files import atomic_write
+from .fingerprint import model_identity, records_fingerprint
 from .functional import cosine_distance
 from .images import unit_float
 from .metric import check_device
@@ -173,7 +174,8 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
 
     Raises:
         ValueError: ``out`` holds a checkpoint and ``resume`` is False, or a checkpoint of a
-            different run; ``resume`` without a checkpoint.
+            different run: other options, other base model files or other NIGHTS records (see
+            :mod:`rpmetric.fingerprint`); ``resume`` without a checkpoint.
 
     Example:
         >>> result = train_nights("/data/nights", "r-clip-f-vitb16", "heads/mlp",
@@ -210,7 +212,10 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     # What a resumed run must share with the saved one; `epochs` may grow (train longer).
     recipe = {k: v for k, v in config.describe().items() if k not in ("epochs", "workers")}
-    settings = {"base_model": base_model, "config": recipe, "sizes": {name: len(t) for name, t in splits.items()}}
+    # The base model's resolved location and file digests, and a hash of the triplets (ids, paths,
+    # votes): a resume must read the same files and the same data, not only the same names.
+    settings = {"base_model": base_model, "config": recipe, "sizes": {name: len(t) for name, t in splits.items()},
+                **model_identity(base.spec), "records": records_fingerprint(t for ts in splits.values() for t in ts)}
 
     if resume:
         state = _read_checkpoint(found, settings)
@@ -403,9 +408,21 @@ def _read_checkpoint(path: Path, settings: dict) -> dict:
     saved = json.loads(json.dumps(state["settings"]))
     saved.get("config", {}).setdefault("betas", list(_OLD_BETAS))  # recorded before betas were
     now = json.loads(json.dumps(settings))
+    for key in _IDENTITY_KEYS:  # a checkpoint written before fingerprints were recorded: names only
+        if key not in saved:
+            now.pop(key, None)
     if saved != now:
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        what = [_IDENTITY_KEYS[k] for k in changed if k in _IDENTITY_KEYS]
+        fix = (f"{' and '.join(what)} changed since it was written, so resuming would mix two runs; restore them, "
+               "or start over in another output folder (without `resume=True`)" if what else
+               "resume with the same options, or choose another output folder")
         raise ValueError(f"{path} is from a different run (it differs in {', '.join(changed)}): "
-                         f"saved {{{', '.join(f'{k}: {saved.get(k)}' for k in changed)}}}; resume with the same "
-                         "options, or choose another output folder.")
+                         f"saved {{{', '.join(f'{k}: {saved.get(k)}' for k in changed)}}}, this run has "
+                         f"{{{', '.join(f'{k}: {now.get(k)}' for k in changed)}}}; {fix}.")
     return state
+
+
+# Settings that say what a run read, not how it was asked for: what a refusal says changed.
+_IDENTITY_KEYS = {"model": "the base model's location", "model_files": "the base model's files",
+                  "records": "the NIGHTS records (ids, paths or votes)"}

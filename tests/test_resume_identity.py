@@ -186,3 +186,62 @@ def test_attack_resume_accepts_a_symlink_to_the_same_folder(attacked, models, tm
     resumed = evaluate_attack(rpmetric.RobustDistance(str(link) + "/", device="cpu"), triplets, runlog_path=log,
                               resume=True, **kwargs)
     assert resumed.records == full.records
+
+
+# -- training -----------------------------------------------------------------------------------
+def _train(root, model, out, *extra):
+    return ["train", "nights", str(root), "--model", str(model), "--head", "mlp", "--hidden", "8",
+            "--batch-size", "64", "--out", str(out), "--device", "cpu", *map(str, extra)]
+
+
+def test_train_resume_with_another_model_is_refused(fresh_nights, models, tmp_path, monkeypatch, capsys):
+    a, b = models
+    out = tmp_path / "head"
+    monkeypatch.chdir(a.parent)
+    assert main(_train(fresh_nights, "model", out, "--epochs", 1)) == 0
+    monkeypatch.chdir(b.parent)
+    capsys.readouterr()
+    assert main(_train(fresh_nights, "model", out, "--epochs", 2, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "different run" in err and str(a) in err and "model_files" in err
+
+
+def test_train_resume_after_votes_were_edited_is_refused(fresh_nights, models, tmp_path, capsys):
+    a, _ = models
+    out = tmp_path / "head"
+    assert main(_train(fresh_nights, a, out, "--epochs", 1)) == 0
+    _edit_votes(fresh_nights, "tn-left-q", 0.375)
+    capsys.readouterr()
+    assert main(_train(fresh_nights, a, out, "--epochs", 2, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "it differs in records" in err and "model_files" not in err
+
+
+def test_train_resume_after_the_weights_were_replaced_in_place_is_refused(fresh_nights, models, tmp_path, capsys):
+    a, _ = models
+    out = tmp_path / "head"
+    assert main(_train(fresh_nights, a, out, "--epochs", 1)) == 0
+    tinymodels.save_open_clip(a, tinymodels.TINY_VIT_CFG, seed=1)
+    capsys.readouterr()
+    assert main(_train(fresh_nights, a, out, "--epochs", 2, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "it differs in model_files" in err and "open_clip_model.safetensors" in err
+
+
+def test_train_resume_accepts_the_same_folder_spelled_three_ways(fresh_nights, models, tmp_path, monkeypatch):
+    import torch
+    from rpmetric.training import CHECKPOINT_NAME
+
+    a, _ = models
+    link = tmp_path / "link"
+    os.symlink(a, link)
+    monkeypatch.chdir(a.parent)
+    assert main(_train(fresh_nights, a, tmp_path / "whole", "--epochs", 3)) == 0
+    out = tmp_path / "cut"
+    assert main(_train(fresh_nights, "./model", out, "--epochs", 1)) == 0
+    assert main(_train(fresh_nights, "model/", out, "--epochs", 2, "--resume")) == 0
+    assert main(_train(fresh_nights, link, out, "--epochs", 3, "--resume")) == 0
+    whole = torch.load(tmp_path / "whole" / CHECKPOINT_NAME, weights_only=True)
+    cut = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    assert cut["history"] == whole["history"]
+    assert all(torch.equal(whole["head"][k], cut["head"][k]) for k in whole["head"])
