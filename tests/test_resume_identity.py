@@ -245,3 +245,18 @@ def test_train_resume_accepts_the_same_folder_spelled_three_ways(fresh_nights, m
     cut = torch.load(out / CHECKPOINT_NAME, weights_only=True)
     assert cut["history"] == whole["history"]
     assert all(torch.equal(whole["head"][k], cut["head"][k]) for k in whole["head"])
+
+
+def test_eval_resume_accepts_a_zoo_name_as_its_hub_id(fresh_nights, zoo_cache, tmp_path):
+    import rpmetric
+    from subproc import run_cli
+
+    hf_home, _ = zoo_cache
+    env = {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "out.json"
+    part = run_cli(_eval(fresh_nights, "r-clip-f-vitb32", "--out", out, "--max-batches", 2), env=env)
+    assert part.returncode == 3, part.stderr
+    hub_id = rpmetric.get_spec("r-clip-f-vitb32").hub_id
+    rest = run_cli(_eval(fresh_nights, f"hf-hub:{hub_id}", "--out", out, "--resume"), env=env)
+    assert rest.returncode == 0, rest.stderr
+    assert json.loads(out.read_text())["results"]["total"]["n"] == 6
