@@ -35,7 +35,7 @@ from .distributed import broadcast_object, gather_records, rank_and_world, shard
 from .functional import cosine_distance, rgb_to_lab
 from .images import unit_float
 from .preprocess import resize_and_crop
-from .runlog import RunLog
+from .runlog import RunLog, record_check
 from .scoring import jnd_map, twoafc_score
 from .unique import embed_unique
 
@@ -338,6 +338,8 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
             running.update(finished, final=step == steps - 1)
     finally:
         bar.close()
+        if runlog is not None:
+            runlog.close()  # releases the log for the next run
 
     return _summarise(spec, groups, items, keys, finished, skipped)
 
@@ -350,7 +352,9 @@ def _open_log(path, config: dict, resume: bool) -> Tuple[Optional[RunLog], Dict[
     runlog, outcome = None, None
     if rank == 0:
         try:
-            runlog = RunLog(path, config, resume)
+            spec = TASKS[config["task"]]
+            check = record_check([*spec.outputs, spec.target], present=["group", "id"])
+            runlog = RunLog(path, config, resume, check=check)
             outcome = ("ok", runlog.done)
         except (ValueError, FileExistsError) as err:
             outcome = ("error", type(err), str(err))
