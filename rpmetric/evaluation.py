@@ -333,8 +333,9 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
                 runlog.append(good if bad and not skip_bad else new)  # finished work is kept either way
             if bad and not skip_bad:
                 raise ValueError(f"{bad[0]['error']}; pass `skip_bad=True` to skip bad {spec.unit}s")
+            fresh = sum(r["key"] not in finished for r in new)  # a batch after a torn line has finished ones
             finished.update((r["key"], r) for r in new)
-            bar.update(len(new))
+            bar.update(fresh)
             running.update(finished, final=step == steps - 1)
     finally:
         bar.close()
