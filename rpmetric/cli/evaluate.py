@@ -81,8 +81,10 @@ def _add_run_options(q) -> None:
     q.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     q.add_argument("--per-sample", type=Path, default=None, metavar="FILE.csv",
                    help="write one row per triplet (group,id,d0,d1,p) or pair (group,id,d,same)")
-    q.add_argument("--log", type=Path, default=None, metavar="FILE.jsonl",
-                   help="run log of per-sample results, written as the run proceeds (default: OUT.log.jsonl beside "
+    # --log alone is ambiguous to torchrun (--log-dir, --logs-specs), which parses the whole command line
+    q.add_argument("--run-log", "--log", dest="log", type=Path, default=None, metavar="FILE.jsonl",
+                   help="run log of per-sample results, written as the run proceeds; under torchrun spell it "
+                        "--run-log (default: OUT.log.jsonl beside "
                         "--out, else ./rpmetric-eval-DATASET-ROOT-SPLITS-MODEL-HASH.log.jsonl, HASH of the resolved "
                         "ROOT, splits or categories and model; a default log is deleted once the run completes, "
                         "and any new log that holds no finished batch when the run fails or is interrupted)")
