@@ -128,6 +128,7 @@ def run(args) -> int:
         args.preprocess = DEFAULT_PREPROCESS[args.dataset]  # resolved here, so that the JSON records it
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
+    _check_distinct_outputs(args)
     rank, world = distributed.init_from_env()
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
@@ -225,6 +226,24 @@ def _log_path(args, model_name: str, names, subset: str):
     parts = [args.dataset, root.name, *([subset] if subset else []), "+".join(names), model_name]
     slug = "-".join(re.sub(r"[^A-Za-z0-9._+]+", "_", part).strip("_")[:40] for part in parts)
     return Path(f"rpmetric-eval-{slug}-{digest}.log.jsonl"), True
+
+
+def _check_distinct_outputs(args) -> None:
+    """Refuse --out, --per-sample and --run-log (given, or the default beside --out) that name one file,
+    however spelled, before any work: each would overwrite another."""
+    named = [("--out", args.out), ("--per-sample", args.per_sample),
+             ("--run-log", args.log if args.log is not None or args.out is None
+              else args.out.with_name(args.out.name + ".log.jsonl"))]
+    seen = {}
+    for option, path in named:
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved in seen:
+            other, first = seen[resolved]
+            default = " (the default run log beside --out)" if option == "--run-log" and args.log is None else ""
+            raise ValueError(f"{other} {first} and {option} {path}{default} are the same file; give each its own.")
+        seen[resolved] = (option, path)
 
 
 def _log_files(log: Path, groups) -> list:
