@@ -59,6 +59,24 @@ def test_of_two_runs_started_together_exactly_one_gets_the_log(tmp_path, mode):
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary files
 
 
+def test_a_file_system_without_hard_links_creates_the_log_in_place(tmp_path, monkeypatch):
+    import errno
+
+    import rpmetric.runlog
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(rpmetric.runlog.os, "link", no_links)
+    path = tmp_path / "run.jsonl"
+    with RunLog(path, CONFIG, resume=False) as log:
+        log.append([{"key": "a", "d": 0.5}])
+    with pytest.raises(FileExistsError, match="already exists"):
+        RunLog(path, CONFIG, resume=False)
+    assert RunLog(path, CONFIG, resume=True).done == {"a": {"key": "a", "d": 0.5}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.jsonl"]  # no temporary file left
+
+
 def _holder(path, ready, release):
     log = RunLog(path, CONFIG, resume=False)
     ready.wait()
