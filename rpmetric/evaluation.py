@@ -36,7 +36,7 @@ from .fingerprint import model_identity, records_fingerprint
 from .functional import cosine_distance, rgb_to_lab
 from .images import unit_float
 from .preprocess import resize_and_crop
-from .runlog import RunLog
+from .runlog import RunLog, record_check
 from .scoring import jnd_map, twoafc_score
 from .unique import embed_unique
 
@@ -340,11 +340,14 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
                 runlog.append(good if bad and not skip_bad else new)  # finished work is kept either way
             if bad and not skip_bad:
                 raise ValueError(f"{bad[0]['error']}; pass `skip_bad=True` to skip bad {spec.unit}s")
+            fresh = sum(r["key"] not in finished for r in new)  # a batch after a torn line has finished ones
             finished.update((r["key"], r) for r in new)
-            bar.update(len(new))
+            bar.update(fresh)
             running.update(finished, final=step == steps - 1)
     finally:
         bar.close()
+        if runlog is not None:
+            runlog.close()  # releases the log for the next run
 
     return _summarise(spec, groups, items, keys, finished, skipped)
 
@@ -365,7 +368,9 @@ def _open_log(path, config: Optional[dict], resume: bool) -> Tuple[Optional[RunL
     runlog, outcome = None, None
     if rank == 0:
         try:
-            runlog = RunLog(path, config, resume)
+            spec = TASKS[config["task"]]
+            check = record_check([*spec.outputs, spec.target], present=["group", "id"])
+            runlog = RunLog(path, config, resume, check=check)
             outcome = ("ok", runlog.done)
         except (ValueError, FileExistsError) as err:
             outcome = ("error", type(err), str(err))

@@ -13,7 +13,7 @@ from ..datasets import Triplet, TripletImages, collate_images
 from ..fingerprint import model_identity, records_fingerprint
 from ..images import unit_float
 from ..preprocess import resize_and_crop
-from ..runlog import RunLog
+from ..runlog import RunLog, record_check
 from ..scoring import binary_agreements
 from ..unique import embed_unique
 from ..validation import check_int
@@ -145,7 +145,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         raise ValueError("Argument `data` holds no triplets; pass at least one.")
     keys = keys[:n]
     run_config = _run_config(metric, config, counterattack, batch_size, keys, dataset)
-    log = RunLog(runlog_path, run_config, resume) if runlog_path is not None else None
+    fields = ["clean_correct", "robust_correct", *(_DEFENDED_FIELDS if counterattack is not None else ())]
+    log = RunLog(runlog_path, run_config, resume, check=record_check(fields)) if runlog_path is not None else None
     done: Dict[str, dict] = dict(log.done) if log is not None else {}
 
     # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
@@ -156,14 +157,19 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     from tqdm.auto import tqdm
 
     bar = tqdm(loader, total=len(todo), desc=f"APGD-{config.norm.value}", unit="batch", disable=not progress)
-    for batch in bar:
-        _raise_on_bad_items(batch, keys)
-        records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], config, counterattack)
-        new = [r for r in records if r["key"] not in done]
+    try:
+        for batch in bar:
+            _raise_on_bad_items(batch, keys)
+            records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], config, counterattack)
+            new = [r for r in records if r["key"] not in done]
+            if log is not None:
+                log.append(new)
+            done.update((r["key"], r) for r in new)
+            bar.set_postfix(clean=_mean(done.values(), "clean_correct"),
+                            robust=_mean(done.values(), "robust_correct"))
+    finally:
         if log is not None:
-            log.append(new)
-        done.update((r["key"], r) for r in new)
-        bar.set_postfix(clean=_mean(done.values(), "clean_correct"), robust=_mean(done.values(), "robust_correct"))
+            log.close()  # releases the log for the next run
     return _result([done[k] for k in keys], run_config)
 
 
@@ -337,6 +343,9 @@ def _result(records: List[dict], run_config: dict) -> AttackResult:
         result.worst_case_accuracy = sum(min(r["nonadaptive_correct"], r["adaptive_correct"])
                                          for r in records) / len(records)
     return result
+
+
+_DEFENDED_FIELDS = ("defended_clean_correct", "nonadaptive_correct", "adaptive_correct")
 
 
 def _mean(records, field_name: str) -> float:

@@ -81,8 +81,10 @@ def _add_run_options(q) -> None:
     q.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     q.add_argument("--per-sample", type=Path, default=None, metavar="FILE.csv",
                    help="write one row per triplet (group,id,d0,d1,p) or pair (group,id,d,same)")
-    q.add_argument("--log", type=Path, default=None, metavar="FILE.jsonl",
-                   help="run log of per-sample results, written as the run proceeds (default: OUT.log.jsonl beside "
+    # --log alone is ambiguous to torchrun (--log-dir, --logs-specs), which parses the whole command line
+    q.add_argument("--run-log", "--log", dest="log", type=Path, default=None, metavar="FILE.jsonl",
+                   help="run log of per-sample results, written as the run proceeds; under torchrun spell it "
+                        "--run-log (default: OUT.log.jsonl beside "
                         "--out, else ./rpmetric-eval-DATASET-ROOT-SPLITS-MODEL-HASH.log.jsonl, HASH of the resolved "
                         "ROOT, splits or categories and model; a default log is deleted once the run completes, "
                         "and any new log that holds no finished batch when the run fails or is interrupted)")
@@ -126,6 +128,7 @@ def run(args) -> int:
         args.preprocess = DEFAULT_PREPROCESS[args.dataset]  # resolved here, so that the JSON records it
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
+    _check_distinct_outputs(args)
     rank, world = distributed.init_from_env()
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
@@ -229,6 +232,24 @@ def _log_path(args, distances, names, subset: str):
     parts = [args.dataset, root.name, *([subset] if subset else []), "+".join(names), model_name]
     slug = "-".join(re.sub(r"[^A-Za-z0-9._+]+", "_", part).strip("_")[:40] for part in parts)
     return Path(f"rpmetric-eval-{slug}-{digest}.log.jsonl"), True
+
+
+def _check_distinct_outputs(args) -> None:
+    """Refuse --out, --per-sample and --run-log (given, or the default beside --out) that name one file,
+    however spelled, before any work: each would overwrite another."""
+    named = [("--out", args.out), ("--per-sample", args.per_sample),
+             ("--run-log", args.log if args.log is not None or args.out is None
+              else args.out.with_name(args.out.name + ".log.jsonl"))]
+    seen = {}
+    for option, path in named:
+        if path is None:
+            continue
+        resolved = path.resolve()
+        if resolved in seen:
+            other, first = seen[resolved]
+            default = " (the default run log beside --out)" if option == "--run-log" and args.log is None else ""
+            raise ValueError(f"{other} {first} and {option} {path}{default} are the same file; give each its own.")
+        seen[resolved] = (option, path)
 
 
 def _log_files(log: Path, groups) -> list:
