@@ -176,6 +176,58 @@ def test_read_bapps_bad_judge_files(tmp_path):
         read_bapps_2afc(tmp_path, "superres")
 
 
+def test_read_bapps_judge_header_is_checked_before_reading(tmp_path, monkeypatch):
+    folder = datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("left", 0.4)])
+    judge = folder / "judge" / "000000.npy"
+    with open(judge, "wb") as f:  # claims 10^11 values (400 GB), holds none
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**11,)})
+
+    load = np.load
+
+    def checked_load(file, *args, **kwargs):
+        assert file.name != str(judge), "np.load read a file whose header is refused"
+        return load(file, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(np, "load", checked_load)
+        with pytest.raises(ValueError, match=r"000000.npy must hold one number, but holds an array of shape "
+                                             r"\(100000000000,\)"):
+            read_bapps_2afc(tmp_path, "cnn")
+        skipped = []
+        assert [t.id for t in read_bapps_2afc(tmp_path, "cnn", skipped=skipped)] == ["000001"]
+        assert skipped[0].id == "000000"
+    np.save(judge, np.array([0.5 + 0.25j]))
+    with pytest.raises(ValueError, match=r"000000.npy must hold one number, .*complex128 \(a complex number is not a "
+                                         r"share\)"):
+        read_bapps_2afc(tmp_path, "cnn")
+    np.save(judge, np.array(0.25, dtype=np.float64))  # a 0-d array is one number too
+    assert read_bapps_2afc(tmp_path, "cnn")[0].p == 0.25
+
+
+def test_read_bapps_skips_hidden_files(tmp_path):
+    folder = datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("right", 0.8)])
+    for sub in ("ref", "p0", "p1"):
+        (folder / sub / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (folder / sub / "._000000.png").write_bytes(b"\0\5\x16\7")  # AppleDouble
+    (folder / "judge" / "._000000.npy").write_bytes(b"\0\5\x16\7")
+    assert [(t.id, t.p) for t in read_bapps_2afc(tmp_path, "cnn")] == [("000000", pytest.approx(0.4)),
+                                                                       ("000001", pytest.approx(0.8))]
+    jnd = datagen.write_bapps_jnd(tmp_path, "cnn", [(0.1, 0.5)])
+    (jnd / "p0" / "._000000.png").write_bytes(b"\0\5\x16\7")
+    assert [p.id for p in read_bapps_jnd(tmp_path, "cnn")] == ["000000"]
+
+
+def test_read_bapps_refuses_one_stem_with_two_extensions(tmp_path):
+    folder = datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("right", 0.8)])
+    (folder / "p1" / "000001.jpg").write_bytes((folder / "p1" / "000001.png").read_bytes())
+    with pytest.raises(ValueError, match=rf"{folder / 'p1' / '000001.jpg'} and {folder / 'p1' / '000001.png'} share "
+                                         r"the stem '000001'"):
+        read_bapps_2afc(tmp_path, "cnn")
+    skipped = []
+    assert [t.id for t in read_bapps_2afc(tmp_path, "cnn", skipped=skipped)] == ["000000"]
+    assert [s.id for s in skipped] == ["000001"]
+
+
 def test_read_bapps_errors(tmp_path):
     with pytest.raises(ValueError, match=r"`category` must be one of \('traditional', 'cnn', .*but got 'cnns'"):
         read_bapps_2afc(tmp_path, "cnns")
