@@ -44,3 +44,26 @@ def test_at_least_refuses_bad_numbers_while_parsing(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["--batch-size", bad])
         assert f"argument --batch-size: {why}" in capsys.readouterr().err
+
+
+# -- hostile CSV files and unwritable outputs ---------------------------------------------------
+def test_read_csv_columns_reports_a_row_longer_than_its_header(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("a,b\nx.png,y.png\nx,1.png,y.png\nz.png,w.png\n")  # line 3: an unquoted comma
+    with pytest.raises(ValueError, match=r"pairs.csv, line 3: the row has more fields \(3\) than the header \(2\)"):
+        read_csv_columns(path, ("a", "b"))
+    path.write_text('a,b\nx.png,y.png\n"x,1.png",y.png\n')  # quoted, it is one value
+    assert [r["a"] for r in read_csv_columns(path, ("a", "b"))] == ["x.png", "x,1.png"]
+
+
+def test_read_csv_columns_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"\xef\xbb\xbfa,b\r\nx.png,y.png\r\n")  # as Excel saves "CSV UTF-8"
+    assert read_csv_columns(path, ("a", "b")) == [{"a": "x.png", "b": "y.png"}]
+
+
+def test_read_csv_columns_names_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes("a,b\nx.png,y.png\ncaf\xe9.png,y.png\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"pairs.csv, line 3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        read_csv_columns(path, ("a", "b"))

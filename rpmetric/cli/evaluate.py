@@ -44,6 +44,9 @@ def register(sub) -> None:
             q.add_argument("--split", nargs="+", action="extend", default=None, choices=NIGHTS_SPLITS,
                            metavar="SPLIT", help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)}; "
                                                  "repeatable (default: test)")
+            q.add_argument("--allow-outside-root", action="store_true",
+                           help="accept data.csv paths that lead out of ROOT (../, absolute paths, symlinks to "
+                                "elsewhere); by default such a row is a bad triplet")
         elif name == "jnd":
             q.add_argument("--categories", nargs="+", action="extend", default=None, choices=BAPPS_JND_CATEGORIES,
                            metavar="CATEGORY", help=f"categories, of {', '.join(BAPPS_JND_CATEGORIES)}; repeatable "
@@ -132,7 +135,8 @@ def run(args) -> int:
     try:
         subset = getattr(args, "subset", "val")
         names = _selection(args)
-        task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
+        task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad,
+                                            allow_outside_root=getattr(args, "allow_outside_root", False))
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
                                    preprocess=args.preprocess)
         log, default_log = _log_path(args, distances.name, names, subset)
