@@ -4,29 +4,47 @@ never see half done, and CSV files read by column name."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "write_json", "read_csv_columns", "write_csv", "read_csv", "extra_fields"]
+__all__ = ["atomic_write", "write_json", "read_csv_columns", "write_csv", "read_csv", "extra_fields", "check_writable"]
 
 
 def atomic_write(path: Union[str, Path], write: Callable) -> None:
     """``write(binary_file)`` into a temporary file beside ``path``, then rename it into place.
 
     Missing parent folders are created. Readers see the old file or the new one, never half of it.
+
+    Raises:
+        OSError: the write failed (a folder in the way, no permission, a full disk); the error's
+            ``filename`` is ``path``, not the temporary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a parent folder should be
+            raise NotADirectoryError(errno.ENOTDIR, "a part of the path is a file, not a folder", str(path)) from None
         with open(tmp, "wb") as f:
             write(f)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno is None or err.filename == str(path):
+            raise
+        raise type(err)(err.errno, err.strerror, str(path)) from None  # name the file asked for
     finally:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # e.g. the parent is a file
+            pass
 
 
 def write_json(path: Union[str, Path], data) -> None:
@@ -88,6 +106,36 @@ def read_csv_columns(path: Union[str, Path], columns: Sequence[str]) -> List[dic
                              f"needs {','.join(columns)}.")
         rows.append(row)
     return rows
+
+
+def check_writable(path: Union[str, Path], what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder where a file goes (or a
+    file where a folder goes), a file in a parent's place, or a location that refuses a new file
+    (permissions, a read-only filesystem, /proc). Nothing is created.
+
+    Args:
+        path: the output file (or folder, with ``folder=True``).
+        what: how the message names the output, e.g. ``"--out"`` or ``"the head folder"``.
+
+    Raises:
+        ValueError: the output cannot be written; the message names the path and the fix.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"Cannot write {what} {path}: it is a file, not a folder; choose a folder.")
+    if not folder and path.is_dir():
+        raise ValueError(f"Cannot write {what} {path}: it is a folder; give a file name.")
+    existing = path if folder and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"Cannot write {what} {path}: {existing} is a file, not a folder; choose another location.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ValueError(f"Cannot write {what} {path}: {existing} does not accept new files ({err.strerror}); "
+                         "choose a writable location.") from None
 
 
 def write_csv(path: Optional[Union[str, Path]], header: Sequence[str], rows) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..distributed import local_device
-from ..files import write_csv, write_json
+from ..files import check_writable, write_csv, write_json
 from .common import add_device_option, add_model_option, at_least, format_table
 
 DESCRIPTIONS = {
@@ -129,6 +129,9 @@ def run(args) -> int:
         args.preprocess = DEFAULT_PREPROCESS[args.dataset]  # resolved here, so that the JSON records it
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
+    for option in ("out", "per_sample"):  # before the run, not after it
+        if getattr(args, option) is not None:
+            check_writable(getattr(args, option), "--" + option.replace("_", "-"))
     rank, world = distributed.init_from_env()
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
