@@ -249,6 +249,12 @@ def train_checkpoint_write_disk_full(tmp_path, vit_folder, monkeypatch, **_):
     return _train(tmp_path, vit_folder, out), [str(out / "checkpoint" / "checkpoint.pt"), "space"]
 
 
+def train_path_outside_root(tmp_path, vit_folder, **_):
+    argv = _train(tmp_path, vit_folder, tmp_path / "head")
+    csv_path = _set_field(tmp_path / "nights", "train-left", "right_path", "/etc/hostname")
+    return argv, [str(csv_path), "line 13", "outside", "--allow-outside-root"]
+
+
 def train_margin_nan(tmp_path, vit_folder, **_):
     return _train(tmp_path, vit_folder, tmp_path / "head", "--margin", "nan"), ["--margin", "nan"]
 
@@ -273,7 +279,7 @@ CASES = [nights_parent_path, nights_absolute_path, nights_symlink_out_of_root, n
          eval_out_in_proc, eval_out_disk_full, eval_out_permission_denied, eval_out_read_only_filesystem,
          embed_out_under_a_file, train_out_under_a_file, train_out_is_a_file, train_out_holds_a_head,
          train_head_write_disk_full, train_checkpoint_write_disk_full,
-         train_margin_nan, train_lr_inf, pairs_csv_unquoted_comma, pairs_csv_not_utf8]
+         train_path_outside_root, train_margin_nan, train_lr_inf, pairs_csv_unquoted_comma, pairs_csv_not_utf8]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
