@@ -466,8 +466,11 @@ class _RunningScore:
 
 # -- datasets ---------------------------------------------------------------------------------
 def load_groups(dataset: str, root, names: Sequence[str], subset: str = "val",
-                skip_bad: bool = False) -> Tuple[str, Dict[str, list], Dict[str, List[BadItem]]]:
+                skip_bad: bool = False, allow_outside_root: bool = False
+                ) -> Tuple[str, Dict[str, list], Dict[str, List[BadItem]]]:
     """``(task, {group: records}, {group: skipped})`` for a dataset and its splits or categories.
+
+    ``allow_outside_root`` lets NIGHTS' data.csv name images outside ``root`` (see :func:`read_nights`).
 
     NIGHTS split ``test`` is evaluated as its two parts, ``test_imagenet`` and ``test_no_imagenet``,
     whose size-weighted mean is the NIGHTS total (see :func:`nights_total`).
@@ -490,7 +493,7 @@ def load_groups(dataset: str, root, names: Sequence[str], subset: str = "val",
     for name in expanded:
         bad: Optional[List[BadItem]] = [] if skip_bad else None
         if dataset == "nights":
-            groups[name] = read_nights(root, name, skipped=bad)
+            groups[name] = read_nights(root, name, skipped=bad, allow_outside_root=allow_outside_root)
         elif dataset == "bapps":
             groups[name] = read_bapps_2afc(root, name, subset, skipped=bad)
         else:

@@ -19,6 +19,8 @@ and ``head.safetensors``); ``checkpoint/`` is left out when sharing the head.
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -33,13 +35,13 @@ from .attacks.logits import TwoAFCLogits, human_labels
 from .datasets import TripletImages, collate_images, read_nights
 from .encoder import Encoder, load_encoder
 from .evaluation import nights_total
-from .files import atomic_write
+from .files import atomic_write, check_writable
 from .fingerprint import model_identity, records_fingerprint
 from .functional import cosine_distance
 from .images import unit_float
 from .metric import check_device
-from .heads import (HeadConfig, attach_head, base_model_reference, head_dropouts, head_parameters, head_state_dict,
-                    load_head_state, save_head_folder)
+from .heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, attach_head, base_model_reference, head_dropouts,
+                    head_parameters, head_state_dict, load_head_state, save_head_folder)
 from .preprocess import resize_and_crop
 from .scoring import twoafc_score
 from .unique import embed_unique
@@ -103,6 +105,10 @@ class TrainConfig:
         object.__setattr__(self, "betas", betas)
         if not self.eps > 0:
             raise ValueError(f"Argument `eps` must be positive (in 1/255 units), but got {self.eps!r}.")
+        for name in ("lr", "margin", "weight_decay"):  # as the CLI's `finite(0)` options
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"Argument `{name}` must be a finite number >= 0, but got {value!r}.")
 
     @property
     def batch(self) -> int:
@@ -158,8 +164,8 @@ def hinge_loss(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor, margin: floa
 
 
 # -- the training run -------------------------------------------------------------------------
-def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: bool = False, device=None,
-                 progress: bool = True) -> TrainResult:
+def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 allow_outside_root: bool = False, device=None, progress: bool = True) -> TrainResult:
     """Train a head on NIGHTS' train split, keep the best on val, score it on test, save it.
 
     Args:
@@ -169,13 +175,17 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
         out: the head folder to write (``rpmetric_config.json`` and ``head.safetensors``, the files
             to share; the resume state goes to ``checkpoint/checkpoint.pt`` inside it).
         config: the recipe.
-        resume: continue the run whose checkpoint is in ``out``.
+        resume: continue the run whose checkpoint is in ``out``; without one, a new run starts
+            (with a warning), as an evaluation's ``resume`` without its log does.
+        overwrite: start afresh in an ``out`` that holds a head or a training run, replacing it.
+        allow_outside_root: accept data.csv paths that lead out of ``root`` (see :func:`read_nights`).
         device: None picks CUDA when available.
 
     Raises:
-        ValueError: ``out`` holds a checkpoint and ``resume`` is False, or a checkpoint of a
+        ValueError: ``out`` holds a checkpoint and neither ``resume`` nor ``overwrite`` is given, or a
+            head (without a checkpoint to resume) and ``overwrite`` is False; a checkpoint of a
             different run: other options, other base model files or other NIGHTS records (see
-            :mod:`rpmetric.fingerprint`); ``resume`` without a checkpoint.
+            :mod:`rpmetric.fingerprint`); ``out`` cannot be written (checked before any image is read).
 
     Example:
         >>> result = train_nights("/data/nights", "r-clip-f-vitb16", "heads/mlp",
@@ -186,13 +196,23 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     out = Path(out)
     device = check_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     checkpoint_path = out / CHECKPOINT_NAME
+    check_writable(out, "the head folder", folder=True)
+    if resume and overwrite:
+        raise ValueError("`resume=True` continues the run in the output folder and `overwrite=True` replaces it; "
+                         "pass one of them.")
     found = next((p for p in (checkpoint_path, out / _OLD_CHECKPOINT_NAME) if p.is_file()), None)
-    if found is not None and not resume:
+    if found is not None and not resume and not overwrite:
         raise ValueError(f"{out} already holds a training run ({found.relative_to(out)}); pass `resume=True` to "
-                         "continue it, or choose another output folder.")
+                         "continue it, `overwrite=True` to start afresh, or choose another output folder.")
+    head_files = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if (out / name).exists()]
+    if head_files and not overwrite and not (resume and found is not None):
+        raise ValueError(f"{out} already holds a head ({', '.join(head_files)}); pass `overwrite=True` to replace it, "
+                         "or choose another output folder.")
     if resume and found is None:
-        raise ValueError(f"Cannot resume: {checkpoint_path} does not exist; start without `resume=True`.")
-    splits = {name: read_nights(root, name) for name in ("train", "val") + TEST_SPLITS}
+        warnings.warn(f"no checkpoint to resume in {checkpoint_path}; starting a new run.", stacklevel=2)
+        resume = False
+    splits = {name: read_nights(root, name, allow_outside_root=allow_outside_root)
+              for name in ("train", "val") + TEST_SPLITS}
     # A folder by its absolute path: in the head folder and in the run's settings (resume).
     base_model = base_model_reference(base_model)
 

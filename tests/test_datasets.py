@@ -129,6 +129,56 @@ def test_read_nights_empty_split(fresh_nights):
         read_nights(fresh_nights, "train")
 
 
+def test_read_nights_long_row_is_bad_in_every_split(fresh_nights):
+    # An unquoted comma in ti-tie's ref_path shifts its split column: reported, not silently dropped.
+    path = fresh_nights / "data.csv"
+    lines = path.read_text().splitlines()
+    lines[4] = lines[4].replace("ref/000/", "ref/0,00/", 1)
+    path.write_text("\n".join(lines) + "\n")
+    for split in ("test", "train"):
+        with pytest.raises(ValueError, match=r"line 5 \(id 'ti-tie'\): the row has more fields \(11\) than the "
+                                             r"header \(10\); a value holding a comma .* must be quoted"):
+            read_nights(fresh_nights, split)
+    skipped = []
+    assert len(read_nights(fresh_nights, "test", skipped=skipped)) == 5
+    assert [s.id for s in skipped] == ["ti-tie"]
+
+
+def test_read_nights_accepts_a_bom_and_names_a_file_that_is_not_utf8(fresh_nights):
+    path = fresh_nights / "data.csv"
+    text = path.read_text()
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert [t.id for t in read_nights(fresh_nights, "val")] == ["val-right-0", "val-tie"]
+    path.write_bytes(text.replace("a photo", "caf\xe9", 1).encode("latin-1"))
+    with pytest.raises(ValueError, match=r"data.csv, line 2: not UTF-8 text \(byte 0xe9\)"):
+        read_nights(fresh_nights, "val")
+
+
+@pytest.mark.parametrize("value", ["../../etc/passwd", "../outside.png", "{outside}", "ref/link.png",
+                                   "ref/../../outside.png"])
+def test_read_nights_paths_stay_inside_the_root(fresh_nights, value):
+    outside = fresh_nights.parent / "outside.png"
+    outside.write_bytes((fresh_nights / "ref" / "000" / "000.png").read_bytes())
+    (fresh_nights / "ref" / "link.png").symlink_to(outside)
+    value = value.format(outside=outside)
+    _rewrite_csv(fresh_nights, lambda header, rows: (header, [dict(r, ref_path=value) if r["id"] == "val-tie" else r
+                                                              for r in rows]))
+    with pytest.raises(ValueError, match=r"\(id 'val-tie'\): `ref_path` .* leads outside the dataset root .*"
+                                         r"`allow_outside_root=True`"):
+        read_nights(fresh_nights, "val")
+    skipped = []
+    assert [t.id for t in read_nights(fresh_nights, "val", skipped=skipped)] == ["val-right-0"]
+    assert [s.id for s in skipped] == ["val-tie"] and "outside" in skipped[0].reason
+    if value != "../../etc/passwd":  # an image outside: read when asked for
+        triplets = read_nights(fresh_nights, "val", allow_outside_root=True)
+        assert triplets[1].ref.resolve() == outside.resolve()
+
+
+def test_read_nights_accepts_a_root_reached_through_a_symlink(fresh_nights, tmp_path):
+    (tmp_path / "alias").symlink_to(fresh_nights)
+    assert [t.id for t in read_nights(tmp_path / "alias", "val")] == ["val-right-0", "val-tie"]
+
+
 # -- BAPPS --------------------------------------------------------------------------------------
 def test_read_bapps_2afc(tmp_path):
     datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("right", 0.6), ("tie", 0.8)])
@@ -174,6 +224,58 @@ def test_read_bapps_bad_judge_files(tmp_path):
     (folder / "judge" / "000000.npz").rename(folder / "judge" / "000000.npy")
     with pytest.raises(ValueError, match=r"000000.npy is an .npz archive; it must be a .npy array holding one number"):
         read_bapps_2afc(tmp_path, "superres")
+
+
+def test_read_bapps_judge_header_is_checked_before_reading(tmp_path, monkeypatch):
+    folder = datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("left", 0.4)])
+    judge = folder / "judge" / "000000.npy"
+    with open(judge, "wb") as f:  # claims 10^11 values (400 GB), holds none
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (10**11,)})
+
+    load = np.load
+
+    def checked_load(file, *args, **kwargs):
+        assert file.name != str(judge), "np.load read a file whose header is refused"
+        return load(file, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(np, "load", checked_load)
+        with pytest.raises(ValueError, match=r"000000.npy must hold one number, but holds an array of shape "
+                                             r"\(100000000000,\)"):
+            read_bapps_2afc(tmp_path, "cnn")
+        skipped = []
+        assert [t.id for t in read_bapps_2afc(tmp_path, "cnn", skipped=skipped)] == ["000001"]
+        assert skipped[0].id == "000000"
+    np.save(judge, np.array([0.5 + 0.25j]))
+    with pytest.raises(ValueError, match=r"000000.npy must hold one number, .*complex128 \(a complex number is not a "
+                                         r"share\)"):
+        read_bapps_2afc(tmp_path, "cnn")
+    np.save(judge, np.array(0.25, dtype=np.float64))  # a 0-d array is one number too
+    assert read_bapps_2afc(tmp_path, "cnn")[0].p == 0.25
+
+
+def test_read_bapps_skips_hidden_files(tmp_path):
+    folder = datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("right", 0.8)])
+    for sub in ("ref", "p0", "p1"):
+        (folder / sub / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (folder / sub / "._000000.png").write_bytes(b"\0\5\x16\7")  # AppleDouble
+    (folder / "judge" / "._000000.npy").write_bytes(b"\0\5\x16\7")
+    assert [(t.id, t.p) for t in read_bapps_2afc(tmp_path, "cnn")] == [("000000", pytest.approx(0.4)),
+                                                                       ("000001", pytest.approx(0.8))]
+    jnd = datagen.write_bapps_jnd(tmp_path, "cnn", [(0.1, 0.5)])
+    (jnd / "p0" / "._000000.png").write_bytes(b"\0\5\x16\7")
+    assert [p.id for p in read_bapps_jnd(tmp_path, "cnn")] == ["000000"]
+
+
+def test_read_bapps_refuses_one_stem_with_two_extensions(tmp_path):
+    folder = datagen.write_bapps_2afc(tmp_path, "cnn", [("left", 0.4), ("right", 0.8)])
+    (folder / "p1" / "000001.jpg").write_bytes((folder / "p1" / "000001.png").read_bytes())
+    with pytest.raises(ValueError, match=rf"{folder / 'p1' / '000001.jpg'} and {folder / 'p1' / '000001.png'} share "
+                                         r"the stem '000001'"):
+        read_bapps_2afc(tmp_path, "cnn")
+    skipped = []
+    assert [t.id for t in read_bapps_2afc(tmp_path, "cnn", skipped=skipped)] == ["000000"]
+    assert [s.id for s in skipped] == ["000001"]
 
 
 def test_read_bapps_errors(tmp_path):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rpmetric.cli.common import at_least
-from rpmetric.files import atomic_write, read_csv_columns, write_csv, write_json
+from rpmetric.files import atomic_write, check_writable, read_csv_columns, write_csv, write_json
 
 
 def test_atomic_write_creates_folders_and_leaves_nothing_behind_on_failure(tmp_path):
@@ -44,3 +44,73 @@ def test_at_least_refuses_bad_numbers_while_parsing(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["--batch-size", bad])
         assert f"argument --batch-size: {why}" in capsys.readouterr().err
+
+
+# -- hostile CSV files and unwritable outputs ---------------------------------------------------
+def test_read_csv_columns_reports_a_row_longer_than_its_header(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("a,b\nx.png,y.png\nx,1.png,y.png\nz.png,w.png\n")  # line 3: an unquoted comma
+    with pytest.raises(ValueError, match=r"pairs.csv, line 3: the row has more fields \(3\) than the header \(2\)"):
+        read_csv_columns(path, ("a", "b"))
+    path.write_text('a,b\nx.png,y.png\n"x,1.png",y.png\n')  # quoted, it is one value
+    assert [r["a"] for r in read_csv_columns(path, ("a", "b"))] == ["x.png", "x,1.png"]
+
+
+def test_read_csv_columns_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes(b"\xef\xbb\xbfa,b\r\nx.png,y.png\r\n")  # as Excel saves "CSV UTF-8"
+    assert read_csv_columns(path, ("a", "b")) == [{"a": "x.png", "b": "y.png"}]
+
+
+def test_read_csv_columns_names_a_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_bytes("a,b\nx.png,y.png\ncaf\xe9.png,y.png\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"pairs.csv, line 3: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"):
+        read_csv_columns(path, ("a", "b"))
+
+
+@pytest.mark.parametrize("make, folder, match", [
+    (lambda t: (t / "out").mkdir(), False, "it is a folder; give a file name"),
+    (lambda t: (t / "out").write_text("x"), True, "it is a file, not a folder"),
+    (lambda t: (t / "file").write_text("x"), False, "file is a file, not a folder"),
+])
+def test_check_writable_refuses_before_any_work(tmp_path, make, folder, match):
+    make(tmp_path)
+    target = tmp_path / ("file/deeper/out" if (tmp_path / "file").exists() else "out")
+    with pytest.raises(ValueError, match=f"Cannot write --out {target}: .*{match}"):
+        check_writable(target, "--out", folder=folder)
+    assert not (tmp_path / "file").is_dir()  # nothing created
+
+
+def test_check_writable_accepts_new_files_and_folders_and_creates_nothing(tmp_path):
+    check_writable(tmp_path / "a" / "b" / "out.json", "--out")
+    check_writable(tmp_path / "store", "--out", folder=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_refuses_a_location_without_new_files(tmp_path):
+    with pytest.raises(ValueError, match=r"Cannot write --out /proc/x.json: /proc does not accept new files"):
+        check_writable("/proc/x.json", "--out")
+
+
+def test_atomic_write_errors_name_the_file_not_the_temporary(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        write_json(tmp_path / "folder", {})
+    assert info.value.filename == str(tmp_path / "folder")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError) as info:
+        write_json(tmp_path / "file" / "out.json", {})
+    assert info.value.filename == str(tmp_path / "file" / "out.json")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError) as info:
+        write_json(tmp_path / "out.json", {})
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "out.json"))
+    assert sorted(tmp_path.iterdir()) == [tmp_path / "file", tmp_path / "folder"]  # no temporary file left

@@ -180,9 +180,9 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(lora_run, nights, vit_
 
 def test_run_folder_errors(nights, vit_folder, tmp_path):
     config = TrainConfig(HeadConfig("mlp", hidden=8), epochs=1, batch_size=64)
-    with pytest.raises(ValueError, match="Cannot resume: .*checkpoint.pt does not exist"):
+    # As eval's resume without its log: a new run starts, with a warning.
+    with pytest.warns(UserWarning, match="no checkpoint to resume in .*checkpoint.pt; starting a new run"):
         train_nights(nights, str(vit_folder), tmp_path, config, resume=True, progress=False, device="cpu")
-    train_nights(nights, str(vit_folder), tmp_path, config, progress=False, device="cpu")
     with pytest.raises(ValueError, match="already holds a training run"):
         train_nights(nights, str(vit_folder), tmp_path, config, progress=False, device="cpu")
     other = TrainConfig(HeadConfig("mlp", hidden=8), epochs=1, batch_size=64, lr=1e-2)
@@ -205,6 +205,9 @@ def test_head_trained_on_a_relative_model_path_loads_from_another_directory(nigh
     (dict(batch_size=0), r"`batch_size` must be at least 1, but got 0"),
     (dict(attack_steps=0), r"`attack_steps` must be at least 1, but got 0"),
     (dict(eps=0), r"`eps` must be positive"),
+    (dict(lr=float("inf")), r"`lr` must be a finite number >= 0, but got inf"),
+    (dict(margin=float("nan")), r"`margin` must be a finite number >= 0, but got nan"),
+    (dict(weight_decay=-1e-4), r"`weight_decay` must be a finite number >= 0, but got -0.0001"),
 ])
 def test_train_config_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

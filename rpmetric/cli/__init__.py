@@ -4,6 +4,7 @@ function that adds its sub-parser, so commands stay independent."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import re
@@ -99,9 +100,34 @@ def _run(args) -> int:
         # Expected user-facing errors: one clear line, no traceback (once, not once per torchrun process).
         _say(args, f"error: {cli_words(str(err))}")
         return 2
+    except OSError as err:
+        if err.errno not in OUTPUT_FAULTS:
+            raise
+        _say(args, f"error: {_os_error(err)}{_saved(args) or '.'}")
+        return 2
     except KeyboardInterrupt:
         _say(args, _interrupted(args))
         return 130
+
+
+# Faults a user causes on a file or folder, and the fix each message ends with.
+OUTPUT_FAULTS = {
+    errno.EACCES: "check its permissions, or choose another location",
+    errno.EPERM: "check its permissions, or choose another location",
+    errno.EROFS: "the filesystem is read-only; choose another location",
+    errno.ENOSPC: "the disk is full; free some space, or choose another location",
+    errno.EDQUOT: "the disk quota is used up; free some space, or choose another location",
+    errno.EISDIR: "it is a folder; give a file name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another location",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+def _os_error(err: OSError) -> str:
+    """One line for an OSError the user can fix: the path, what went wrong, and the fix."""
+    path = err.filename2 if err.filename2 is not None else err.filename
+    where = f"{path}: " if path is not None else ""
+    return f"{where}{err.strerror or err}; {OUTPUT_FAULTS[err.errno]}"
 
 
 def _say(args, text: str) -> None:
@@ -124,9 +150,13 @@ def _interrupted(args) -> str:
     A command that saves progress sets ``args.progress`` (its run log, store or head folder) and
     declares how to continue with ``set_defaults(rerun=(options to add, options to drop))``.
     """
+    return "interrupted" + _saved(args)
+
+
+def _saved(args) -> str:
+    """Where the work done is saved and the command that continues it (see :func:`_interrupted`), or ''."""
     saved = getattr(args, "progress", None)
     if saved is None or not Path(saved).exists():
-        return "interrupted"
+        return ""
     add, drop = getattr(args, "rerun", ((), ()))
-    return (f"interrupted; the work done is saved in {saved}; run `{rerun_command(args.argv, add, drop)}` "
-            "to continue.")
+    return f"; the work done is saved in {saved}; run `{rerun_command(args.argv, add, drop)}` to continue."

@@ -36,6 +36,31 @@ def at_least(low: int):
     return parse
 
 
+def finite(low: float = -float("inf")):
+    """An argparse ``type`` for finite numbers >= ``low``, so ``--lr inf`` or ``--margin nan`` is
+    refused while parsing, with the option's name.
+
+    Example:
+        >>> finite(0)("3e-4")
+        0.0003
+    """
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, but got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, but got {text!r}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}, but got {text!r}")
+        return value
+
+    parse.__name__ = "finite number" if low == -float("inf") else f"number >= {low:g}"
+    return parse
+
+
 def add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
 

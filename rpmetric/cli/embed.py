@@ -163,8 +163,11 @@ def run_embed(args) -> int:
     from ..metric import RobustDistance
     from ..store import build_store, missing_source
 
+    from ..files import check_writable
+
     if not args.source.exists():  # before the model loads
         raise missing_source(args.source)
+    check_writable(args.out, "--out", folder=True)
     args.progress = args.out  # finished shards survive an interruption (see cli.main)
     distributed.init_from_env()
     try:

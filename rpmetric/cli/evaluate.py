@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..distributed import local_device
-from ..files import write_csv, write_json
+from ..files import check_writable, write_csv, write_json
 from .common import add_device_option, add_model_option, at_least, format_table
 
 DESCRIPTIONS = {
@@ -44,6 +44,9 @@ def register(sub) -> None:
             q.add_argument("--split", nargs="+", action="extend", default=None, choices=NIGHTS_SPLITS,
                            metavar="SPLIT", help=f"split(s) to evaluate, of {', '.join(NIGHTS_SPLITS)}; "
                                                  "repeatable (default: test)")
+            q.add_argument("--allow-outside-root", action="store_true",
+                           help="accept data.csv paths that lead out of ROOT (../, absolute paths, symlinks to "
+                                "elsewhere); by default such a row is a bad triplet")
         elif name == "jnd":
             q.add_argument("--categories", nargs="+", action="extend", default=None, choices=BAPPS_JND_CATEGORIES,
                            metavar="CATEGORY", help=f"categories, of {', '.join(BAPPS_JND_CATEGORIES)}; repeatable "
@@ -129,13 +132,17 @@ def run(args) -> int:
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
     _check_distinct_outputs(args)
+    for option in ("out", "per_sample"):  # before the run, not after it
+        if getattr(args, option) is not None:
+            check_writable(getattr(args, option), "--" + option.replace("_", "-"))
     rank, world = distributed.init_from_env()
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
     try:
         subset = getattr(args, "subset", "val")
         names = _selection(args)
-        task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad)
+        task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad,
+                                            allow_outside_root=getattr(args, "allow_outside_root", False))
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
                                    preprocess=args.preprocess)
         log, default_log = _log_path(args, distances, names, subset)

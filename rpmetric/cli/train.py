@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .common import add_device_option, add_model_option, at_least, format_table
+from .common import add_device_option, add_model_option, at_least, finite, format_table
 
 
 def register(sub) -> None:
@@ -30,15 +30,23 @@ def register(sub) -> None:
     q.add_argument("--epochs", type=at_least(1), default=train["epochs"], help="epochs (default: %(default)s)")
     q.add_argument("--seed", type=int, default=train["seed"],
                    help="seed of initialisation, shuffling and dropout (default: %(default)s)")
-    q.add_argument("--resume", action="store_true", help="continue the interrupted run in DIR from its last epoch")
+    again = q.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in DIR from its last epoch (without a checkpoint in DIR, a "
+                            "new run starts, with a warning)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in a DIR that holds a head or a training run, replacing it (without it, "
+                            "such a DIR is refused)")
+    q.add_argument("--allow-outside-root", action="store_true",
+                   help="accept data.csv paths that lead out of ROOT (../, absolute paths, symlinks to elsewhere)")
     q.add_argument("--batch-size", type=at_least(1), default=train["batch_size"],
                    help=f"default: {', '.join(f'{n} for {h}' for h, n in DEFAULT_BATCH.items())}")
-    q.add_argument("--lr", type=float, default=train["lr"], help="Adam learning rate (default: %(default)s)")
-    q.add_argument("--weight-decay", type=float, default=train["weight_decay"], help="default: %(default)s")
+    q.add_argument("--lr", type=finite(0), default=train["lr"], help="Adam learning rate (default: %(default)s)")
+    q.add_argument("--weight-decay", type=finite(0), default=train["weight_decay"], help="default: %(default)s")
     q.add_argument("--betas", type=float, nargs=2, default=list(train["betas"]), metavar=("B1", "B2"),
                    help=f"Adam betas (default: {' '.join(f'{b:g}' for b in train['betas'])}, DreamSim's; torch's "
                         "default is 0.9 0.999)")
-    q.add_argument("--margin", type=float, default=train["margin"], help="hinge loss margin (default: %(default)s)")
+    q.add_argument("--margin", type=finite(0), default=train["margin"], help="hinge loss margin (default: %(default)s)")
     q.add_argument("--hidden", type=at_least(1), default=head["hidden"], help="MLP hidden size (default: %(default)s)")
     q.add_argument("--lora-r", type=at_least(1), default=head["r"], help="LoRA rank (default: %(default)s)")
     q.add_argument("--lora-alpha", type=float, default=head["alpha"],
@@ -89,7 +97,8 @@ def run(args) -> int:
 
     config = config_from_args(args)
     args.progress = args.out / CHECKPOINT_NAME  # written after each epoch; --resume continues from it
-    result = train_nights(args.root, args.model, args.out, config, resume=args.resume, device=args.device)
+    result = train_nights(args.root, args.model, args.out, config, resume=args.resume, overwrite=args.overwrite,
+                          allow_outside_root=args.allow_outside_root, device=args.device)
     rows = [("val (untrained)", "", f"{100 * result.val_history[0]:.2f}"),
             (f"val (epoch {result.best_epoch}, kept)", "", f"{100 * result.val_history[result.best_epoch]:.2f}")]
     rows += [(name, r["n"], f"{100 * r['score']:.2f}") for name, r in result.test.items()]

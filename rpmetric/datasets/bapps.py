@@ -3,6 +3,8 @@
 Layouts: ``ROOT/2afc/{train,val}/CATEGORY/{ref,p0,p1,judge}`` and ``ROOT/jnd/val/CATEGORY/{p0,p1,same}``.
 lpips zips four sorted file lists without checking them; here every set must share the same
 file stems, so a missing or extra file is reported by name instead of silently shifting pairs.
+Hidden files (``.DS_Store``, macOS' AppleDouble ``._000001.png``) are not entries; two files of one
+stem in a folder (``000001.png`` and ``000001.jpg``) are refused, naming both.
 """
 
 from __future__ import annotations
@@ -111,12 +113,22 @@ def _entries(folder: Path, kinds: Dict[str, Sequence[str]], value_kind: str,
 def _paired_files(folder: Path, kinds: Dict[str, Sequence[str]], value_kind: str,
                   skipped: Optional[List[BadItem]]) -> Dict[str, Dict[str, Path]]:
     """``{stem: {kind: path}}`` for the stems present in every sub-folder, sorted by stem."""
-    listing = {}
+    listing, ambiguous = {}, {}
     for kind, suffixes in kinds.items():
         sub = folder / kind
         if not sub.is_dir():
             raise FileNotFoundError(f"BAPPS folder not found: {sub}; expected {folder}/{{{','.join(kinds)}}}.")
-        listing[kind] = {p.stem: p for p in sorted(sub.iterdir()) if p.suffix.lower() in suffixes}
+        listing[kind] = {}
+        for p in sorted(sub.iterdir()):
+            if p.name.startswith(".") or p.suffix.lower() not in suffixes:  # .DS_Store, ._000001.png
+                continue
+            if p.stem in listing[kind]:
+                ambiguous.setdefault(p.stem, []).append(f"{listing[kind][p.stem]} and {p}")
+            listing[kind][p.stem] = p
+    for stem, pairs in ambiguous.items():
+        _bad(stem, f"{'; '.join(pairs)} share the stem {stem!r}, so which one pairs up is ambiguous; keep one", skipped)
+        for files in listing.values():
+            files.pop(stem, None)
     stems = sorted(set().union(*(set(v) for v in listing.values())))
     complete = [s for s in stems if all(s in listing[k] for k in kinds)]
     if len(complete) != len(stems):
@@ -136,20 +148,46 @@ def _paired_files(folder: Path, kinds: Dict[str, Sequence[str]], value_kind: str
 
 
 def _read_share(path: Path) -> float:
-    """The single fraction stored in a judge/same .npy file (never unpickled)."""
+    """The single fraction stored in a judge/same .npy file (never unpickled).
+
+    The header is checked before the data are read, so a file claiming a huge array costs nothing.
+    """
     try:
-        value = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty (torn) file
-        raise ValueError(f"{path} cannot be read as a .npy array: {err}") from None
-    if not isinstance(value, np.ndarray):
-        value.close()
-        raise ValueError(f"{path} is an .npz archive; it must be a .npy array holding one number")
-    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
-        raise ValueError(f"{path} must hold one number, but holds an array of shape {value.shape} and dtype {value.dtype}")
+        f = open(path, "rb")
+    except OSError as err:
+        raise ValueError(f"{path} cannot be read as a .npy array: {err.strerror}") from None
+    with f:
+        if f.read(4) == b"PK\x03\x04":
+            raise ValueError(f"{path} is an .npz archive; it must be a .npy array holding one number")
+        f.seek(0)
+        shape, dtype = _npy_header(path, f)
+        if int(np.prod(shape, dtype=object)) != 1 or dtype.kind not in "iufO":  # O: np.load refuses it
+            kind = " (a complex number is not a share)" if dtype.kind == "c" else ""
+            raise ValueError(f"{path} must hold one number, but holds an array of shape {shape} and dtype "
+                             f"{dtype}{kind}")
+        f.seek(0)
+        try:
+            value = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{path} cannot be read as a .npy array: {err}") from None
     share = float(value.reshape(-1)[0])
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"{path} must hold a share in [0, 1], but holds {share}")
     return share
+
+
+def _npy_header(path: Path, f) -> Tuple[tuple, np.dtype]:
+    """``(shape, dtype)`` from a .npy header, without reading the data."""
+    try:
+        if not f.read(1):
+            raise EOFError("No data left in file")  # an empty (torn) file, as np.load says it
+        f.seek(0)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path} cannot be read as a .npy array: {err}") from None
+    return shape, dtype
 
 
 def _nonempty(items: list, folder: Path) -> list:
