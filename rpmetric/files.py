@@ -3,29 +3,66 @@ never see half done, and CSV files read by column name."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import os
+import secrets
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "write_json", "read_csv_columns", "write_csv"]
+__all__ = ["atomic_path", "atomic_write", "write_json", "read_csv_columns", "write_csv"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """A new empty temporary file beside ``path`` to write into; on success it is put in place.
+
+    Missing parent folders are created. The file is created with the umask's mode (as ``open``
+    gives, not ``mkstemp``'s 0600), flushed to disk, renamed over ``path``, and the folder is
+    flushed too, so that a power loss leaves the old file or the new one, never an empty one.
+    On an error the temporary file is removed and ``path`` is untouched.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text()
+        'done'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
+    try:
+        yield tmp
+        _fsync(tmp, os.O_RDONLY)
+        os.replace(tmp, path)
+        _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some filesystems cannot sync a folder: the rename is still atomic
+        if not (path.is_dir() and err.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF)):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Union[str, Path], write: Callable) -> None:
     """``write(binary_file)`` into a temporary file beside ``path``, then rename it into place.
 
-    Missing parent folders are created. Readers see the old file or the new one, never half of it.
+    Readers see the old file or the new one, never half of it (see :func:`atomic_path`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def write_json(path: Union[str, Path], data) -> None:
