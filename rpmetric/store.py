@@ -6,16 +6,19 @@ Layout of a store folder::
                          embedded paths in order, the skipped files with reasons, the shard list,
                          and the size and mtime of every input file
     emb-00000.npy        [n, dim] float16 or float32 embeddings of shard 0 (readable files only)
-    shard-00000.json     shard 0's embedded paths and skipped files with their sizes and mtimes, and
-                         the plan it belongs to; written last, so its presence marks the shard complete
+    shard-00000.json     shard 0's embedded paths and skipped files with their sizes and mtimes, the
+                         plan it belongs to, and the shape, dtype and blake2b checksum of its .npy
+                         file; written last, so its presence marks the shard complete
     ...
     reuse.json           only while an update runs: the rows of the previous store that are still
     reuse-emb.npy        valid (same path, size and mtime), gathered before its shards are replaced
 
 The input files (sorted) are cut into fixed shards of ``shard_size`` files before any work starts,
 and that plan is saved in the manifest. Each shard is written atomically (temporary file, then
-rename), so an interrupted run keeps every finished shard; running the same build again resumes
-automatically and embeds only the missing shards. Under ``torchrun`` rank r takes shards r, r+W,
+rename, each flushed to disk), so an interrupted run keeps every finished shard; running the same
+build again resumes automatically and embeds only the missing shards. It first checks every
+finished shard against its record (shape, dtype, length, checksum) and embeds damaged ones again,
+with a warning each; readers name a damaged shard and the command that repairs it. Under ``torchrun`` rank r takes shards r, r+W,
 r+2W, ...; because shards are fixed by the plan, the result is the same store as a single process
 writes, and rank 0 finishes the manifest once every rank is done (``--out`` must be on a filesystem
 all ranks share).
@@ -30,8 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import shlex
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -41,18 +46,21 @@ import torch
 
 from . import distributed
 from ._version import __version__
-from .files import atomic_write, read_csv_columns, write_json
+from .files import atomic_path, atomic_write, read_csv_columns, write_json
 from .images import read_pixels, unit_float
 from .preprocess import resize_and_crop
+from .spec import default_model
 from .unique import embed_unique
 
 __all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model_input", "DTYPES"]
 
 FORMAT = "rpmetric-embeddings"
-FORMAT_VERSION = 2  # 2: file sizes and mtimes ("stats"), shard records name their plan
+FORMAT_VERSION = 3  # 2: file sizes and mtimes ("stats"), shard records name their plan; 3: shard
+# checksums and shapes
 MANIFEST = "manifest.json"
 REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
+DEFAULT_DTYPE, DEFAULT_SHARD_SIZE = "float16", 1024
 # Settings that must match for a rerun to resume an existing store rather than start a new one.
 _PLAN_KEYS = ("model", "dtype", "shard_size", "source")
 
@@ -293,22 +301,111 @@ def _shard_names(k: int) -> Tuple[str, str]:
 
 
 def _shard_done(out: Path, k: int, plan_id: Optional[str]) -> bool:
-    """Shard ``k`` of the plan ``plan_id`` is written (a shard of an earlier plan is not)."""
+    """Shard ``k`` of the plan ``plan_id`` is written (a shard of an earlier plan is not).
+
+    Its files are not checked here: a resume first removes damaged shards (:func:`_drop_bad_shards`).
+    """
     emb_name, meta_name = _shard_names(k)
     if not ((out / meta_name).is_file() and (out / emb_name).is_file()):
         return False
     return json.loads((out / meta_name).read_text()).get("plan") == plan_id
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: List[dict],
                  plan_id: Optional[str] = None, stats: Optional[dict] = None) -> None:
     emb_name, meta_name = _shard_names(k)
-    atomic_write(out / emb_name, lambda f: np.save(f, emb, allow_pickle=False))
+    buffer = io.BytesIO()
+    np.save(buffer, emb, allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write(out / emb_name, lambda f: f.write(data))
     # The shard's record comes last: its presence is what marks the shard complete. The sizes and
-    # mtimes of its files let a later update reuse its rows.
+    # mtimes of its files let a later update reuse its rows; shape, dtype and checksum let a resume
+    # and the readers tell a damaged embeddings file.
     names = paths + [s["path"] for s in skipped]
     write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped,
-                                 "plan": plan_id, "stats": {p: (stats or {}).get(p) for p in names}})
+                                 "plan": plan_id, "stats": {p: (stats or {}).get(p) for p in names},
+                                 "shape": list(emb.shape), "dtype": str(emb.dtype), "blake2b": _digest(data)})
+
+
+class _BadShard(Exception):
+    """What is wrong with an embeddings file (a resume re-embeds it, a reader names it)."""
+
+
+def _read_shard(path: Path, count: int, dim: Optional[int], dtype: str, digest: Optional[str] = None,
+                read: bool = True) -> Optional[np.ndarray]:
+    """The ``[count, dim]`` array of ``dtype`` in the .npy file ``path``, checked against its record.
+
+    The header, shape, dtype and length are checked from the header alone; with ``read`` the
+    values are read and checked against ``digest`` (the blake2b of the whole file; None for
+    records written before format 3) and returned. ``dim`` None accepts any width.
+
+    Raises:
+        _BadShard: the file is missing, torn, truncated, of another shape or dtype, or changed.
+    """
+    if not path.is_file():
+        raise _BadShard("is missing")
+    if not path.stat().st_size:
+        raise _BadShard("is empty (0 bytes)")
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if header is None:
+                raise ValueError(f"unknown .npy version {version}")
+            shape, fortran, found = header(f)
+        except (ValueError, SyntaxError, EOFError) as err:
+            raise _BadShard(f"has no valid .npy header ({err})") from None
+        offset = f.tell()
+        want = (count, dim if dim is not None else (shape[1] if len(shape) == 2 else -1))
+        if tuple(shape) != want or fortran:
+            raise _BadShard(f"holds an array of shape {tuple(shape)}{' in Fortran order' if fortran else ''}, "
+                            f"but its record says {want}")
+        if found != np.dtype(dtype):
+            raise _BadShard(f"holds {found} values, but the store is {dtype}")
+        size, expected = os.fstat(f.fileno()).st_size, offset + count * want[1] * found.itemsize
+        if size != expected:
+            raise _BadShard(f"is {'truncated' if size < expected else 'too long'}: {size} bytes, but a {want} "
+                            f"{dtype} array takes {expected}")
+        if not read:
+            return None
+        f.seek(0)
+        data = f.read()
+    if digest is not None and _digest(data) != digest:
+        raise _BadShard("does not match the checksum written with it (its values were changed)")
+    return np.frombuffer(data, dtype=found, count=count * want[1], offset=offset).reshape(want)
+
+
+def _drop_bad_shards(out: Path, dtype: str, expected: int = 0) -> int:
+    """Check every shard on disk (of any plan) and remove the damaged ones, with a warning each, so
+    that they count as not done and are embedded again. Shards ``0 .. expected-1`` must exist
+    (those of a finished store). Returns how many were removed."""
+    removed = 0
+    numbers = {int(p.stem.split("-")[1]) for p in out.glob("shard-*.json") if p.stem.split("-")[1].isdigit()}
+    for k in sorted(numbers | set(range(expected))):
+        emb_name, meta_name = _shard_names(k)
+        try:
+            record = json.loads((out / meta_name).read_text())
+            if not (isinstance(record, dict) and record.get("embeddings") == emb_name):
+                raise ValueError("it does not name its embeddings file")
+            shape = record.get("shape") or [None, None]
+            _read_shard(out / emb_name, record["count"], shape[1], dtype, record.get("blake2b"))
+            continue
+        except FileNotFoundError:
+            name, reason = meta_name, "is missing"
+        except (ValueError, KeyError, TypeError, IndexError) as err:  # JSONDecodeError is a ValueError
+            name, reason = meta_name, f"is unreadable ({err})"
+        except _BadShard as err:
+            name, reason = emb_name, str(err)
+        warnings.warn(f"store {out}: shard {k} ({name}) {reason}; re-embedding it.", stacklevel=5)
+        for stale in (emb_name, meta_name):
+            (out / stale).unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _plan_id(files: List[str], stats: dict, shard_size: int) -> str:
@@ -342,16 +439,21 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
     if out.exists() and not out.is_dir():
         raise ValueError(f"Output {out} is a file; the embedding store's output must be a folder.")
     if manifest.is_file() and not overwrite:
-        saved = json.loads(manifest.read_text())
+        saved = _read_manifest(manifest, f"pass `overwrite=True` to rebuild store {out}")
         changed = [key for key in _PLAN_KEYS if saved.get(key) != plan[key]]
         if changed:
             raise ValueError(
                 f"{out} already holds a store built with different {', '.join(changed)}; rerun with the same "
                 f"settings to resume it, pass `overwrite=True` to rebuild it, or choose another output folder."
             )
+        finished = bool(saved.get("complete"))
+        damaged = _drop_bad_shards(out, saved["dtype"], len(saved.get("shards", ())) if finished else 0)
         # A store from before format 2 recorded no sizes or mtimes: every file counts as new.
         added, removed, changed = _changes(saved.get("stats") or {}, plan["stats"])
         if not (added or removed or changed):
+            if damaged and finished:  # the same plan (same files, same plan id), to be finished again
+                write_json(manifest, plan)
+                return plan
             return saved
         if not update:
             raise ValueError(_change_message(plan["source"], out, added, removed, changed))
@@ -365,6 +467,17 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, plan)
     return plan
+
+
+def _read_manifest(path: Path, fix: str) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an rpmetric embedding manifest (format "
+                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r}); {fix}.")
+    return manifest
 
 
 def _remove_store_files(out: Path) -> None:
@@ -406,8 +519,7 @@ def _gather_reusable(out: Path, plan: dict) -> None:
         for j, p in enumerate(paths):
             by_file.setdefault(rows[p][0], []).append((j, rows[p][1]))
         name = REUSE_EMBEDDINGS
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        try:
+        with atomic_path(out / name) as tmp:  # replaces the reuse file it may have read from
             target = None
             for f, pairs in by_file.items():  # one source file open at a time
                 source_rows = np.load(out / f, mmap_mode="r", allow_pickle=False)
@@ -418,9 +530,6 @@ def _gather_reusable(out: Path, plan: dict) -> None:
                 del source_rows
             target.flush()
             del target
-            os.replace(tmp, out / name)  # replaces the reuse file it may have read from
-        finally:
-            tmp.unlink(missing_ok=True)
     write_json(out / REUSE, {"embeddings": name, "paths": paths,
                              "skipped": [{"path": p, "reason": r} for p, r in skipped.items()],
                              "stats": {p: stats[p] for p in paths + list(skipped)}})
@@ -440,8 +549,8 @@ def _reusable(out: Path, plan: dict) -> Dict[str, tuple]:
     return reuse
 
 
-def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtype: str = "float16",
-                shard_size: int = 1024, batch_size: int = 32, num_workers: Optional[int] = None,
+def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtype: str = DEFAULT_DTYPE,
+                shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 32, num_workers: Optional[int] = None,
                 overwrite: bool = False, update: bool = False, progress: bool = True,
                 max_shards: Optional[int] = None) -> Optional["EmbeddingStore"]:
     """Embed every file of ``source`` into the store folder ``out``, resuming an interrupted build.
@@ -618,13 +727,16 @@ def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: 
 
 def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
     manifest = {key: value for key, value in plan.items() if key != "files"}  # "stats" keeps every name
-    shards, paths, skipped = [], [], []
+    shards, paths, skipped, shapes = [], [], [], []
     for k in range(n_shards):
         meta = json.loads((out / _shard_names(k)[1]).read_text())
-        shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"]})
+        shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"],
+                       "blake2b": meta.get("blake2b")})  # None in a shard written before format 3
         paths.extend(meta["paths"])
         skipped.extend(meta["skipped"])
-    dim = np.load(out / shards[0]["embeddings"], mmap_mode="r").shape[1]  # every shard is written [n, dim]
+        shapes.append(meta.get("shape"))
+    # Every shard is written [n, dim].
+    dim = (shapes[0] or np.load(out / shards[0]["embeddings"], mmap_mode="r").shape)[1]
     manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
     write_json(out / MANIFEST, manifest)
     # Left over by an update: the reuse files, and the shards of a larger earlier plan.
@@ -658,9 +770,8 @@ class EmbeddingStore:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{self.path} is not an embedding store (no {MANIFEST}); create one with `rpmetric embed`.")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path} is not an rpmetric embedding manifest (format {manifest.get('format')!r}).")
+        manifest = _read_manifest(manifest_path, "rebuild the store with `rpmetric embed SOURCE --out STORE "
+                                                 "--overwrite`")
         if not manifest.get("complete"):
             raise ValueError(
                 f"Store {self.path} is unfinished (interrupted build); rerun `rpmetric embed` with the same "
@@ -675,6 +786,35 @@ class EmbeddingStore:
         self.model_spec: dict = manifest["model"]
         self.model_ref: str = manifest["model_ref"]
         self.version: str = manifest["rpmetric_version"]
+        for shard in manifest["shards"]:  # the headers only (cheap); embeddings() checks the values
+            self._shard_rows(shard, read=False)
+
+    def _shard_rows(self, shard: dict, read: bool = True) -> Optional[np.ndarray]:
+        """One shard's rows, checked against the manifest (see :func:`_read_shard`).
+
+        Raises:
+            ValueError: the shard is damaged; the message names it and the command that repairs it.
+        """
+        name = shard["embeddings"]
+        try:
+            if Path(name).name != name:  # a store's own file, never a path elsewhere
+                raise _BadShard("is not a file name in the store folder")
+            return _read_shard(self.path / name, shard["count"], self.dim, self.dtype, shard.get("blake2b"), read)
+        except _BadShard as err:
+            raise ValueError(f"{name} of store {self.path} {err}; rerun `{self._repair_command()}` to re-embed "
+                             "it.") from None
+
+    def _repair_command(self) -> str:
+        """The ``rpmetric embed`` command that resumes this store (options only where not the default)."""
+        m = self.manifest
+        words = ["rpmetric", "embed", m["source"], "--out", str(self.path)]
+        if m["model_ref"] != default_model():
+            words += ["--model", m["model_ref"]]
+        if self.dtype != DEFAULT_DTYPE:
+            words += ["--dtype", self.dtype]
+        if m["shard_size"] != DEFAULT_SHARD_SIZE:
+            words += ["--shard-size", str(m["shard_size"])]
+        return shlex.join(words)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -688,8 +828,8 @@ class EmbeddingStore:
 
     def embeddings(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """All embeddings ``[len(store), dim]`` as one CPU tensor (unit vectors, store order)."""
-        parts = [np.load(self.path / s["embeddings"], allow_pickle=False) for s in self.manifest["shards"]]
-        emb = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        parts = [self._shard_rows(s) for s in self.manifest["shards"]]
+        emb = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)  # a copy: writable
         if emb.shape != (len(self), self.dim):
             raise ValueError(f"Store {self.path} is inconsistent: shards hold {emb.shape}, the manifest says "
                              f"({len(self)}, {self.dim}); rebuild it with `overwrite=True`.")
