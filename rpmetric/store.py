@@ -4,7 +4,7 @@ Layout of a store folder::
 
     manifest.json        what the store is: model spec, package version, dim, dtype, root, the
                          embedded paths in order, the skipped files with reasons, the shard list,
-                         and the size and mtime of every input file
+                         the size and mtime of every input file, and those of the model's weights
     emb-00000.npy        [n, dim] float16 or float32 embeddings of shard 0 (readable files only)
     shard-00000.json     shard 0's embedded paths and skipped files with their sizes and mtimes, the
                          plan it belongs to, and the shape, dtype and blake2b checksum of its .npy
@@ -18,7 +18,9 @@ and that plan is saved in the manifest. Each shard is written atomically (tempor
 rename, each flushed to disk), so an interrupted run keeps every finished shard; running the same
 build again resumes automatically and embeds only the missing shards. It first checks every
 finished shard against its record (shape, dtype, length, checksum) and embeds damaged ones again,
-with a warning each; readers name a damaged shard and the command that repairs it. Under ``torchrun`` rank r takes shards r, r+W,
+with a warning each; readers name a damaged shard and the command that repairs it. The plan also
+records the model's weight files (size, mtime, a hash of their first and last MB): a resume or
+update with weights replaced in place is refused. Under ``torchrun`` rank r takes shards r, r+W,
 r+2W, ...; because shards are fixed by the plan, the result is the same store as a single process
 writes, and rank 0 finishes the manifest once every rank is done (``--out`` must be on a filesystem
 all ranks share).
@@ -56,18 +58,68 @@ __all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model
 
 FORMAT = "rpmetric-embeddings"
 FORMAT_VERSION = 3  # 2: file sizes and mtimes ("stats"), shard records name their plan; 3: shard
-# checksums and shapes
+# checksums and shapes, the model's weight files ("model_identity")
 MANIFEST = "manifest.json"
 REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
 DEFAULT_DTYPE, DEFAULT_SHARD_SIZE = "float16", 1024
 # Settings that must match for a rerun to resume an existing store rather than start a new one.
 _PLAN_KEYS = ("model", "dtype", "shard_size", "source")
+_MB = 1 << 20
 
 
 def spec_dict(spec) -> dict:
     """``spec.to_dict()`` as it reads back from JSON (tuples become lists), so saved and live specs compare."""
     return json.loads(json.dumps(spec.to_dict()))
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    """Whether two :func:`spec_dict` are the same model: a folder counts by its resolved path, not
+    by how it was spelled (``./m``, ``m/`` and ``/abs/m`` give different names)."""
+    def key(d: dict) -> dict:
+        return {k: v for k, v in d.items() if not (k == "name" and d.get("local_path"))}
+
+    return key(a) == key(b)
+
+
+# A minimal stand-in, to be replaced by rpmetric.fingerprint.model_fingerprint (issue 12).
+def _model_identity(spec) -> Optional[dict]:
+    """Where the model's weights are and, per weight file (a head's first), its size, mtime and a
+    blake2b of its first and last MB: enough to tell weights replaced in place. None for an
+    encoder built in memory, whose spec names no files."""
+    from . import hub
+
+    if not (spec.local_path or spec.hub_id):
+        return None
+    weights = []
+    for path in map(Path, hub.download(spec, force_check=False)):  # local or cached: no network
+        st, digest = path.stat(), hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            digest.update(f.read(_MB))
+            f.seek(max(_MB, st.st_size - _MB))
+            digest.update(f.read(_MB))
+        weights.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                        "blake2b_ends": digest.hexdigest()})
+    return {"location": spec.source, "weights": weights}
+
+
+def _identity_change(saved: Optional[dict], current: dict) -> Optional[str]:
+    """What differs between two :func:`_model_identity` (None if nothing, or if either is unknown:
+    a store from before format 3, or an encoder built in memory)."""
+    if not (saved and current):
+        return None
+    if saved["location"] != current["location"]:
+        return f"the model was {saved['location']}, now it is {current['location']}"
+    if len(saved["weights"]) != len(current["weights"]):
+        return f"the model had {len(saved['weights'])} weight file(s), now it has {len(current['weights'])}"
+    for old, new in zip(saved["weights"], current["weights"]):
+        what = [f"{label} {old[key]} -> {new[key]}" if key != "blake2b_ends" else label
+                for key, label in (("size", "size"), ("mtime_ns", "mtime_ns"), ("blake2b_ends", "first and last MB"))
+                if old[key] != new[key]]
+        if Path(old["path"]).name != Path(new["path"]).name or what:
+            where = Path(new["path"])
+            return f"{where.name} of {where.parent} differs ({', '.join(what) or 'another file name'})"
+    return None
 
 
 # -- input files -------------------------------------------------------------------------------
@@ -440,12 +492,17 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
         raise ValueError(f"Output {out} is a file; the embedding store's output must be a folder.")
     if manifest.is_file() and not overwrite:
         saved = _read_manifest(manifest, f"pass `overwrite=True` to rebuild store {out}")
-        changed = [key for key in _PLAN_KEYS if saved.get(key) != plan[key]]
+        changed = [key for key in _PLAN_KEYS if (not _same_model(saved.get(key) or {}, plan[key]) if key == "model"
+                                                 else saved.get(key) != plan[key])]
         if changed:
             raise ValueError(
                 f"{out} already holds a store built with different {', '.join(changed)}; rerun with the same "
                 f"settings to resume it, pass `overwrite=True` to rebuild it, or choose another output folder."
             )
+        other_weights = _identity_change(saved.get("model_identity"), plan["model_identity"])
+        if other_weights:
+            raise ValueError(f"{out} was built with other weights: {other_weights}; load the model it was built "
+                             "with to resume it, or pass `overwrite=True` to rebuild it.")
         finished = bool(saved.get("complete"))
         damaged = _drop_bad_shards(out, saved["dtype"], len(saved.get("shards", ())) if finished else 0)
         # A store from before format 2 recorded no sizes or mtimes: every file counts as new.
@@ -650,6 +707,7 @@ def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite
         plan = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "rpmetric_version": __version__,
             "model": spec_dict(metric.spec), "model_ref": metric.spec.local_path or metric.spec.name,
+            "model_identity": _model_identity(metric.spec),
             "dtype": dtype, "normalized": True, "shard_size": shard_size,
             "source": str(Path(source).expanduser().resolve()), "root": str(root), "complete": False,
             "files": files, "stats": stats, "plan_id": _plan_id(files, stats, shard_size),
@@ -846,7 +904,7 @@ class EmbeddingStore:
         from .metric import RobustDistance
 
         metric = RobustDistance(self.model_ref if model is None else model, device=device)
-        if model is not None and spec_dict(metric.spec) != self.model_spec:
+        if model is not None and not _same_model(spec_dict(metric.spec), self.model_spec):
             warnings.warn(
                 f"Model {model!r} differs from the model that built store {self.path} ({self.model_ref!r}); "
                 "distances are only meaningful if it is the same network.", stacklevel=2,
@@ -907,7 +965,7 @@ class EmbeddingStore:
 
     def check_same_model(self, other: "EmbeddingStore") -> None:
         """Raise ValueError unless ``other`` was built with the same model (so distances compare)."""
-        if self.model_spec != other.model_spec:
+        if not _same_model(self.model_spec, other.model_spec):
             raise ValueError(
                 f"Stores {self.path} ({self.model_ref!r}) and {other.path} ({other.model_ref!r}) were built with "
                 "different models, so their embeddings do not compare; embed both with the same model."

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import rpmetric
 from rpmetric.cli import main
 from rpmetric.files import atomic_write, write_json
 from rpmetric.store import EmbeddingStore, build_store
@@ -221,3 +222,36 @@ def test_head_weights_are_written_atomically_with_the_umask_mode(tmp_path, monke
         save_head_folder(folder, str(vit_folder), HeadConfig("mlp"), {"w": torch.ones(9)})
     assert weights.read_bytes() == before  # the finished head is intact
     assert sorted(p.name for p in folder.iterdir()) == ["head.safetensors", "rpmetric_config.json"]
+
+
+# -- the model under a store -------------------------------------------------------------------
+def test_weights_replaced_in_place_refuse_a_resume_and_an_update(tmp_path, source, vit_folder):
+    import tinymodels
+
+    model = tmp_path / "model"
+    shutil.copytree(vit_folder, model)
+    metric = rpmetric.RobustDistance(str(model), device="cpu")
+    out = tmp_path / "s"
+    assert build_store(source, out, metric, max_shards=1, **KW) is None
+    other = tinymodels.save_open_clip(tmp_path / "other", tinymodels.TINY_VIT_CFG, seed=1)
+    weights = "open_clip_model.safetensors"
+    shutil.copyfile(other / weights, model / weights)  # same architecture, same size, other weights
+    replaced = rpmetric.RobustDistance(str(model), device="cpu")
+    for update in (False, True):
+        with pytest.raises(ValueError, match=rf"{out} was built with other weights: {weights} of {model.resolve()} "
+                                             r"differs \(.*first and last MB\); load the model it was built with "
+                                             r"to resume it, or pass `overwrite=True`"):
+            build_store(source, out, replaced, update=update, **KW)
+    assert build_store(source, out, replaced, overwrite=True, **KW) is not None
+
+
+def test_the_same_model_folder_spelled_three_ways_resumes(tmp_path, source, vit_folder, monkeypatch, clean):
+    shutil.copytree(vit_folder, tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "s"
+    for spelling in ("./m", "m/"):
+        metric = rpmetric.RobustDistance(spelling, device="cpu")
+        assert build_store(source, out, metric, max_shards=1, **KW) is None
+    store = build_store(source, out, rpmetric.RobustDistance(str(tmp_path / "m"), device="cpu"), **KW)
+    assert store.paths == clean.paths
+    torch.testing.assert_close(store.embeddings(), clean.embeddings(), atol=1e-6, rtol=0)
