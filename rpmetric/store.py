@@ -39,6 +39,7 @@ import io
 import json
 import os
 import shlex
+import stat
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -58,7 +59,7 @@ __all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model
 
 FORMAT = "rpmetric-embeddings"
 FORMAT_VERSION = 3  # 2: file sizes and mtimes ("stats"), shard records name their plan; 3: shard
-# checksums and shapes, the model's weight files ("model_identity")
+# checksums and shapes, the model's weight files ("model_identity"), entries that are no files ("special")
 MANIFEST = "manifest.json"
 REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
@@ -134,7 +135,9 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
         exclude: a folder to leave out of the walk (the store itself, when it lies inside).
 
     Every regular file is listed, images or not: a file that cannot be decoded is reported as
-    skipped later, with the reason, rather than silently ignored. Each real folder is walked once,
+    skipped later, with the reason, rather than silently ignored. Entries that are no regular
+    files (dangling symlinks, FIFOs, devices) are not listed and never opened; :func:`build_store`
+    reports them as skipped, with the reason. Each real folder is walked once,
     so a symlink loop ends, and a folder that two symlinks reach is listed under the first of them
     in sorted order.
 
@@ -150,18 +153,20 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
         >>> list_files(d)[1]
         ['a/c.jpg', 'b.png']
     """
-    root, paths, _ = _listing(source, exclude)
+    root, paths, _, _ = _listing(source, exclude)
     return root, paths
 
 
-def _listing(source: Union[str, Path], exclude: Optional[Path] = None) -> Tuple[Path, List[str], Dict[str, list]]:
-    """:func:`list_files` and ``{path: [size, mtime_ns]}`` of each listed file."""
+def _listing(source: Union[str, Path],
+             exclude: Optional[Path] = None) -> Tuple[Path, List[str], Dict[str, list], List[dict]]:
+    """:func:`list_files`, ``{path: [size, mtime_ns]}`` of each listed file, and ``{"path", "reason"}``
+    of each entry that is not a file (a dangling symlink, a FIFO, a device), which is never opened."""
     source = Path(source).expanduser()
     if source.is_dir():
         root = source.resolve()
-        found = _walk(root, exclude.resolve() if exclude is not None else None)
+        found, special = _walk(root, exclude.resolve() if exclude is not None else None)
         paths = sorted(found)
-        return root, paths, {p: found[p] for p in paths}
+        return root, paths, {p: found[p] for p in paths}, special
     if source.is_file():
         return _read_list(source)
     raise missing_source(source)
@@ -176,9 +181,27 @@ def _file_stats(st: os.stat_result) -> list:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _walk(root: Path, skip: Optional[Path]) -> Dict[str, list]:
-    """``{path relative to root: [size, mtime_ns]}`` of the non-hidden files under ``root`` (see :func:`list_files`)."""
+def _not_a_file(path: str, st: Optional[os.stat_result] = None) -> Optional[str]:
+    """Why ``path`` is skipped without being opened (it is no regular file), or None if it is one
+    or is gone (removed while walking)."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return f"{path} is a symlink to {os.readlink(path)}, which does not exist" if os.path.islink(path) else None
+        except OSError as err:  # e.g. a symlink loop
+            return f"{path} cannot be read ({err.strerror or err})"
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    kind = next((name for test, name in kinds if test(st.st_mode)), None)
+    return None if stat.S_ISREG(st.st_mode) else f"{path} is {kind or 'not a regular file'}, not an image file"
+
+
+def _walk(root: Path, skip: Optional[Path]) -> Tuple[Dict[str, list], List[dict]]:
+    """``{path relative to root: [size, mtime_ns]}`` of the non-hidden files under ``root`` (see
+    :func:`list_files`), and ``{"path", "reason"}`` of the entries that are no files, in sorted order."""
     found: Dict[str, list] = {}
+    special: List[dict] = []
     seen = set()  # (device, inode) of every folder walked: the loop protection
     stack = [(root, "")]
     while stack:  # depth first, in sorted order, without recursion (trees may be deep)
@@ -203,23 +226,33 @@ def _walk(root: Path, skip: Optional[Path]) -> Dict[str, list]:
                         stack.append((folder / entry.name, f"{prefix}{entry.name}/"))
                 elif entry.is_file():
                     found[prefix + entry.name] = _file_stats(entry.stat())
-            except OSError:  # a dangling symlink, or a file removed while walking
+                else:  # never opened: reading a FIFO would wait for a writer forever
+                    reason = _not_a_file(entry.path)
+                    if reason is not None:
+                        special.append({"path": prefix + entry.name, "reason": reason})
+            except OSError:  # a file removed while walking
                 continue
-    return found
+    return found, special
 
 
-def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list]]:
+def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list], List[dict]]:
     root = source.resolve().parent
-    paths, stats, missing = [], {}, []
+    paths, stats, missing, special = [], {}, [], []
     for number, line in enumerate(source.read_text().splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
             continue
         resolved = root / name  # an absolute path stays as it is
         try:
-            stats[name] = _file_stats(resolved.stat())
+            st = resolved.stat()
         except OSError:
             missing.append((number, name, resolved))
+        else:
+            reason = _not_a_file(str(resolved), st)
+            if reason is not None:
+                special.append({"path": name, "reason": reason})
+                continue
+            stats[name] = _file_stats(st)
         paths.append(name)
     if missing:
         number, name, resolved = missing[0]
@@ -228,9 +261,9 @@ def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list]]:
             f"{source}, line {number}: {name!r} resolves to {resolved}, which does not exist{more}; paths in a "
             f"list file are relative to its folder ({root}), not to the working directory, unless absolute."
         )
-    if not paths:
+    if not paths and not special:
         raise ValueError(f"The file list {source} names no files; give one path per line.")
-    return root, paths, stats
+    return root, paths, stats, special
 
 
 # -- decoding in DataLoader workers ------------------------------------------------------------
@@ -700,7 +733,7 @@ def _remove_reuse(out: Path) -> None:
 def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite: bool, update: bool):
     """Rank 0's part: list the files and prepare ``out``; a user error comes back as its message."""
     try:
-        root, files, stats = _listing(source, exclude=out)
+        root, files, stats, special = _listing(source, exclude=out)
         if not files:
             raise ValueError(f"Input {source} holds no files to embed (hidden files and folders are left out); "
                              "give a folder of images or a text file listing image paths.")
@@ -710,7 +743,7 @@ def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite
             "model_identity": _model_identity(metric.spec),
             "dtype": dtype, "normalized": True, "shard_size": shard_size,
             "source": str(Path(source).expanduser().resolve()), "root": str(root), "complete": False,
-            "files": files, "stats": stats, "plan_id": _plan_id(files, stats, shard_size),
+            "files": files, "stats": stats, "plan_id": _plan_id(files, stats, shard_size), "special": special,
         }
         return _prepare_out(out, plan, overwrite, update)
     except (ValueError, FileNotFoundError) as err:
@@ -793,6 +826,7 @@ def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
         paths.extend(meta["paths"])
         skipped.extend(meta["skipped"])
         shapes.append(meta.get("shape"))
+    skipped.extend(plan.get("special", []))  # never opened, so in no shard
     # Every shard is written [n, dim].
     dim = (shapes[0] or np.load(out / shards[0]["embeddings"], mmap_mode="r").shape)[1]
     manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)

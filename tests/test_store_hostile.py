@@ -3,6 +3,7 @@ replaced under a store: each is found, named, and repaired or refused (issue 12)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -222,6 +223,34 @@ def test_head_weights_are_written_atomically_with_the_umask_mode(tmp_path, monke
         save_head_folder(folder, str(vit_folder), HeadConfig("mlp"), {"w": torch.ones(9)})
     assert weights.read_bytes() == before  # the finished head is intact
     assert sorted(p.name for p in folder.iterdir()) == ["head.safetensors", "rpmetric_config.json"]
+
+
+# -- sources with files that are not files -----------------------------------------------------
+def special_folder(tmp_path: Path) -> Path:
+    src = make_image_folder(tmp_path / "special")
+    os.mkfifo(src / "pipe.png")  # opening it for reading would wait for a writer forever
+    (src / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    return src
+
+
+def test_dangling_symlinks_and_fifos_are_listed_as_skipped(tmp_path, vit_folder):
+    src = special_folder(tmp_path)
+    listing = tmp_path / "list.txt"
+    listing.write_text("special/img1.png\nspecial/pipe.png\n")
+    # A fresh process with a timeout: a FIFO opened for reading would block the run, not fail it.
+    result = run_cli(["embed", src, "--out", tmp_path / "s", "--model", vit_folder, "--workers", "0", "--quiet",
+                      "--device", "cpu"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    skipped = {s["path"]: s["reason"] for s in json.loads((tmp_path / "s" / "manifest.json").read_text())["skipped"]}
+    assert "pipe.png" in skipped and "FIFO" in skipped["pipe.png"]
+    assert "gone.png" in skipped and "nowhere.png" in skipped["gone.png"] and "does not exist" in skipped["gone.png"]
+    result = run_cli(["embed", listing, "--out", tmp_path / "l", "--model", vit_folder, "--workers", "0", "--quiet",
+                      "--device", "cpu"], timeout=120)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "l" / "manifest.json").read_text())
+    assert manifest["paths"] == ["special/img1.png"]
+    assert [s["path"] for s in manifest["skipped"]] == ["special/pipe.png"]
+    assert "FIFO" in manifest["skipped"][0]["reason"]
 
 
 # -- the model under a store -------------------------------------------------------------------
