@@ -3,39 +3,56 @@ never see half done, and CSV files read by column name."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
 import json
 import os
+import secrets
 import tempfile
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
-__all__ = ["atomic_write", "write_json", "read_csv_columns", "write_csv", "read_csv", "extra_fields", "check_writable"]
+__all__ = ["atomic_path", "atomic_write", "write_json", "read_csv_columns", "write_csv", "read_csv", "extra_fields",
+           "check_writable"]
 
 
-def atomic_write(path: Union[str, Path], write: Callable) -> None:
-    """``write(binary_file)`` into a temporary file beside ``path``, then rename it into place.
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """A new empty temporary file beside ``path`` to write into; on success it is put in place.
 
-    Missing parent folders are created. Readers see the old file or the new one, never half of it.
+    Missing parent folders are created. The file is created with the umask's mode (as ``open``
+    gives, not ``mkstemp``'s 0600), flushed to disk, renamed over ``path``, and the folder is
+    flushed too, so that a power loss leaves the old file or the new one, never an empty one.
+    On an error the temporary file is removed and ``path`` is untouched.
 
     Raises:
         OSError: the write failed (a folder in the way, no permission, a full disk); the error's
             ``filename`` is ``path``, not the temporary file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text()
+        'done'
     """
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except FileExistsError:  # a file where a parent folder should be
             raise NotADirectoryError(errno.ENOTDIR, "a part of the path is a file, not a folder", str(path)) from None
-        with open(tmp, "wb") as f:
-            write(f)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 & ~umask
+        yield tmp
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
+        _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as err:
         if err.errno is None or err.filename == str(path):
             raise
@@ -45,6 +62,27 @@ def atomic_write(path: Union[str, Path], write: Callable) -> None:
             tmp.unlink(missing_ok=True)
         except OSError:  # e.g. the parent is a file
             pass
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError as err:  # some filesystems cannot sync a folder: the rename is still atomic
+        if not (path.is_dir() and err.errno in (errno.EINVAL, errno.ENOTSUP, errno.EBADF)):
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Union[str, Path], write: Callable) -> None:
+    """``write(binary_file)`` into a temporary file beside ``path``, then rename it into place.
+
+    Readers see the old file or the new one, never half of it; missing parent folders are created
+    (see :func:`atomic_path`, which also says what it raises).
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def write_json(path: Union[str, Path], data) -> None:

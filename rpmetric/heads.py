@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import MissingDependencyError
-from .files import write_json
+from .files import atomic_write, write_json
 from .validation import check_int
 
 __all__ = [
@@ -464,7 +464,7 @@ def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[st
             model's, e.g. ``{"resize_size": 224, "resize_mode": "squash"}`` for heads trained the
             DreamSim way; None keeps the base model's.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from ._version import __version__
 
@@ -473,7 +473,10 @@ def save_head_folder(folder, base_model: str, config: HeadConfig, state: Dict[st
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT_VERSION, "base_model": base_model, "head": config.to_dict(),
             "preprocessing": preprocessing or {}, "training": training or {}, "rpmetric_version": __version__}
-    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(folder / WEIGHTS_NAME))
+    # Serialised in memory (a head is small) and written atomically, with the umask's mode:
+    # safetensors' own save_file replaces the file in place, and with mode 0600.
+    data = save({k: v.contiguous().cpu() for k, v in state.items()})
+    atomic_write(folder / WEIGHTS_NAME, lambda f: f.write(data))
     # The config last (and atomically): a folder with a config always has its weights.
     write_json(folder / CONFIG_NAME, meta)
     return folder

@@ -4,18 +4,23 @@ Layout of a store folder::
 
     manifest.json        what the store is: model spec, package version, dim, dtype, root, the
                          embedded paths in order, the skipped files with reasons, the shard list,
-                         and the size and mtime of every input file
+                         the size and mtime of every input file, and those of the model's weights
     emb-00000.npy        [n, dim] float16 or float32 embeddings of shard 0 (readable files only)
-    shard-00000.json     shard 0's embedded paths and skipped files with their sizes and mtimes, and
-                         the plan it belongs to; written last, so its presence marks the shard complete
+    shard-00000.json     shard 0's embedded paths and skipped files with their sizes and mtimes, the
+                         plan it belongs to, and the shape, dtype and blake2b checksum of its .npy
+                         file; written last, so its presence marks the shard complete
     ...
     reuse.json           only while an update runs: the rows of the previous store that are still
     reuse-emb.npy        valid (same path, size and mtime), gathered before its shards are replaced
 
 The input files (sorted) are cut into fixed shards of ``shard_size`` files before any work starts,
 and that plan is saved in the manifest. Each shard is written atomically (temporary file, then
-rename), so an interrupted run keeps every finished shard; running the same build again resumes
-automatically and embeds only the missing shards. Under ``torchrun`` rank r takes shards r, r+W,
+rename, each flushed to disk), so an interrupted run keeps every finished shard; running the same
+build again resumes automatically and embeds only the missing shards. It first checks every
+finished shard against its record (shape, dtype, length, checksum) and embeds damaged ones again,
+with a warning each; readers name a damaged shard and the command that repairs it. The plan also
+records the model's weight files (size, mtime, a hash of their first and last MB): a resume or
+update with weights replaced in place is refused. Under ``torchrun`` rank r takes shards r, r+W,
 r+2W, ...; because shards are fixed by the plan, the result is the same store as a single process
 writes, and rank 0 finishes the manifest once every rank is done (``--out`` must be on a filesystem
 all ranks share).
@@ -30,8 +35,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import shlex
+import stat
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -41,25 +49,78 @@ import torch
 
 from . import distributed
 from ._version import __version__
-from .files import atomic_write, read_csv_columns, write_json
+from .files import atomic_path, atomic_write, read_csv_columns, write_json
 from .images import read_pixels, unit_float
 from .preprocess import resize_and_crop
+from .spec import default_model
 from .unique import embed_unique
 
 __all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model_input", "DTYPES"]
 
 FORMAT = "rpmetric-embeddings"
-FORMAT_VERSION = 2  # 2: file sizes and mtimes ("stats"), shard records name their plan
+FORMAT_VERSION = 3  # 2: file sizes and mtimes ("stats"), shard records name their plan; 3: shard
+# checksums and shapes, the model's weight files ("model_identity"), entries that are no files ("special")
 MANIFEST = "manifest.json"
 REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
+DEFAULT_DTYPE, DEFAULT_SHARD_SIZE = "float16", 1024
 # Settings that must match for a rerun to resume an existing store rather than start a new one.
 _PLAN_KEYS = ("model", "dtype", "shard_size", "source")
+_MB = 1 << 20
 
 
 def spec_dict(spec) -> dict:
     """``spec.to_dict()`` as it reads back from JSON (tuples become lists), so saved and live specs compare."""
     return json.loads(json.dumps(spec.to_dict()))
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    """Whether two :func:`spec_dict` are the same model: a folder counts by its resolved path, not
+    by how it was spelled (``./m``, ``m/`` and ``/abs/m`` give different names)."""
+    def key(d: dict) -> dict:
+        return {k: v for k, v in d.items() if not (k == "name" and d.get("local_path"))}
+
+    return key(a) == key(b)
+
+
+# A minimal stand-in, to be replaced by rpmetric.fingerprint.model_fingerprint (issue 12).
+def _model_identity(spec) -> Optional[dict]:
+    """Where the model's weights are and, per weight file (a head's first), its size, mtime and a
+    blake2b of its first and last MB: enough to tell weights replaced in place. None for an
+    encoder built in memory, whose spec names no files."""
+    from . import hub
+
+    if not (spec.local_path or spec.hub_id):
+        return None
+    weights = []
+    for path in map(Path, hub.download(spec, force_check=False)):  # local or cached: no network
+        st, digest = path.stat(), hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            digest.update(f.read(_MB))
+            f.seek(max(_MB, st.st_size - _MB))
+            digest.update(f.read(_MB))
+        weights.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                        "blake2b_ends": digest.hexdigest()})
+    return {"location": spec.source, "weights": weights}
+
+
+def _identity_change(saved: Optional[dict], current: dict) -> Optional[str]:
+    """What differs between two :func:`_model_identity` (None if nothing, or if either is unknown:
+    a store from before format 3, or an encoder built in memory)."""
+    if not (saved and current):
+        return None
+    if saved["location"] != current["location"]:
+        return f"the model was {saved['location']}, now it is {current['location']}"
+    if len(saved["weights"]) != len(current["weights"]):
+        return f"the model had {len(saved['weights'])} weight file(s), now it has {len(current['weights'])}"
+    for old, new in zip(saved["weights"], current["weights"]):
+        what = [f"{label} {old[key]} -> {new[key]}" if key != "blake2b_ends" else label
+                for key, label in (("size", "size"), ("mtime_ns", "mtime_ns"), ("blake2b_ends", "first and last MB"))
+                if old[key] != new[key]]
+        if Path(old["path"]).name != Path(new["path"]).name or what:
+            where = Path(new["path"])
+            return f"{where.name} of {where.parent} differs ({', '.join(what) or 'another file name'})"
+    return None
 
 
 # -- input files -------------------------------------------------------------------------------
@@ -74,7 +135,9 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
         exclude: a folder to leave out of the walk (the store itself, when it lies inside).
 
     Every regular file is listed, images or not: a file that cannot be decoded is reported as
-    skipped later, with the reason, rather than silently ignored. Each real folder is walked once,
+    skipped later, with the reason, rather than silently ignored. Entries that are no regular
+    files (dangling symlinks, FIFOs, devices) are not listed and never opened; :func:`build_store`
+    reports them as skipped, with the reason. Each real folder is walked once,
     so a symlink loop ends, and a folder that two symlinks reach is listed under the first of them
     in sorted order.
 
@@ -90,18 +153,20 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
         >>> list_files(d)[1]
         ['a/c.jpg', 'b.png']
     """
-    root, paths, _ = _listing(source, exclude)
+    root, paths, _, _ = _listing(source, exclude)
     return root, paths
 
 
-def _listing(source: Union[str, Path], exclude: Optional[Path] = None) -> Tuple[Path, List[str], Dict[str, list]]:
-    """:func:`list_files` and ``{path: [size, mtime_ns]}`` of each listed file."""
+def _listing(source: Union[str, Path],
+             exclude: Optional[Path] = None) -> Tuple[Path, List[str], Dict[str, list], List[dict]]:
+    """:func:`list_files`, ``{path: [size, mtime_ns]}`` of each listed file, and ``{"path", "reason"}``
+    of each entry that is not a file (a dangling symlink, a FIFO, a device), which is never opened."""
     source = Path(source).expanduser()
     if source.is_dir():
         root = source.resolve()
-        found = _walk(root, exclude.resolve() if exclude is not None else None)
+        found, special = _walk(root, exclude.resolve() if exclude is not None else None)
         paths = sorted(found)
-        return root, paths, {p: found[p] for p in paths}
+        return root, paths, {p: found[p] for p in paths}, special
     if source.is_file():
         return _read_list(source)
     raise missing_source(source)
@@ -116,9 +181,27 @@ def _file_stats(st: os.stat_result) -> list:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _walk(root: Path, skip: Optional[Path]) -> Dict[str, list]:
-    """``{path relative to root: [size, mtime_ns]}`` of the non-hidden files under ``root`` (see :func:`list_files`)."""
+def _not_a_file(path: str, st: Optional[os.stat_result] = None) -> Optional[str]:
+    """Why ``path`` is skipped without being opened (it is no regular file), or None if it is one
+    or is gone (removed while walking)."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return f"{path} is a symlink to {os.readlink(path)}, which does not exist" if os.path.islink(path) else None
+        except OSError as err:  # e.g. a symlink loop
+            return f"{path} cannot be read ({err.strerror or err})"
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    kind = next((name for test, name in kinds if test(st.st_mode)), None)
+    return None if stat.S_ISREG(st.st_mode) else f"{path} is {kind or 'not a regular file'}, not an image file"
+
+
+def _walk(root: Path, skip: Optional[Path]) -> Tuple[Dict[str, list], List[dict]]:
+    """``{path relative to root: [size, mtime_ns]}`` of the non-hidden files under ``root`` (see
+    :func:`list_files`), and ``{"path", "reason"}`` of the entries that are no files, in sorted order."""
     found: Dict[str, list] = {}
+    special: List[dict] = []
     seen = set()  # (device, inode) of every folder walked: the loop protection
     stack = [(root, "")]
     while stack:  # depth first, in sorted order, without recursion (trees may be deep)
@@ -143,23 +226,33 @@ def _walk(root: Path, skip: Optional[Path]) -> Dict[str, list]:
                         stack.append((folder / entry.name, f"{prefix}{entry.name}/"))
                 elif entry.is_file():
                     found[prefix + entry.name] = _file_stats(entry.stat())
-            except OSError:  # a dangling symlink, or a file removed while walking
+                else:  # never opened: reading a FIFO would wait for a writer forever
+                    reason = _not_a_file(entry.path)
+                    if reason is not None:
+                        special.append({"path": prefix + entry.name, "reason": reason})
+            except OSError:  # a file removed while walking
                 continue
-    return found
+    return found, special
 
 
-def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list]]:
+def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list], List[dict]]:
     root = source.resolve().parent
-    paths, stats, missing = [], {}, []
+    paths, stats, missing, special = [], {}, [], []
     for number, line in enumerate(source.read_text().splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
             continue
         resolved = root / name  # an absolute path stays as it is
         try:
-            stats[name] = _file_stats(resolved.stat())
+            st = resolved.stat()
         except OSError:
             missing.append((number, name, resolved))
+        else:
+            reason = _not_a_file(str(resolved), st)
+            if reason is not None:
+                special.append({"path": name, "reason": reason})
+                continue
+            stats[name] = _file_stats(st)
         paths.append(name)
     if missing:
         number, name, resolved = missing[0]
@@ -168,9 +261,9 @@ def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list]]:
             f"{source}, line {number}: {name!r} resolves to {resolved}, which does not exist{more}; paths in a "
             f"list file are relative to its folder ({root}), not to the working directory, unless absolute."
         )
-    if not paths:
+    if not paths and not special:
         raise ValueError(f"The file list {source} names no files; give one path per line.")
-    return root, paths, stats
+    return root, paths, stats, special
 
 
 # -- decoding in DataLoader workers ------------------------------------------------------------
@@ -293,22 +386,111 @@ def _shard_names(k: int) -> Tuple[str, str]:
 
 
 def _shard_done(out: Path, k: int, plan_id: Optional[str]) -> bool:
-    """Shard ``k`` of the plan ``plan_id`` is written (a shard of an earlier plan is not)."""
+    """Shard ``k`` of the plan ``plan_id`` is written (a shard of an earlier plan is not).
+
+    Its files are not checked here: a resume first removes damaged shards (:func:`_drop_bad_shards`).
+    """
     emb_name, meta_name = _shard_names(k)
     if not ((out / meta_name).is_file() and (out / emb_name).is_file()):
         return False
     return json.loads((out / meta_name).read_text()).get("plan") == plan_id
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: List[dict],
                  plan_id: Optional[str] = None, stats: Optional[dict] = None) -> None:
     emb_name, meta_name = _shard_names(k)
-    atomic_write(out / emb_name, lambda f: np.save(f, emb, allow_pickle=False))
+    buffer = io.BytesIO()
+    np.save(buffer, emb, allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write(out / emb_name, lambda f: f.write(data))
     # The shard's record comes last: its presence is what marks the shard complete. The sizes and
-    # mtimes of its files let a later update reuse its rows.
+    # mtimes of its files let a later update reuse its rows; shape, dtype and checksum let a resume
+    # and the readers tell a damaged embeddings file.
     names = paths + [s["path"] for s in skipped]
     write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped,
-                                 "plan": plan_id, "stats": {p: (stats or {}).get(p) for p in names}})
+                                 "plan": plan_id, "stats": {p: (stats or {}).get(p) for p in names},
+                                 "shape": list(emb.shape), "dtype": str(emb.dtype), "blake2b": _digest(data)})
+
+
+class _BadShard(Exception):
+    """What is wrong with an embeddings file (a resume re-embeds it, a reader names it)."""
+
+
+def _read_shard(path: Path, count: int, dim: Optional[int], dtype: str, digest: Optional[str] = None,
+                read: bool = True) -> Optional[np.ndarray]:
+    """The ``[count, dim]`` array of ``dtype`` in the .npy file ``path``, checked against its record.
+
+    The header, shape, dtype and length are checked from the header alone; with ``read`` the
+    values are read and checked against ``digest`` (the blake2b of the whole file; None for
+    records written before format 3) and returned. ``dim`` None accepts any width.
+
+    Raises:
+        _BadShard: the file is missing, torn, truncated, of another shape or dtype, or changed.
+    """
+    if not path.is_file():
+        raise _BadShard("is missing")
+    if not path.stat().st_size:
+        raise _BadShard("is empty (0 bytes)")
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if header is None:
+                raise ValueError(f"unknown .npy version {version}")
+            shape, fortran, found = header(f)
+        except (ValueError, SyntaxError, EOFError) as err:
+            raise _BadShard(f"has no valid .npy header ({err})") from None
+        offset = f.tell()
+        want = (count, dim if dim is not None else (shape[1] if len(shape) == 2 else -1))
+        if tuple(shape) != want or fortran:
+            raise _BadShard(f"holds an array of shape {tuple(shape)}{' in Fortran order' if fortran else ''}, "
+                            f"but its record says {want}")
+        if found != np.dtype(dtype):
+            raise _BadShard(f"holds {found} values, but the store is {dtype}")
+        size, expected = os.fstat(f.fileno()).st_size, offset + count * want[1] * found.itemsize
+        if size != expected:
+            raise _BadShard(f"is {'truncated' if size < expected else 'too long'}: {size} bytes, but a {want} "
+                            f"{dtype} array takes {expected}")
+        if not read:
+            return None
+        f.seek(0)
+        data = f.read()
+    if digest is not None and _digest(data) != digest:
+        raise _BadShard("does not match the checksum written with it (its values were changed)")
+    return np.frombuffer(data, dtype=found, count=count * want[1], offset=offset).reshape(want)
+
+
+def _drop_bad_shards(out: Path, dtype: str, expected: int = 0) -> int:
+    """Check every shard on disk (of any plan) and remove the damaged ones, with a warning each, so
+    that they count as not done and are embedded again. Shards ``0 .. expected-1`` must exist
+    (those of a finished store). Returns how many were removed."""
+    removed = 0
+    numbers = {int(p.stem.split("-")[1]) for p in out.glob("shard-*.json") if p.stem.split("-")[1].isdigit()}
+    for k in sorted(numbers | set(range(expected))):
+        emb_name, meta_name = _shard_names(k)
+        try:
+            record = json.loads((out / meta_name).read_text())
+            if not (isinstance(record, dict) and record.get("embeddings") == emb_name):
+                raise ValueError("it does not name its embeddings file")
+            shape = record.get("shape") or [None, None]
+            _read_shard(out / emb_name, record["count"], shape[1], dtype, record.get("blake2b"))
+            continue
+        except FileNotFoundError:
+            name, reason = meta_name, "is missing"
+        except (ValueError, KeyError, TypeError, IndexError) as err:  # JSONDecodeError is a ValueError
+            name, reason = meta_name, f"is unreadable ({err})"
+        except _BadShard as err:
+            name, reason = emb_name, str(err)
+        warnings.warn(f"store {out}: shard {k} ({name}) {reason}; re-embedding it.", stacklevel=5)
+        for stale in (emb_name, meta_name):
+            (out / stale).unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _plan_id(files: List[str], stats: dict, shard_size: int) -> str:
@@ -342,16 +524,26 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
     if out.exists() and not out.is_dir():
         raise ValueError(f"Output {out} is a file; the embedding store's output must be a folder.")
     if manifest.is_file() and not overwrite:
-        saved = json.loads(manifest.read_text())
-        changed = [key for key in _PLAN_KEYS if saved.get(key) != plan[key]]
+        saved = _read_manifest(manifest, f"pass `overwrite=True` to rebuild store {out}")
+        changed = [key for key in _PLAN_KEYS if (not _same_model(saved.get(key) or {}, plan[key]) if key == "model"
+                                                 else saved.get(key) != plan[key])]
         if changed:
             raise ValueError(
                 f"{out} already holds a store built with different {', '.join(changed)}; rerun with the same "
                 f"settings to resume it, pass `overwrite=True` to rebuild it, or choose another output folder."
             )
+        other_weights = _identity_change(saved.get("model_identity"), plan["model_identity"])
+        if other_weights:
+            raise ValueError(f"{out} was built with other weights: {other_weights}; load the model it was built "
+                             "with to resume it, or pass `overwrite=True` to rebuild it.")
+        finished = bool(saved.get("complete"))
+        damaged = _drop_bad_shards(out, saved["dtype"], len(saved.get("shards", ())) if finished else 0)
         # A store from before format 2 recorded no sizes or mtimes: every file counts as new.
         added, removed, changed = _changes(saved.get("stats") or {}, plan["stats"])
         if not (added or removed or changed):
+            if damaged and finished:  # the same plan (same files, same plan id), to be finished again
+                write_json(manifest, plan)
+                return plan
             return saved
         if not update:
             raise ValueError(_change_message(plan["source"], out, added, removed, changed))
@@ -365,6 +557,17 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, plan)
     return plan
+
+
+def _read_manifest(path: Path, fix: str) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); {fix}.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an rpmetric embedding manifest (format "
+                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r}); {fix}.")
+    return manifest
 
 
 def _remove_store_files(out: Path) -> None:
@@ -406,8 +609,7 @@ def _gather_reusable(out: Path, plan: dict) -> None:
         for j, p in enumerate(paths):
             by_file.setdefault(rows[p][0], []).append((j, rows[p][1]))
         name = REUSE_EMBEDDINGS
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        try:
+        with atomic_path(out / name) as tmp:  # replaces the reuse file it may have read from
             target = None
             for f, pairs in by_file.items():  # one source file open at a time
                 source_rows = np.load(out / f, mmap_mode="r", allow_pickle=False)
@@ -418,9 +620,6 @@ def _gather_reusable(out: Path, plan: dict) -> None:
                 del source_rows
             target.flush()
             del target
-            os.replace(tmp, out / name)  # replaces the reuse file it may have read from
-        finally:
-            tmp.unlink(missing_ok=True)
     write_json(out / REUSE, {"embeddings": name, "paths": paths,
                              "skipped": [{"path": p, "reason": r} for p, r in skipped.items()],
                              "stats": {p: stats[p] for p in paths + list(skipped)}})
@@ -440,8 +639,8 @@ def _reusable(out: Path, plan: dict) -> Dict[str, tuple]:
     return reuse
 
 
-def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtype: str = "float16",
-                shard_size: int = 1024, batch_size: int = 32, num_workers: Optional[int] = None,
+def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtype: str = DEFAULT_DTYPE,
+                shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 32, num_workers: Optional[int] = None,
                 overwrite: bool = False, update: bool = False, progress: bool = True,
                 max_shards: Optional[int] = None) -> Optional["EmbeddingStore"]:
     """Embed every file of ``source`` into the store folder ``out``, resuming an interrupted build.
@@ -534,16 +733,17 @@ def _remove_reuse(out: Path) -> None:
 def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite: bool, update: bool):
     """Rank 0's part: list the files and prepare ``out``; a user error comes back as its message."""
     try:
-        root, files, stats = _listing(source, exclude=out)
+        root, files, stats, special = _listing(source, exclude=out)
         if not files:
             raise ValueError(f"Input {source} holds no files to embed (hidden files and folders are left out); "
                              "give a folder of images or a text file listing image paths.")
         plan = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "rpmetric_version": __version__,
             "model": spec_dict(metric.spec), "model_ref": metric.spec.local_path or metric.spec.name,
+            "model_identity": _model_identity(metric.spec),
             "dtype": dtype, "normalized": True, "shard_size": shard_size,
             "source": str(Path(source).expanduser().resolve()), "root": str(root), "complete": False,
-            "files": files, "stats": stats, "plan_id": _plan_id(files, stats, shard_size),
+            "files": files, "stats": stats, "plan_id": _plan_id(files, stats, shard_size), "special": special,
         }
         return _prepare_out(out, plan, overwrite, update)
     except (ValueError, FileNotFoundError) as err:
@@ -618,13 +818,17 @@ def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: 
 
 def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
     manifest = {key: value for key, value in plan.items() if key != "files"}  # "stats" keeps every name
-    shards, paths, skipped = [], [], []
+    shards, paths, skipped, shapes = [], [], [], []
     for k in range(n_shards):
         meta = json.loads((out / _shard_names(k)[1]).read_text())
-        shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"]})
+        shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"],
+                       "blake2b": meta.get("blake2b")})  # None in a shard written before format 3
         paths.extend(meta["paths"])
         skipped.extend(meta["skipped"])
-    dim = np.load(out / shards[0]["embeddings"], mmap_mode="r").shape[1]  # every shard is written [n, dim]
+        shapes.append(meta.get("shape"))
+    skipped.extend(plan.get("special", []))  # never opened, so in no shard
+    # Every shard is written [n, dim].
+    dim = (shapes[0] or np.load(out / shards[0]["embeddings"], mmap_mode="r").shape)[1]
     manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
     write_json(out / MANIFEST, manifest)
     # Left over by an update: the reuse files, and the shards of a larger earlier plan.
@@ -658,9 +862,8 @@ class EmbeddingStore:
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             raise FileNotFoundError(f"{self.path} is not an embedding store (no {MANIFEST}); create one with `rpmetric embed`.")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{manifest_path} is not an rpmetric embedding manifest (format {manifest.get('format')!r}).")
+        manifest = _read_manifest(manifest_path, "rebuild the store with `rpmetric embed SOURCE --out STORE "
+                                                 "--overwrite`")
         if not manifest.get("complete"):
             raise ValueError(
                 f"Store {self.path} is unfinished (interrupted build); rerun `rpmetric embed` with the same "
@@ -675,6 +878,35 @@ class EmbeddingStore:
         self.model_spec: dict = manifest["model"]
         self.model_ref: str = manifest["model_ref"]
         self.version: str = manifest["rpmetric_version"]
+        for shard in manifest["shards"]:  # the headers only (cheap); embeddings() checks the values
+            self._shard_rows(shard, read=False)
+
+    def _shard_rows(self, shard: dict, read: bool = True) -> Optional[np.ndarray]:
+        """One shard's rows, checked against the manifest (see :func:`_read_shard`).
+
+        Raises:
+            ValueError: the shard is damaged; the message names it and the command that repairs it.
+        """
+        name = shard["embeddings"]
+        try:
+            if Path(name).name != name:  # a store's own file, never a path elsewhere
+                raise _BadShard("is not a file name in the store folder")
+            return _read_shard(self.path / name, shard["count"], self.dim, self.dtype, shard.get("blake2b"), read)
+        except _BadShard as err:
+            raise ValueError(f"{name} of store {self.path} {err}; rerun `{self._repair_command()}` to re-embed "
+                             "it.") from None
+
+    def _repair_command(self) -> str:
+        """The ``rpmetric embed`` command that resumes this store (options only where not the default)."""
+        m = self.manifest
+        words = ["rpmetric", "embed", m["source"], "--out", str(self.path)]
+        if m["model_ref"] != default_model():
+            words += ["--model", m["model_ref"]]
+        if self.dtype != DEFAULT_DTYPE:
+            words += ["--dtype", self.dtype]
+        if m["shard_size"] != DEFAULT_SHARD_SIZE:
+            words += ["--shard-size", str(m["shard_size"])]
+        return shlex.join(words)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -688,8 +920,8 @@ class EmbeddingStore:
 
     def embeddings(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """All embeddings ``[len(store), dim]`` as one CPU tensor (unit vectors, store order)."""
-        parts = [np.load(self.path / s["embeddings"], allow_pickle=False) for s in self.manifest["shards"]]
-        emb = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+        parts = [self._shard_rows(s) for s in self.manifest["shards"]]
+        emb = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)  # a copy: writable
         if emb.shape != (len(self), self.dim):
             raise ValueError(f"Store {self.path} is inconsistent: shards hold {emb.shape}, the manifest says "
                              f"({len(self)}, {self.dim}); rebuild it with `overwrite=True`.")
@@ -706,7 +938,7 @@ class EmbeddingStore:
         from .metric import RobustDistance
 
         metric = RobustDistance(self.model_ref if model is None else model, device=device)
-        if model is not None and spec_dict(metric.spec) != self.model_spec:
+        if model is not None and not _same_model(spec_dict(metric.spec), self.model_spec):
             warnings.warn(
                 f"Model {model!r} differs from the model that built store {self.path} ({self.model_ref!r}); "
                 "distances are only meaningful if it is the same network.", stacklevel=2,
@@ -767,7 +999,7 @@ class EmbeddingStore:
 
     def check_same_model(self, other: "EmbeddingStore") -> None:
         """Raise ValueError unless ``other`` was built with the same model (so distances compare)."""
-        if self.model_spec != other.model_spec:
+        if not _same_model(self.model_spec, other.model_spec):
             raise ValueError(
                 f"Stores {self.path} ({self.model_ref!r}) and {other.path} ({other.model_ref!r}) were built with "
                 "different models, so their embeddings do not compare; embed both with the same model."
