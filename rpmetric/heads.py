@@ -422,6 +422,17 @@ def load_head(backbone: nn.Module, config: HeadConfig, state: Dict[str, torch.Te
     return backbone
 
 
+def _check_embedding_size(base, config: HeadConfig, where: str) -> None:
+    """An MLP head's ``dim`` is the base model's embedding size, found by embedding one blank image
+    (a config cannot say it for every architecture); otherwise the first distance would fail."""
+    size = base.image_size
+    with torch.no_grad():
+        dim = base(torch.zeros(1, 3, size, size)).shape[-1]
+    if config.dim != dim:
+        raise ValueError(f"{where}: the head's dim is {config.dim}, but base model {base.spec.name!r} embeds "
+                         f"into {dim} dimensions; the head was trained on another base model.")
+
+
 def _check_mlp_shapes(config: HeadConfig, state: Dict[str, torch.Tensor], where: str) -> None:
     """The MLP tensors in ``state`` have the shapes ``config.dim`` and ``config.hidden`` ask for."""
     dim, hidden = config.dim, config.hidden
@@ -599,6 +610,8 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
         raise ValueError(f"{where}: unknown preprocessing field(s) {unknown}; valid: "
                          f"{sorted(Preprocessing.__dataclass_fields__)}.")
     base = load_plain_encoder(base_spec, resize=resize)  # read_head_config checked: not a head
+    if config.type == "mlp":
+        _check_embedding_size(base, config, where)
     try:
         preprocessing = replace(base.spec.preprocessing, **overrides)
     except (TypeError, ValueError) as err:

@@ -117,6 +117,15 @@ def pickle_bin(folder):
     (folder / "open_clip_pytorch_model.bin").write_bytes(pickle.dumps({"visual.proj": _Payload()}))
 
 
+def mlp_weights(folder, dim, hidden):
+    """head.safetensors of an MLP head with these sizes."""
+    from safetensors.torch import save_file
+
+    save_file({"mlp_head.fc1.weight": torch.zeros(hidden, dim), "mlp_head.fc1.bias": torch.zeros(hidden),
+               "mlp_head.fc2.weight": torch.zeros(dim, hidden), "mlp_head.fc2.bias": torch.zeros(dim)},
+              str(folder / HEAD_W))
+
+
 NESTED = "[" * 100000 + "]" * 100000
 HUGE = 10 ** 9
 
@@ -213,7 +222,9 @@ ROWS = [
     ("head-dim-negative", "head", setkey(HEAD, ["head", "dim"], -3), HEAD, "dim"),
     ("head-dim-huge", "head", setkey(HEAD, ["head", "dim"], HUGE), HEAD, "dim"),
     ("head-hidden-huge", "head", setkey(HEAD, ["head", "hidden"], HUGE), HEAD, "hidden"),
-    ("head-dim-wrong", "head", setkey(HEAD, ["head", "dim"], 16), HEAD_W, "dim 16"),
+    ("head-hidden-not-the-weights", "head", setkey(HEAD, ["head", "hidden"], 16), HEAD_W, "hidden 16"),
+    ("head-dim-not-the-embedding", "head", lambda f: (setkey(HEAD, ["head", "dim"], 16)(f), mlp_weights(f, 16, 8)),
+     HEAD, "embeds into 24"),
     ("head-lora-r-huge", "lora", setkey(HEAD, ["head", "r"], HUGE), HEAD, "r"),
     ("head-lora-alpha-string", "lora", setkey(HEAD, ["head", "alpha"], "x"), HEAD, "alpha"),
     ("head-pp-image-size-negative", "head", setkey(HEAD, ["preprocessing"], {"image_size": -32}), HEAD,
