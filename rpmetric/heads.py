@@ -20,6 +20,7 @@ L2 normalisation and evaluation, attacks and counterattacks work unchanged.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 
 from .errors import MissingDependencyError
 from .files import write_json
-from .spec import MAX_HIDDEN, MAX_LORA_R, MAX_WIDTH, config_real
+from .spec import MAX_HIDDEN, MAX_LORA_R, MAX_WIDTH
 from .validation import check_int
 
 __all__ = [
@@ -98,9 +99,9 @@ class HeadConfig:
             object.__setattr__(self, name, _size(name, getattr(self, name), high))
         if self.dim is not None:
             object.__setattr__(self, "dim", _size("dim", self.dim, MAX_WIDTH))
-        object.__setattr__(self, "alpha", config_real("alpha", self.alpha, -math.inf, math.inf))
-        dropout = config_real("dropout", self.dropout, 0.0, 1.0)
-        if dropout == 1.0:
+        if not _finite(self.alpha):
+            raise ValueError(f"Argument `alpha` must be a finite number, but got {self.alpha!r}.")
+        if not (_finite(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"Argument `dropout` must be in [0, 1), but got {self.dropout!r}.")
         if isinstance(self.targets, str) or not all(isinstance(t, str) for t in self.targets):
             raise ValueError(f"Argument `targets` must be a list of module names, but got {self.targets!r}.")
@@ -124,6 +125,10 @@ class HeadConfig:
         if unknown:
             raise ValueError(f"Unknown head setting(s) {unknown}; a head config has {sorted(known)}.")
         return cls(**data)
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
 
 
 def _size(name: str, value, high: int) -> int:
