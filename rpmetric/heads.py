@@ -20,6 +20,7 @@ L2 normalisation and evaluation, attacks and counterattacks work unchanged.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from torch.nn import functional as F
 
 from .errors import MissingDependencyError
 from .files import atomic_write, write_json
+from .spec import MAX_HIDDEN, MAX_LORA_R, MAX_WIDTH
 from .validation import check_int
 
 __all__ = [
@@ -92,10 +94,17 @@ class HeadConfig:
     def __post_init__(self):
         if self.type not in HEAD_TYPES:
             raise ValueError(f"Argument `type` must be one of {HEAD_TYPES}, but got {self.type!r}.")
-        for name in ("hidden", "r"):
-            object.__setattr__(self, name, check_int(name, getattr(self, name), low=1))
-        if not 0.0 <= float(self.dropout) < 1.0:
+        # Bounded (rpmetric.spec), since a head's sizes decide what is allocated before its weights load.
+        for name, high in (("hidden", MAX_HIDDEN), ("r", MAX_LORA_R)):
+            object.__setattr__(self, name, _size(name, getattr(self, name), high))
+        if self.dim is not None:
+            object.__setattr__(self, "dim", _size("dim", self.dim, MAX_WIDTH))
+        if not _finite(self.alpha):
+            raise ValueError(f"Argument `alpha` must be a finite number, but got {self.alpha!r}.")
+        if not (_finite(self.dropout) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"Argument `dropout` must be in [0, 1), but got {self.dropout!r}.")
+        if isinstance(self.targets, str) or not all(isinstance(t, str) for t in self.targets):
+            raise ValueError(f"Argument `targets` must be a list of module names, but got {self.targets!r}.")
         object.__setattr__(self, "targets", tuple(self.targets))
 
     def to_dict(self) -> dict:
@@ -116,6 +125,18 @@ class HeadConfig:
         if unknown:
             raise ValueError(f"Unknown head setting(s) {unknown}; a head config has {sorted(known)}.")
         return cls(**data)
+
+
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def _size(name: str, value, high: int) -> int:
+    """A head size: an integer in [1, high]."""
+    value = check_int(name, value, low=1)
+    if value > high:
+        raise ValueError(f"Argument `{name}` must be at most {high}, but got {value}.")
+    return value
 
 
 # -- MLP --------------------------------------------------------------------------------------
@@ -386,6 +407,7 @@ def load_head(backbone: nn.Module, config: HeadConfig, state: Dict[str, torch.Te
         ValueError: the tensors do not fit the head (names or shapes), as in :func:`load_head_state`.
     """
     if config.type == "mlp":
+        _check_mlp_shapes(config, state, where)  # before attach_head allocates what the config asks for
         module, _ = attach_head(backbone, config)
         load_head_state(module, state, where=where)
         return module
@@ -403,6 +425,30 @@ def load_head(backbone: nn.Module, config: HeadConfig, state: Dict[str, torch.Te
             weight = backbone.get_submodule(name).weight
             weight += update.reshape(weight.shape).to(weight.dtype)
     return backbone
+
+
+def _check_embedding_size(base, config: HeadConfig, where: str) -> None:
+    """An MLP head's ``dim`` is the base model's embedding size, found by embedding one blank image
+    (a config cannot say it for every architecture); otherwise the first distance would fail."""
+    size = base.image_size
+    with torch.no_grad():
+        dim = base(torch.zeros(1, 3, size, size)).shape[-1]
+    if config.dim != dim:
+        raise ValueError(f"{where}: the head's dim is {config.dim}, but base model {base.spec.name!r} embeds "
+                         f"into {dim} dimensions; the head was trained on another base model.")
+
+
+def _check_mlp_shapes(config: HeadConfig, state: Dict[str, torch.Tensor], where: str) -> None:
+    """The MLP tensors in ``state`` have the shapes ``config.dim`` and ``config.hidden`` ask for."""
+    dim, hidden = config.dim, config.hidden
+    if dim is None:
+        return  # attach_head says what is missing
+    shapes = {"mlp_head.fc1.weight": (hidden, dim), "mlp_head.fc1.bias": (hidden,),
+              "mlp_head.fc2.weight": (dim, hidden), "mlp_head.fc2.bias": (dim,)}
+    for key, shape in shapes.items():
+        if key in state and tuple(state[key].shape) != shape:
+            raise ValueError(f"{where}: shape of {key!r} is {tuple(state[key].shape)}, but the head's dim {dim} "
+                             f"and hidden {hidden} ask for {shape}.")
 
 
 def _lora_update(layer: nn.Module, name: str, config: HeadConfig, state: Dict[str, torch.Tensor],
@@ -506,7 +552,10 @@ def read_head_config(spec, meta, *, force_check: bool = False):
     if not isinstance(meta, dict):
         raise ValueError(f"{where} must hold a JSON object, but holds a {type(meta).__name__}.")
     version = meta.get("format", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"{where}: 'format' must be a positive integer (rpmetric {__version__} writes "
+                         f"{FORMAT_VERSION}), but got {version!r}; write it as a number, e.g. \"format\": 1.")
+    if version > FORMAT_VERSION:
         raise ValueError(f"{where} is head folder format {version!r}, but rpmetric {__version__} reads format "
                          f"{FORMAT_VERSION} at most; upgrade rpmetric (pip install -U rpmetric) to load it.")
     base_model = meta.get("base_model")
@@ -517,12 +566,34 @@ def read_head_config(spec, meta, *, force_check: bool = False):
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: 'head': {err}") from None
     try:
-        base_spec = hub.resolve(base_model)
+        base_spec = _resolve_base(spec, base_model)
     except (TypeError, ValueError) as err:
         raise type(err)(f"{where}: base_model {base_model!r} cannot be loaded: {err}") from None
     if hub.fetch_head(base_spec, force_check=force_check) is not None:
         raise ValueError(f"{where}: base_model {base_model!r} is itself a head folder; heads do not stack.")
     return base_spec, config
+
+
+def _resolve_base(spec, base_model: str):
+    """The spec of a head's base model. A relative path is read from the head's folder, never from
+    the working directory, so a head gives the same distances wherever it is loaded from; without a
+    folder (a Hub head) a relative name is a zoo name."""
+    from . import hub
+    from .spec import get_spec
+
+    path = Path(base_model).expanduser()
+    if base_model.startswith(hub.HUB_PREFIX) or path.is_absolute():
+        return hub.resolve(base_model)
+    beside = Path(spec.local_path) / path if spec.local_path else None
+    if beside is not None and beside.is_dir():
+        return hub.resolve(beside)
+    try:
+        return get_spec(base_model)
+    except ValueError as err:
+        if beside is None:
+            raise
+        raise ValueError(f"{err} A relative path is read from the head's folder, and {beside} is not a "
+                         "folder.") from None
 
 
 def load_headed_encoder(spec, head_files, *, resize: bool = True):
@@ -532,22 +603,28 @@ def load_headed_encoder(spec, head_files, *, resize: bool = True):
         spec: the resolved spec of the head folder or Hub repo.
         head_files: ``(config dict, path of head.safetensors)`` from :func:`rpmetric.hub.fetch_head`.
     """
-    from safetensors.torch import load_file
-
+    from .backbones.weights import read_safetensors
     from .encoder import Encoder, load_plain_encoder
     from .spec import Preprocessing
 
     meta, weights = head_files
     where = f"{spec.source}/{CONFIG_NAME}"
     base_spec, config = read_head_config(spec, meta)
-    base = load_plain_encoder(base_spec, resize=resize)  # read_head_config checked: not a head
-    module = load_head(base.backbone, config, load_file(str(weights)), where=str(weights))
     overrides = meta.get("preprocessing") or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{where}: 'preprocessing' must be an object of Preprocessing fields, but got {overrides!r}.")
     unknown = sorted(set(overrides) - set(Preprocessing.__dataclass_fields__))
     if unknown:
         raise ValueError(f"{where}: unknown preprocessing field(s) {unknown}; valid: "
                          f"{sorted(Preprocessing.__dataclass_fields__)}.")
-    preprocessing = replace(base.spec.preprocessing, **overrides)
+    base = load_plain_encoder(base_spec, resize=resize)  # read_head_config checked: not a head
+    if config.type == "mlp":
+        _check_embedding_size(base, config, where)
+    try:
+        preprocessing = replace(base.spec.preprocessing, **overrides)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: 'preprocessing': {err}") from None
+    module = load_head(base.backbone, config, read_safetensors(weights), where=str(weights))
     headed_spec = replace(spec, preprocessing=preprocessing, architecture=base.spec.architecture,
                           training=base.spec.training, notes=f"{config.type} head on {meta['base_model']}")
     return Encoder(module, headed_spec, resize=resize)

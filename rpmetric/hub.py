@@ -37,6 +37,8 @@ _OPTIONAL_FILES = {Family.HF_VIT: ("preprocessor_config.json",)}
 MODEL_FILES = tuple(dict.fromkeys([name for config, weights in _LAYOUTS.values() for name in (config, *weights)]
                                   + [name for names in _OPTIONAL_FILES.values() for name in names]))
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# A config is kilobytes; a bigger "config" is not one, and is not read into memory.
+MAX_CONFIG_BYTES = 16 * 2 ** 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class ModelFiles:
     config: dict
     weights: Path
     extras: dict  # optional files by name -> parsed JSON
+    config_path: Optional[Path] = None  # where `config` was read, for messages
+
+    def path_of(self, name: str) -> Path:
+        """The path of the config or an extra file by name, for messages (they sit side by side)."""
+        return (self.config_path or self.weights).parent / name
 
 
 def resolve(model) -> ModelSpec:
@@ -110,7 +117,7 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     config_path = source.get(config_name)
     if config_path is None:
         raise source.missing([config_name])
-    config = json.loads(Path(config_path).read_text())
+    config = read_json(config_path)
     weights = None
     for name in weight_names:
         weights = source.get(name)
@@ -122,8 +129,9 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     for name in _OPTIONAL_FILES.get(family, ()):
         path = source.get(name)
         if path is not None:
-            extras[name] = json.loads(Path(path).read_text())
-    return ModelFiles(family=family, config=config, weights=Path(weights), extras=extras)
+            extras[name] = read_json(path)
+    return ModelFiles(family=family, config=config, weights=Path(weights), extras=extras,
+                      config_path=Path(config_path))
 
 
 def fetch_head(spec: ModelSpec, *, force_check: bool = False):
@@ -146,7 +154,30 @@ def fetch_head(spec: ModelSpec, *, force_check: bool = False):
     if weights is None:
         raise source.missing([WEIGHTS_NAME], hint=f"it has {CONFIG_NAME}, so it is a trained head, whose weights "
                                                 f"belong in {WEIGHTS_NAME} next to that file")
-    return json.loads(Path(config_path).read_text()), Path(weights)
+    return read_json(config_path), Path(weights)
+
+
+def read_json(path) -> dict:
+    """A config file's JSON object, or a one-line ValueError naming the file.
+
+    Refused: a file over ``MAX_CONFIG_BYTES``, text that is not UTF-8 JSON, nesting deeper than
+    Python's parser allows (a RecursionError otherwise), and anything but an object at the top.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} is {size} bytes; a config file is at most {MAX_CONFIG_BYTES} bytes.")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err}); a config file is UTF-8 JSON.") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}).") from None
+    except RecursionError:
+        raise ValueError(f"{path} nests too deep to parse; a config file is a shallow JSON object.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, but holds a {type(data).__name__}.")
+    return data
 
 
 def _detect_family(source) -> Family:
@@ -155,7 +186,7 @@ def _detect_family(source) -> Family:
     config_path = source.get("config.json")
     if config_path is None:
         raise source.missing(["open_clip_config.json", "config.json"])
-    config = json.loads(Path(config_path).read_text())
+    config = read_json(config_path)
     if "architecture" in config:
         return Family.TIMM
     if config.get("model_type") == "vit":
@@ -165,6 +196,10 @@ def _detect_family(source) -> Family:
         "supported layouts are open_clip (open_clip_config.json), timm (config.json with 'architecture') "
         "and transformers ViT (config.json with model_type 'vit')."
     )
+
+
+_LAYOUT_HINT = ("a model folder holds open_clip_config.json with open_clip_model.safetensors (open_clip), "
+                "or config.json with model.safetensors (timm or transformers ViT)")
 
 
 class _FolderSource:
@@ -177,10 +212,10 @@ class _FolderSource:
         return path if path.is_file() else None
 
     def missing(self, names, hint: str = "") -> Exception:
-        present = sorted(p.name for p in self.folder.iterdir())
-        hint = f"; {hint}" if hint else ""
-        return FileNotFoundError(f"{self.folder} has no {' or '.join(names)} "
-                                 f"(it holds: {', '.join(present) or 'nothing'}){hint}.")
+        # Only the expected files are named: the folder may be any folder (a head's base_model), and
+        # its other contents are none of the message's business.
+        hint = hint or _LAYOUT_HINT
+        return FileNotFoundError(f"{self.folder} has no {' or '.join(names)}; {hint}.")
 
 
 class _HubSource:

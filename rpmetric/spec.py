@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 import enum
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib import resources
@@ -23,7 +25,59 @@ __all__ = [
     "list_models",
     "get_spec",
     "default_model",
+    "MAX_IMAGE_SIZE",
+    "MAX_WIDTH",
+    "MAX_HIDDEN",
+    "MAX_LAYERS",
+    "MAX_LORA_R",
+    "config_int",
+    "config_real",
 ]
+
+# Upper bounds on the sizes a model or head config may ask for. Each admits every published model
+# (ViT-bigG/14: width 1664, 48 layers, MLP 8192; ViT-g/14: 1408, 40, 6144; ViT-H/14: 1280, 32, 5120;
+# EVA02-E: 64 layers; ViT-22B: width 6144; SigLIP and DINOv2 inputs at 384-518 px) with room to
+# spare, and refuses a config whose sizes alone would cost gigabytes before a weight is read.
+MAX_IMAGE_SIZE = 2048  # model input side (image_size); resize_size may be up to twice that
+MAX_WIDTH = 8192  # widths: transformer width, hidden_size, embed_dim, a head's dim
+MAX_HIDDEN = 65536  # MLP hidden sizes (intermediate_size, a head's hidden) and other sizes in timm's model_args
+MAX_LAYERS = 128  # transformer layers (layers, num_hidden_layers, depth)
+MAX_LORA_R = 1024  # LoRA rank
+
+
+def config_int(name: str, value, low: int = 1, high: int = MAX_WIDTH) -> int:
+    """``value`` as an int in ``[low, high]``, for sizes read from config files (bools refused).
+
+    Example:
+        >>> config_int("image_size", -32, high=MAX_IMAGE_SIZE)
+        Traceback (most recent call last):
+        ...
+        ValueError: `image_size` must be an integer in [1, 2048], but got -32.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+        raise ValueError(f"`{name}` must be an integer in [{low}, {high}], but got {value!r}.")
+    return int(value)
+
+
+def config_real(name: str, value, low: float, high: float, low_open: bool = False) -> float:
+    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+          and (low < value if low_open else low <= value) and value <= high)
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"`{name}` must be a finite number in {bracket}{low:g}, {high:g}], but got {value!r}.")
+    return float(value)
+
+
+def _channel_values(name: str, values, positive: bool) -> Tuple[float, float, float]:
+    """Three finite per-channel numbers (RGB), all > 0 when ``positive``."""
+    ok = isinstance(values, (list, tuple)) and len(values) == 3 and all(
+        not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v) and (v > 0 or not positive)
+        for v in values)
+    if not ok:
+        what = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"Argument `{name}` must be 3 {what}, one per RGB channel, but got {values!r}.")
+    return tuple(float(v) for v in values)
 
 
 class Family(str, enum.Enum):
@@ -64,6 +118,8 @@ class Preprocessing:
     std: Tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
     def __post_init__(self):
+        config_int("image_size", self.image_size, high=MAX_IMAGE_SIZE)
+        config_int("resize_size", self.resize_size, high=2 * MAX_IMAGE_SIZE)
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(
                 f"Argument `interpolation` must be one of {INTERPOLATIONS}, but got {self.interpolation!r}."
@@ -77,8 +133,9 @@ class Preprocessing:
                 f"`resize_size` ({self.resize_size}) must be at least `image_size` ({self.image_size}), "
                 "since the centre crop is taken from the resized image."
             )
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        # std > 0: the model divides by it, and a zero gives NaN distances rather than an error.
+        object.__setattr__(self, "mean", _channel_values("mean", self.mean, positive=False))
+        object.__setattr__(self, "std", _channel_values("std", self.std, positive=True))
 
 
 # Published resize conventions, by `rpmetric eval --preprocess` name: the geometry they give a

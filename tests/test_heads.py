@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -543,3 +544,46 @@ def test_lora_on_a_wider_conv_is_refused():
     config = HeadConfig("lora", r=2, targets=("mlp.fc1",))
     with pytest.raises(ValueError, match=r"LoRA target 'mlp.fc1' is a \(3, 3\) Conv2d; only Linear and 1x1 Conv2d"):
         load_head(_Mlp(conv=True, kernel=3), config, {})
+
+
+def test_relative_base_model_is_read_from_the_head_folder_whatever_the_working_directory(vit_folder, tmp_path,
+                                                                                         monkeypatch):
+    """A hand-written "../models/vit" means the folder beside the head, from any working directory:
+    from b/x it used to load b/models/vit, another model, and gave other distances."""
+    encoder, config = _headed(vit_folder, HeadConfig("mlp", hidden=16))
+    shutil.copytree(vit_folder, tmp_path / "a" / "models" / "vit")
+    tinymodels.save_open_clip(tmp_path / "b" / "models" / "vit", tinymodels.TINY_VIT_CFG, seed=1)
+    (tmp_path / "b" / "x").mkdir()
+    head = save_head_folder(tmp_path / "a" / "head", str(vit_folder), config, head_state_dict(encoder.backbone))
+    meta = json.loads((head / CONFIG_NAME).read_text())
+    (head / CONFIG_NAME).write_text(json.dumps(dict(meta, base_model="../models/vit")))
+    with torch.no_grad():
+        expected = rpmetric.RobustDistance(encoder, device="cpu")(IMAGES, OTHER)
+        for cwd in (head, tmp_path / "b" / "x"):
+            monkeypatch.chdir(cwd)
+            assert torch.equal(rpmetric.RobustDistance(str(head), device="cpu")(IMAGES, OTHER), expected), cwd
+
+
+def test_relative_base_model_that_is_no_folder_names_where_it_was_looked_for(vit_folder, tmp_path, monkeypatch):
+    encoder, config = _headed(vit_folder, HeadConfig("mlp", hidden=16))
+    head = save_head_folder(tmp_path / "head", str(vit_folder), config, head_state_dict(encoder.backbone))
+    meta = json.loads((head / CONFIG_NAME).read_text())
+    (head / CONFIG_NAME).write_text(json.dumps(dict(meta, base_model=vit_folder.name)))
+    monkeypatch.chdir(vit_folder.parent)  # where the name would be a folder, if it were read from here
+    with pytest.raises(ValueError, match=rf"base_model '{vit_folder.name}' cannot be loaded: Unknown model .*"
+                                         rf"read from the head's folder, and .*{vit_folder.name} is not a folder"):
+        rpmetric.RobustDistance(str(head), device="cpu")
+
+
+def test_base_model_error_does_not_list_the_folder_it_names(vit_folder, tmp_path):
+    """A base_model may point anywhere; the error names the files a model folder needs, not what it holds."""
+    encoder, config = _headed(vit_folder, HeadConfig("mlp", hidden=16))
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "secret-notes.txt").write_text("x")
+    save_head_folder(tmp_path / "head", str(private), config, head_state_dict(encoder.backbone))
+    with pytest.raises(FileNotFoundError) as caught:
+        rpmetric.RobustDistance(str(tmp_path / "head"), device="cpu")
+    assert "secret-notes" not in str(caught.value)
+    assert "has no open_clip_config.json or config.json" in str(caught.value)
+    assert "open_clip_model.safetensors" in str(caught.value)

@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import pytest
@@ -397,3 +398,53 @@ def test_download_with_an_unreachable_hub_says_the_cache_was_not_checked(zoo_cac
     for needle in ("'r-clip-f-vitb32'", "http://127.0.0.1:9", "cannot be reached", "not checked",
                    "HF_HUB_OFFLINE=1"):
         assert needle in err[0]
+
+
+@pytest.mark.parametrize("kind, file, path, value, key", [
+    ("convnext", "open_clip_config.json", ["model_cfg", "vision_cfg", "timm_model_pretrained"], True,
+     "timm_model_pretrained"),
+    ("timm", "config.json", ["model_args", "pretrained"], True, "pretrained"),
+    ("timm", "config.json", ["model_args", "pretrained_cfg_overlay"], {"hf_hub_id": "timm/test_vit.r160_in1k"},
+     "pretrained_cfg_overlay"),
+    ("timm", "config.json", ["architecture"], "hf-hub:timm/test_vit.r160_in1k", "architecture"),
+    ("timm", "config.json", ["model_args", "checkpoint_path"], "/etc/hostname", "checkpoint_path"),
+], ids=["open_clip-timm_model_pretrained", "timm-pretrained", "timm-pretrained_cfg_overlay", "timm-hf-hub-arch",
+        "timm-checkpoint_path"])
+def test_a_local_folder_never_reaches_the_network(request, tmp_path, monkeypatch, capsys, kind, file, path,
+                                                  value, key):
+    """Keys with which open_clip or timm would fetch weights or configs from the Hub, or open another
+    file, are refused naming the key; with HF_HUB_OFFLINE unset and a Hub endpoint on loopback, no
+    connection is even attempted."""
+    import shutil
+    import socket
+
+    import huggingface_hub
+
+    from rpmetric.cli import main
+
+    folder = tmp_path / "model"
+    shutil.copytree(request.getfixturevalue(f"{kind}_folder"), folder)
+    config = json.loads((folder / file).read_text())
+    node = config
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    (folder / file).write_text(json.dumps(config))
+    _, images = _two_pngs(tmp_path)
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise ConnectionRefusedError("tests allow no connection")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE["HF_ENDPOINT"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", UNREACHABLE["HF_ENDPOINT"])
+    status = main(["distance", *map(str, images), "--model", str(folder)])
+    err = capsys.readouterr().err
+    assert attempts == []
+    assert status == 2 and file in err and repr(key)[1:-1] in err, err

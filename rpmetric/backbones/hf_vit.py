@@ -13,10 +13,10 @@ from typing import Dict
 import torch
 from torch import nn
 
-from ..spec import Preprocessing
-from .weights import load_strict, read_state_dict
+from ..spec import MAX_HIDDEN, MAX_IMAGE_SIZE, MAX_LAYERS, Preprocessing, config_int, config_real
+from .weights import build_checked, read_state_dict
 
-__all__ = ["build_hf_vit", "hf_vit_preprocessing", "convert_hf_vit"]
+__all__ = ["build_hf_vit", "hf_vit_preprocessing", "convert_hf_vit", "check_hf_vit_config"]
 
 # (transformers key pattern, timm key); "{i}" is the block index.
 _KEY_SWAPS = (
@@ -61,32 +61,55 @@ def convert_hf_vit(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def check_hf_vit_config(config: dict) -> None:
+    """Raise ValueError unless a transformers ViTConfig's sizes are within bounds (see :mod:`rpmetric.spec`)."""
+    act = config.get("hidden_act", "gelu")
+    if act not in _SUPPORTED_ACT:
+        raise ValueError(f"hidden_act {act!r} is not supported for the ViT remap; supported: {_SUPPORTED_ACT}.")
+    hidden = config_int("hidden_size", config.get("hidden_size", 768))
+    heads = config_int("num_attention_heads", config.get("num_attention_heads", 12), high=hidden)
+    if hidden % heads:
+        raise ValueError(f"`num_attention_heads` ({heads}) must divide `hidden_size` ({hidden}).")
+    config_int("num_hidden_layers", config.get("num_hidden_layers", 12), high=MAX_LAYERS)
+    config_int("intermediate_size", config.get("intermediate_size", 4 * hidden), high=MAX_HIDDEN)
+    size = config_int("image_size", config.get("image_size", 224), high=MAX_IMAGE_SIZE)
+    config_int("patch_size", config.get("patch_size", 16), high=size)
+    if config.get("num_channels", 3) != 3:
+        raise ValueError(f"`num_channels` must be 3 (RGB), but got {config.get('num_channels')!r}.")
+    config_real("layer_norm_eps", config.get("layer_norm_eps", 1e-12), 0, 1, low_open=True)
+    if not isinstance(config.get("qkv_bias", True), bool):
+        raise ValueError(f"`qkv_bias` must be true or false, but got {config.get('qkv_bias')!r}.")
+
+
 def build_hf_vit(files) -> nn.Module:
     """timm's ViT built from a transformers ViTConfig; output is the CLS token after the final norm."""
     from timm.models.vision_transformer import VisionTransformer
 
     cfg = files.config
-    act = cfg.get("hidden_act", "gelu")
-    if act not in _SUPPORTED_ACT:
-        raise ValueError(f"hidden_act {act!r} is not supported for the ViT remap; supported: {_SUPPORTED_ACT}.")
     hidden = cfg.get("hidden_size", 768)
-    model = VisionTransformer(
-        img_size=cfg.get("image_size", 224),
-        patch_size=cfg.get("patch_size", 16),
-        in_chans=cfg.get("num_channels", 3),
-        num_classes=0,
-        global_pool="token",
-        embed_dim=hidden,
-        depth=cfg.get("num_hidden_layers", 12),
-        num_heads=cfg.get("num_attention_heads", 12),
-        mlp_ratio=cfg.get("intermediate_size", 4 * hidden) / hidden,
-        qkv_bias=cfg.get("qkv_bias", True),
-        # transformers' ViT default eps is 1e-12, timm's 1e-6: take the checkpoint's.
-        norm_layer=partial(nn.LayerNorm, eps=cfg.get("layer_norm_eps", 1e-12)),
-    )
-    state = convert_hf_vit(read_state_dict(files.weights))
-    load_strict(model, state, where=str(files.weights))
-    return model
+
+    def make():
+        return VisionTransformer(
+            img_size=cfg.get("image_size", 224),
+            patch_size=cfg.get("patch_size", 16),
+            in_chans=cfg.get("num_channels", 3),
+            num_classes=0,
+            global_pool="token",
+            embed_dim=hidden,
+            depth=cfg.get("num_hidden_layers", 12),
+            num_heads=cfg.get("num_attention_heads", 12),
+            mlp_ratio=cfg.get("intermediate_size", 4 * hidden) / hidden,
+            qkv_bias=cfg.get("qkv_bias", True),
+            # transformers' ViT default eps is 1e-12, timm's 1e-6: take the checkpoint's.
+            norm_layer=partial(nn.LayerNorm, eps=cfg.get("layer_norm_eps", 1e-12)),
+        )
+
+    state = read_state_dict(files.weights)
+    try:
+        state = convert_hf_vit(state)
+    except ValueError as err:
+        raise ValueError(f"{files.weights}: {err}") from None
+    return build_checked(make, state, config=str(files.config_path), weights=str(files.weights))
 
 
 _RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest"}
@@ -95,12 +118,12 @@ _RESAMPLE = {2: "bilinear", 3: "bicubic", 0: "nearest"}
 def hf_vit_preprocessing(config: dict, extras: dict) -> Preprocessing:
     """Preprocessing for a ViT folder outside the zoo: DINO's 256/224 bicubic, ImageNet statistics,
     unless ``preprocessor_config.json`` gives the statistics and interpolation."""
-    size = int(config.get("image_size", 224))
+    size = config.get("image_size", 224)
     pp = extras.get("preprocessor_config.json", {})
     return Preprocessing(
         image_size=size,
         resize_size=int(round(size * 256 / 224)),
         interpolation=_RESAMPLE.get(pp.get("resample"), "bicubic"),
-        mean=tuple(pp.get("image_mean", (0.485, 0.456, 0.406))),
-        std=tuple(pp.get("image_std", (0.229, 0.224, 0.225))),
+        mean=pp.get("image_mean", (0.485, 0.456, 0.406)),
+        std=pp.get("image_std", (0.229, 0.224, 0.225)),
     )

@@ -4,13 +4,58 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..spec import Preprocessing
-from .weights import load_strict, read_state_dict, split_prefix
+from ..spec import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_WIDTH, Preprocessing, config_int, config_real
+from .weights import build_checked, read_state_dict, split_prefix
 
-__all__ = ["build_open_clip", "open_clip_preprocessing"]
+__all__ = ["build_open_clip", "open_clip_preprocessing", "check_open_clip_config"]
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def check_open_clip_config(config: dict) -> None:
+    """Raise ValueError unless ``open_clip_config.json`` describes a vision tower within bounds
+    (see :mod:`rpmetric.spec`) that is built from the folder alone.
+
+    ``timm_model_pretrained`` is refused: it makes timm download ImageNet weights from the Hub, and a
+    model folder carries its own weights.
+    """
+    from .timm_model import check_timm_name
+
+    model_cfg = config.get("model_cfg")
+    if not isinstance(model_cfg, dict) or not isinstance(model_cfg.get("vision_cfg"), dict) or "embed_dim" not in model_cfg:
+        raise ValueError("it has no 'model_cfg' object with 'embed_dim' and a 'vision_cfg' object.")
+    config_int("model_cfg.embed_dim", model_cfg["embed_dim"])
+    vision = model_cfg["vision_cfg"]
+    size = _image_size(vision)
+    if vision.get("timm_model_pretrained"):
+        raise ValueError("'timm_model_pretrained' is true, which would download weights from the Hub; a model "
+                         "folder carries its own weights: set it to false.")
+    if vision.get("timm_model_name"):
+        check_timm_name("model_cfg.vision_cfg.timm_model_name", vision["timm_model_name"])
+        return
+    layers = vision.get("layers", 12)
+    if isinstance(layers, (list, tuple)):  # ModifiedResNet: blocks per stage
+        for i, n in enumerate(layers):
+            config_int(f"model_cfg.vision_cfg.layers[{i}]", n, high=MAX_LAYERS)
+        return
+    config_int("model_cfg.vision_cfg.layers", layers, high=MAX_LAYERS)
+    width = config_int("model_cfg.vision_cfg.width", vision.get("width", 768))
+    head_width = config_int("model_cfg.vision_cfg.head_width", vision.get("head_width", 64), high=width)
+    if width % head_width:
+        raise ValueError(f"`model_cfg.vision_cfg.head_width` ({head_width}) must divide `width` ({width}).")
+    config_int("model_cfg.vision_cfg.patch_size", vision.get("patch_size", 16), high=size)
+    config_real("model_cfg.vision_cfg.mlp_ratio", vision.get("mlp_ratio", 4.0), 0, 16, low_open=True)
+
+
+def _image_size(vision: dict) -> int:
+    size = vision.get("image_size", 224)
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise ValueError(f"`model_cfg.vision_cfg.image_size` must be square, but got {size!r}; "
+                             "non-square model inputs are not supported.")
+        size = size[0]
+    return config_int("model_cfg.vision_cfg.image_size", size, high=MAX_IMAGE_SIZE)
 
 
 def build_open_clip(files) -> nn.Module:
@@ -21,18 +66,14 @@ def build_open_clip(files) -> nn.Module:
     """
     from open_clip.model import _build_vision_tower
 
-    model_cfg = files.config.get("model_cfg")
-    if not isinstance(model_cfg, dict) or "vision_cfg" not in model_cfg or "embed_dim" not in model_cfg:
-        raise ValueError(f"{files.weights.parent}/open_clip_config.json has no model_cfg with embed_dim and vision_cfg.")
-    visual = _build_vision_tower(
-        model_cfg["embed_dim"], _with_custom_block(model_cfg["vision_cfg"]),
-        quick_gelu=bool(model_cfg.get("quick_gelu", False)),
-    )
+    model_cfg = files.config["model_cfg"]
     state, found = split_prefix(read_state_dict(files.weights), "visual.")
     if not found:
         raise ValueError(f"{files.weights} has no 'visual.*' tensors; it is not an open_clip CLIP checkpoint.")
-    load_strict(visual, state, where=str(files.weights))
-    return visual
+    return build_checked(
+        lambda: _build_vision_tower(model_cfg["embed_dim"], _with_custom_block(model_cfg["vision_cfg"]),
+                                    quick_gelu=bool(model_cfg.get("quick_gelu", False))),
+        state, config=str(files.config_path), weights=str(files.weights))
 
 
 def _with_custom_block(vision_cfg: dict) -> dict:
@@ -55,17 +96,15 @@ def _with_custom_block(vision_cfg: dict) -> dict:
 
 def open_clip_preprocessing(config: dict) -> Preprocessing:
     """Preprocessing an open_clip config prescribes (for models outside the zoo)."""
-    size = config["model_cfg"]["vision_cfg"].get("image_size", 224)
-    if isinstance(size, (list, tuple)):
-        if size[0] != size[1]:
-            raise ValueError(f"Non-square model input {tuple(size)} is not supported.")
-        size = size[0]
+    size = _image_size(config["model_cfg"]["vision_cfg"])
     pp = config.get("preprocess_cfg", {})
+    if not isinstance(pp, dict):
+        raise ValueError(f"'preprocess_cfg' must be an object, but got {pp!r}.")
     return Preprocessing(
-        image_size=int(size),
-        resize_size=int(size),
+        image_size=size,
+        resize_size=size,
         interpolation=pp.get("interpolation", "bicubic"),
         resize_mode="squash" if pp.get("resize_mode") == "squash" else "shortest",
-        mean=tuple(pp.get("mean", _OPENAI_MEAN)),
-        std=tuple(pp.get("std", _OPENAI_STD)),
+        mean=pp.get("mean", _OPENAI_MEAN),
+        std=pp.get("std", _OPENAI_STD),
     )

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
-from typing import Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Tuple
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["read_state_dict", "load_strict"]
+__all__ = ["read_state_dict", "read_safetensors", "build_checked", "check_fit"]
+
+
+def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or a :class:`CheckpointError` naming it.
+
+    safetensors checks the header before it allocates (a header over 100 MB, offsets outside the
+    file or a size that does not match the shape are refused), so no file costs more than its size.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); download or save it "
+                              "again.") from None
 
 
 def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
@@ -21,12 +38,12 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
+        state = read_safetensors(path)
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says it all
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # pickle errors come in many types; all mean the same here
             raise CheckpointError(
                 f"{path} could not be read with torch.load(weights_only=True); rpmetric never unpickles "
@@ -37,6 +54,10 @@ def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dictionary of tensors.")
+    bad = next(((k, v) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path} is not a dictionary of tensors: its entry {bad[0]!r} is a "
+                              f"{type(bad[1]).__name__}.")
     return {_strip(k, "module."): v for k, v in state.items()}
 
 
@@ -54,10 +75,40 @@ def _strip(key: str, prefix: str) -> str:
     return key[len(prefix):] if key.startswith(prefix) else key
 
 
-def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], where: str, ignore: Iterable[str] = ()) -> None:
-    """Load every tensor, or fail naming the keys that do not fit (never strict=False)."""
-    ignore = tuple(ignore)
-    state = {k: v for k, v in state.items() if not k.startswith(ignore)}
+# What a library's constructor raises for a config it cannot build (a width its heads do not divide,
+# an unknown keyword): on the meta device these are config errors, never a fault of the machine.
+_BUILD_ERRORS = (TypeError, ValueError, KeyError, IndexError, AttributeError, AssertionError, ZeroDivisionError,
+                 RuntimeError, NotImplementedError)
+
+
+def build_checked(make: Callable[[], nn.Module], state: Dict[str, torch.Tensor], config: str, weights: str,
+                  ignore: Callable[[nn.Module], Iterable[str]] = lambda module: ()) -> nn.Module:
+    """``make()`` with ``state`` loaded, checked before anything is allocated.
+
+    ``make`` runs first on the meta device, where no memory is allocated: a config the library cannot
+    build fails there naming ``config``, and a model whose tensors do not match the checkpoint's
+    (a width of 10^9, say) fails naming ``weights``. Only a model that fits is then built for real,
+    so building never costs more than the checkpoint holds.
+
+    Args:
+        ignore: given the model, key prefixes of ``state`` to leave out (e.g. its classifier).
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = make()
+    except _BUILD_ERRORS as err:
+        reason = re.sub(r"\s+", " ", str(err)).strip()
+        raise ValueError(f"{config} describes a model that cannot be built ({type(err).__name__}: {reason}).") from None
+    prefixes = tuple(ignore(skeleton))
+    state = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+    check_fit(skeleton, state, weights)
+    module = make()
+    module.load_state_dict(state, strict=True)
+    return module
+
+
+def check_fit(module: nn.Module, state: Dict[str, torch.Tensor], where: str) -> None:
+    """Fail naming the keys that do not fit: missing, unexpected or of the wrong shape."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -71,7 +122,6 @@ def load_strict(module: nn.Module, state: Dict[str, torch.Tensor], where: str, i
             if keys:
                 parts.append(f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
         raise CheckpointError(f"The weights of {where} do not fit the architecture of its config; " + "; ".join(parts))
-    module.load_state_dict(state, strict=True)
 
 
 def split_prefix(state: Dict[str, torch.Tensor], prefix: str) -> Tuple[Dict[str, torch.Tensor], bool]:
