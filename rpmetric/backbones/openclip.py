@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..spec import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_WIDTH, Preprocessing, config_int, config_real
+from ..spec import MAX_IMAGE_SIZE, MAX_LAYERS, Preprocessing, config_int, config_real
 from .weights import build_checked, read_state_dict, split_prefix
 
 __all__ = ["build_open_clip", "open_clip_preprocessing", "check_open_clip_config"]
