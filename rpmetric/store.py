@@ -66,7 +66,6 @@ DTYPES = ("float16", "float32")
 DEFAULT_DTYPE, DEFAULT_SHARD_SIZE = "float16", 1024
 # Settings that must match for a rerun to resume an existing store rather than start a new one.
 _PLAN_KEYS = ("model", "dtype", "shard_size", "source")
-_MB = 1 << 20
 
 
 def spec_dict(spec) -> dict:
@@ -83,43 +82,40 @@ def _same_model(a: dict, b: dict) -> bool:
     return key(a) == key(b)
 
 
-# A minimal stand-in, to be replaced by rpmetric.fingerprint.model_fingerprint (issue 12).
 def _model_identity(spec) -> Optional[dict]:
-    """Where the model's weights are and, per weight file (a head's first), its size, mtime and a
-    blake2b of its first and last MB: enough to tell weights replaced in place. None for an
-    encoder built in memory, whose spec names no files."""
-    from . import hub
+    """Where the model's files are and their fingerprints (:func:`rpmetric.fingerprint.model_fingerprint`:
+    size, mtime and a hash of the first and last MB), enough to tell weights replaced in place. None
+    for an encoder built in memory, whose spec names no files."""
+    from .fingerprint import model_fingerprint
 
     if not (spec.local_path or spec.hub_id):
         return None
-    weights = []
-    for path in map(Path, hub.download(spec, force_check=False)):  # local or cached: no network
-        st, digest = path.stat(), hashlib.blake2b(digest_size=16)
-        with open(path, "rb") as f:
-            digest.update(f.read(_MB))
-            f.seek(max(_MB, st.st_size - _MB))
-            digest.update(f.read(_MB))
-        weights.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                        "blake2b_ends": digest.hexdigest()})
-    return {"location": spec.source, "weights": weights}
+    return model_fingerprint(spec)
 
 
-def _identity_change(saved: Optional[dict], current: dict) -> Optional[str]:
+_FINGERPRINT_PARTS = (("size", "size"), ("mtime_ns", "mtime_ns"), ("blake2b", "first and last MB"))
+
+
+def _identity_change(saved: Optional[dict], current: Optional[dict]) -> Optional[str]:
     """What differs between two :func:`_model_identity` (None if nothing, or if either is unknown:
-    a store from before format 3, or an encoder built in memory)."""
+    a store from before format 3, or an encoder built in memory); a head's base model is compared too."""
     if not (saved and current):
         return None
-    if saved["location"] != current["location"]:
-        return f"the model was {saved['location']}, now it is {current['location']}"
-    if len(saved["weights"]) != len(current["weights"]):
-        return f"the model had {len(saved['weights'])} weight file(s), now it has {len(current['weights'])}"
-    for old, new in zip(saved["weights"], current["weights"]):
-        what = [f"{label} {old[key]} -> {new[key]}" if key != "blake2b_ends" else label
-                for key, label in (("size", "size"), ("mtime_ns", "mtime_ns"), ("blake2b_ends", "first and last MB"))
-                if old[key] != new[key]]
-        if Path(old["path"]).name != Path(new["path"]).name or what:
-            where = Path(new["path"])
-            return f"{where.name} of {where.parent} differs ({', '.join(what) or 'another file name'})"
+    if saved.get("location") != current.get("location"):
+        return f"the model was {saved.get('location')}, now it is {current.get('location')}"
+    old_files, new_files = saved.get("files") or {}, current.get("files") or {}
+    for name in sorted(set(old_files) | set(new_files)):
+        old, new = old_files.get(name), new_files.get(name)
+        if old == new:
+            continue
+        if old is None or new is None:
+            what = "added" if old is None else "removed"
+        else:
+            what = ", ".join(f"{label} {old.get(key)} -> {new.get(key)}" if key != "blake2b" else label
+                             for key, label in _FINGERPRINT_PARTS if old.get(key) != new.get(key))
+        return f"{name} of {current['location']} differs ({what})"
+    if saved.get("base") or current.get("base"):
+        return _identity_change(saved.get("base") or {"location": None}, current.get("base") or {"location": None})
     return None
 
 
