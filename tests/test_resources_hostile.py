@@ -1,0 +1,174 @@
+"""No single file can exhaust memory or time, or end a run: elongated images, pixel bombs, decoder and
+allocation failures, sources that are not folders, and workers whose parent dies (issue 12, items 1 and 10)."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+import datagen
+from subproc import run_cli
+
+import rpmetric
+from rpmetric.preprocess import resize_and_crop, target_size
+from rpmetric.spec import Preprocessing
+
+WIDE, TALL = (1, 20000), (20000, 1)  # (height, width): the issue's 118-byte PNG, and the same on its side
+
+
+# -- files -------------------------------------------------------------------------------------
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims ``width x height`` RGB pixels, with one tiny (truncated) IDAT: cheap
+    to write, and only a decoder that trusts the header would try to allocate the claimed size."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def strip(path: Path, shape) -> Path:
+    """A noise PNG of ``shape`` (height, width): a few kilobytes that resize to gigabytes."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def truncated(path: Path) -> Path:
+    strip(path, (64, 64))
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+# (name, writer, reason the file is skipped with, or None: it is embedded). Pillow's limit
+# (PIL.Image.MAX_IMAGE_PIXELS = 89,478,485) warns above it and refuses above twice it; both are
+# refused from the header here, as one error.
+CASES = [
+    ("wide.png", lambda p: strip(p, WIDE), None),
+    ("tall.png", lambda p: strip(p, TALL), None),
+    ("over-limit.png", lambda p: png_header(p, 10000, 9000), r"10000 x 9000 = 90,000,000 pixels, over the limit"),
+    ("bomb.png", lambda p: png_header(p, 100000, 100000), r"more than twice the limit of 89,478,485 pixels"),
+    ("truncated.png", truncated, r"image file is truncated"),
+]
+
+
+# -- crop before resize: the same pixels as the full resize and crop ----------------------------
+ELONGATED = [(40, 400), (400, 40), (3, 300), (37, 501)]
+
+
+@pytest.mark.parametrize("shape", ELONGATED)
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_elongated_uint8_images_match_pil_resize_then_crop(shape, mode):
+    # PIL resizes the whole image, then crops: the independent reference for the 8-bit path. It runs
+    # the horizontal pass first, as torch's 8-bit kernel does (Pillow 13 picks the order by itself,
+    # and on noise the 8-bit clipping between the passes then differs by up to 20 levels).
+    pp = Preprocessing(image_size=32, resize_size=36, interpolation=mode)
+    arr = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    out = resize_and_crop(x, pp)
+    h, w = target_size(*shape, pp)
+    top, left = round((h - 32) / 2), round((w - 32) / 2)
+    filt = Image.BICUBIC if mode == "bicubic" else Image.BILINEAR
+    pil = Image.fromarray(arr).resize((w, shape[0]), filt).resize((w, h), filt).crop((left, top, left + 32, top + 32))
+    expected = torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].int()
+    assert out.dtype == torch.uint8 and out.shape == (1, 3, 32, 32)
+    diff = (out.int() - expected).abs()
+    assert diff.max() <= 2 and diff.float().mean() < 0.1  # as tests/test_preprocess.py holds the full resize
+    # and within a level of rounding of torch's 8-bit kernel on the whole image (what ran before).
+    full = torch.nn.functional.interpolate(x, size=(h, w), mode=mode, antialias=True)
+    assert (out.int() - full[..., top:top + 32, left:left + 32].int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("shape", ELONGATED + [(1, 2000), (2000, 1)])
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_elongated_float_images_match_torchvision_and_stay_differentiable(shape, mode):
+    pp = Preprocessing(image_size=32, resize_size=36, interpolation=mode)
+    x = torch.rand(2, 3, *shape, dtype=torch.float64, requires_grad=True)
+    interp = T.InterpolationMode.BICUBIC if mode == "bicubic" else T.InterpolationMode.BILINEAR
+    expected = T.Compose([T.Resize(36, interpolation=interp, antialias=True), T.CenterCrop(32)])(x.detach())
+    out = resize_and_crop(x, pp)
+    torch.testing.assert_close(out, expected.clamp(0, 1) if mode == "bicubic" else expected, atol=1e-9, rtol=0)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # float32, as the metric's forward takes it: within float32 rounding of torchvision.
+    x32 = x.detach().float()
+    expected32 = T.Compose([T.Resize(36, interpolation=interp, antialias=True), T.CenterCrop(32)])(x32)
+    torch.testing.assert_close(resize_and_crop(x32, pp), expected32.clamp(0, 1) if mode == "bicubic" else expected32,
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", ELONGATED)
+def test_elongated_nearest_picks_torch_s_pixels(shape):
+    pp = Preprocessing(image_size=32, resize_size=36, interpolation="nearest")
+    x = torch.randint(0, 256, (1, 3, *shape), dtype=torch.uint8)
+    h, w = target_size(*shape, pp)
+    top, left = round((h - 32) / 2), round((w - 32) / 2)
+    full = torch.nn.functional.interpolate(x, size=(h, w), mode="nearest")[..., top:top + 32, left:left + 32]
+    assert torch.equal(resize_and_crop(x, pp), full)
+
+
+@pytest.mark.parametrize("shape", ELONGATED)
+def test_the_8_bit_and_float_paths_agree_on_elongated_images(shape):
+    pp = Preprocessing(image_size=32, resize_size=36)
+    smooth = np.array(Image.fromarray(np.random.default_rng(2).integers(0, 256, (4, 4, 3), dtype=np.uint8))
+                        .resize(shape[::-1], Image.BICUBIC))  # no overshoot for the 8-bit passes to clip
+    x = torch.from_numpy(smooth).permute(2, 0, 1)[None].contiguous()
+    assert (resize_and_crop(x, pp).float() / 255 - resize_and_crop(x.float() / 255, pp)).abs().max() <= 1.5 / 255
+
+
+@pytest.mark.parametrize("shape", [WIDE, TALL, (3, 2_000_000), (2_000_000, 3)])
+@pytest.mark.parametrize("resize_mode", ["shortest", "squash"])
+def test_resize_costs_what_its_output_costs(shape, resize_mode):
+    # The ConvNeXt preprocessing (256, crop 224) on a strip: 256 x 5,120,000 pixels if resized whole
+    # (15 GB as float), and a squash resize that runs its horizontal pass first makes 2,000,000 x 224.
+    pp = Preprocessing(image_size=224, resize_size=256 if resize_mode == "shortest" else 224, resize_mode=resize_mode)
+    x = torch.randint(0, 256, (1, 3, *shape), dtype=torch.uint8)
+    script = textwrap.dedent(f"""
+        import resource, time, torch
+        from rpmetric.preprocess import resize_and_crop
+        from rpmetric.spec import Preprocessing
+        x = torch.load({str(_save(x))!r})
+        pp = Preprocessing(**{pp.__dict__!r})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        for y in (resize_and_crop(x, pp), resize_and_crop(x.float() / 255, pp)):
+            assert y.shape == (1, 3, 224, 224), y.shape
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        print(round(grown), round(time.perf_counter() - start, 2))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env=_limited_env())
+    assert out.returncode == 0, out.stderr
+    grown_mb, seconds = map(float, out.stdout.split())
+    assert grown_mb < 400 and seconds < 10  # the input alone is 72 MB as float
+
+
+_SAVED = {}
+
+
+def _save(x: torch.Tensor) -> str:
+    import tempfile
+
+    key = tuple(x.shape)
+    if key not in _SAVED:
+        path = Path(tempfile.mkdtemp()) / "x.pt"
+        torch.save(x, path)
+        _SAVED[key] = path
+    return _SAVED[key]
+
+
+def _limited_env():
+    return dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
