@@ -172,3 +172,29 @@ def _save(x: torch.Tensor) -> str:
 
 def _limited_env():
     return dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+
+
+# -- the pixel limit ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name, write, reason", [c for c in CASES if c[2] is not None], ids=lambda v: str(v)[:14])
+def test_unreadable_and_oversized_files_are_one_error_naming_the_file(tmp_path, name, write, reason, recwarn):
+    path = write(tmp_path / name)
+    with pytest.raises(ValueError, match=rf"{name} cannot be read as an image: .*{reason}"):
+        rpmetric.load_image(path)
+    assert not [w for w in recwarn if "DecompressionBomb" in w.category.__name__]
+
+
+def test_raising_pillow_s_limit_lets_a_trusted_file_through(tmp_path, monkeypatch):
+    path = strip(tmp_path / "a.png", (40, 50))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1999)  # 2000 pixels: refused, named, with the fix
+    with pytest.raises(ValueError, match=r"a.png cannot be read as an image: it is 50 x 40 = 2,000 pixels, over the "
+                                         r"limit of 1,999 pixels \(PIL.Image.MAX_IMAGE_PIXELS"):
+        rpmetric.load_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    assert rpmetric.load_image(path).shape == (1, 3, 40, 50)
+
+
+def test_load_image_size_refuses_a_resize_over_the_limit(tmp_path):
+    path = strip(tmp_path / "wide.png", (1, 400_000))
+    with pytest.raises(ValueError, match=r"`size` \(256\) would resize .*wide.png \(400000 x 1\) to 102400000 x 256"):
+        rpmetric.load_image(path, size=256)
+    assert rpmetric.load_image(path).shape == (1, 3, 1, 400_000)  # the metric itself crops before it resizes
