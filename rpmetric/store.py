@@ -42,7 +42,7 @@ import torch
 from . import distributed
 from ._version import __version__
 from .files import atomic_write, read_csv_columns, write_json
-from .images import read_pixels, unit_float
+from .images import DECODE_ERRORS, decode_failure, read_pixels, unit_float
 from .preprocess import resize_and_crop
 from .unique import embed_unique
 
@@ -191,7 +191,8 @@ def model_input(path: Union[str, Path], pp) -> torch.Tensor:
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    """:func:`model_input` of each file; an unreadable file yields its reason instead."""
+    """:func:`model_input` of each file; a file that cannot be decoded or resized (any of
+    ``rpmetric.images.DECODE_ERRORS``) yields its reason instead, and is listed as skipped."""
 
     def __init__(self, files: Sequence[str], pp):
         self.files = list(files)
@@ -203,8 +204,8 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return i, model_input(self.files[i], self.pp), None
-        except (ValueError, FileNotFoundError) as err:
-            return i, None, str(err)
+        except DECODE_ERRORS as err:
+            return i, None, decode_failure(self.files[i], err)
 
 
 def _collate(items):

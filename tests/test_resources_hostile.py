@@ -198,3 +198,144 @@ def test_load_image_size_refuses_a_resize_over_the_limit(tmp_path):
     with pytest.raises(ValueError, match=r"`size` \(256\) would resize .*wide.png \(400000 x 1\) to 102400000 x 256"):
         rpmetric.load_image(path, size=256)
     assert rpmetric.load_image(path).shape == (1, 3, 1, 400_000)  # the metric itself crops before it resizes
+
+
+# -- per-item failures: one file is skipped with its reason, the run goes on ---------------------
+FAILURES = [
+    ("allocation", RuntimeError("DefaultCPUAllocator: can't allocate memory"), r"RuntimeError \(DefaultCPUAllocator"),
+    ("numpy-memory", MemoryError(), r"MemoryError \(out of memory\)"),
+    ("decoder", OSError("broken data stream when reading image file"), r"OSError \(broken data stream"),
+    ("syntax", SyntaxError("not a TIFF file"), r"SyntaxError \(not a TIFF file"),
+]
+
+
+def _fail_on(monkeypatch, name, error):
+    """read_rgb raises ``error`` for files called ``name``, as a decoder or an allocation would."""
+    import rpmetric.images as images
+
+    real = images.read_rgb
+
+    def read_rgb(path):
+        if Path(path).name == name:
+            raise error
+        return real(path)
+
+    monkeypatch.setattr(images, "read_rgb", read_rgb)
+
+
+@pytest.mark.parametrize("case, error, reason", FAILURES, ids=[f[0] for f in FAILURES])
+def test_dataset_items_carry_any_decoding_failure_naming_the_file(tmp_path, monkeypatch, case, error, reason):
+    from rpmetric.datasets import PairImages, collate_images
+    from rpmetric.datasets.records import JNDPair
+
+    good = datagen.save_png(tmp_path / "good.png", datagen.pattern(0))
+    bad = datagen.save_png(tmp_path / "bad.png", datagen.pattern(1))
+    _fail_on(monkeypatch, "bad.png", error)
+    ds = PairImages([JNDPair("0", good, good, 1.0), JNDPair("1", good, bad, 0.0)])
+    batch = collate_images([ds[0], ds[1]])
+    assert batch["index"] == [0] and len(batch["errors"]) == 1
+    index, message = batch["errors"][0]
+    assert index == 1 and message.startswith(f"{bad} cannot be decoded and resized: ")
+    assert __import__("re").search(reason, message)
+
+
+@pytest.mark.parametrize("case, error, reason", FAILURES, ids=[f[0] for f in FAILURES])
+def test_embed_images_skips_a_file_whatever_stopped_it(tmp_path, monkeypatch, tiny_metric, case, error, reason):
+    from rpmetric.store import embed_images
+
+    files = [datagen.save_png(tmp_path / f"{n}.png", datagen.pattern(k)) for k, n in enumerate(("a", "bad", "c"))]
+    _fail_on(monkeypatch, "bad.png", error)
+    emb, paths, skipped = embed_images(tiny_metric, files, num_workers=0)
+    assert paths == [str(files[0]), str(files[2])] and emb.shape[0] == 2
+    assert [s["path"] for s in skipped] == [str(files[1])]
+    assert __import__("re").search(reason, skipped[0]["reason"]) and str(files[1]) in skipped[0]["reason"]
+
+
+# -- the whole commands under a memory limit ----------------------------------------------------
+# The limit is set after the imports (torch alone maps about 3.5 GB of address space): a worker may
+# then allocate 1.5 GB more. The full resize of the 1 x 20000 strip for a 224-pixel model is
+# 224 x 4,480,000 x 3 bytes = 3 GB; a crop before the resize needs a few megabytes.
+LIMITED = textwrap.dedent("""
+    import resource, sys
+    import torch, rpmetric.cli, open_clip, timm  # noqa: F401
+    vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize"))
+    limit = vm * 1024 + int(1.5 * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    sys.exit(rpmetric.cli.main(sys.argv[1:]))
+""")
+
+
+def run_limited(args, timeout=300):
+    return subprocess.run([sys.executable, "-c", LIMITED, *map(str, args)], capture_output=True, text=True,
+                          env=_limited_env(), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def hostile_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hostile") / "images"
+    folder.mkdir()
+    datagen.save_png(folder / "ok.png", datagen.pattern(3, (40, 48)))
+    for name, write, _ in CASES:
+        write(folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def embedded(hostile_folder, zoo_cache, tmp_path_factory):
+    """``rpmetric embed`` of the hostile folder with a 224-pixel model, under the memory limit."""
+    out = tmp_path_factory.mktemp("store") / "store"
+    result = run_limited(["embed", hostile_folder, "--out", out, "--model", zoo_cache[1], "--workers", "2",
+                          "--batch-size", "2", "--quiet"])
+    return result, out
+
+
+@pytest.mark.parametrize("name, write, reason", CASES, ids=[c[0] for c in CASES])
+def test_embed_goes_on_past_every_hostile_file(embedded, hostile_folder, name, write, reason):
+    result, out = embedded
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    skipped = {s["path"]: s["reason"] for s in manifest["skipped"]}
+    if reason is None:
+        assert name in manifest["paths"]
+    else:
+        assert name in skipped and str(hostile_folder / name) in skipped[name]
+        assert __import__("re").search(reason, skipped[name])
+    assert "ok.png" in manifest["paths"]
+    assert f"{len(manifest['paths'])} images embedded" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def evaluated(zoo_cache, tmp_path_factory):
+    """``rpmetric eval nights --skip-bad`` where each validation triplet's left image is a hostile file."""
+    root = tmp_path_factory.mktemp("nights") / "nights"
+    datagen.nights_known(root)
+    rows = (root / "data.csv").read_text().splitlines()
+    header, body = rows[0].split(","), [r.split(",") for r in rows[1:]]
+    split, left = header.index("split"), header.index("left_path")
+    tests = [r for r in body if r[split] == "test" and int(r[header.index("votes")]) >= 6]
+    # The bad files in test_imagenet (4 triplets), so that no group is left empty.
+    tests.sort(key=lambda r: r[header.index("is_imagenet")] != "True")
+    cases = sorted(CASES, key=lambda c: c[2] is None)
+    named = {}
+    for row, (name, write, reason) in zip(tests, cases):
+        write(root / row[left])
+        named[name] = (row[header.index("id")], root / row[left])
+    out = root.parent / "result.json"
+    result = run_limited(["eval", "nights", root, "--model", zoo_cache[1], "--split", "test", "--workers", "2",
+                          "--batch-size", "1", "--skip-bad", "--out", out])
+    return result, out, named
+
+
+@pytest.mark.parametrize("name, write, reason", CASES, ids=[c[0] for c in CASES])
+def test_eval_skip_bad_goes_on_past_every_hostile_file(evaluated, name, write, reason):
+    result, out, named = evaluated
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "DecompressionBomb" not in result.stderr
+    triplet, path = named[name]
+    if reason is None:
+        assert triplet not in result.stderr
+    else:
+        line = next(line for line in result.stderr.splitlines() if str(path) in line)
+        assert __import__("re").search(reason, line)
+        assert triplet in json.dumps(json.loads(out.read_text()))

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..images import read_pixels
+from ..images import DECODE_ERRORS, decode_failure, read_pixels
 from .records import JNDPair, Triplet
 
 __all__ = ["TripletImages", "PairImages", "collate_images"]
@@ -21,9 +21,11 @@ __all__ = ["TripletImages", "PairImages", "collate_images"]
 class _ImageRecords(torch.utils.data.Dataset):
     """Shared decoding: ``image_fields`` are decoded, ``value_field`` is passed through.
 
-    A file that is missing or unreadable does not raise here: the item carries ``"error"``
-    instead, so the caller decides between failing with a clear message and skipping it
-    (a worker's exception would arrive wrapped in a multi-line traceback).
+    A file that is missing or unreadable, or whose decoding or resizing fails (a decoder error,
+    an allocation that fails: any of ``rpmetric.images.DECODE_ERRORS``), does not raise here: the
+    item carries ``"error"`` instead, naming the file, so the caller decides between failing with a
+    clear message and skipping it (a worker's exception would end the whole run, wrapped in a
+    multi-line traceback).
     """
 
     image_fields: Sequence[str] = ()
@@ -39,14 +41,15 @@ class _ImageRecords(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Dict:
         record = self.records[i]
         item = {"index": i, self.value_field: float(getattr(record, self.value_field))}
-        try:
-            for field in self.image_fields:
-                x = read_pixels(getattr(record, field))[None]
+        for field in self.image_fields:
+            path = getattr(record, field)
+            try:
+                x = read_pixels(path)[None]
                 if self.transform is not None:
                     x = self.transform(x)
                 item[field] = x[0].contiguous()
-        except (FileNotFoundError, ValueError) as err:
-            return {"index": i, "error": str(err)}
+            except DECODE_ERRORS as err:
+                return {"index": i, "error": decode_failure(path, err)}
         return item
 
 
