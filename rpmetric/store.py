@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -81,7 +82,8 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
     Raises:
         FileNotFoundError: ``source`` does not exist, or a list names a file that does not (the
             message names the list, the line and the resolved path).
-        ValueError: a list names no files, or a folder cannot be listed.
+        ValueError: a list names no files or is not UTF-8 text, a folder cannot be listed, or
+            ``source`` is neither a folder nor a file (``/dev/null``, a named pipe).
 
     Example:
         >>> import tempfile, pathlib
@@ -107,9 +109,18 @@ def _listing(source: Union[str, Path], exclude: Optional[Path] = None) -> Tuple[
     raise missing_source(source)
 
 
-def missing_source(source) -> FileNotFoundError:
-    """The error for a SOURCE that does not exist (the command line checks it before loading a model)."""
-    return FileNotFoundError(f"Input {source} does not exist; give a folder of images or a text file listing image paths.")
+def missing_source(source) -> Exception:
+    """The error for a SOURCE that is neither a folder nor a file (the command line checks it before
+    loading a model): FileNotFoundError if it does not exist, else ValueError naming what it is."""
+    hint = "give a folder of images or a text file listing image paths."
+    try:
+        mode = Path(source).expanduser().stat().st_mode
+    except OSError:
+        return FileNotFoundError(f"Input {source} does not exist; {hint}")
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return ValueError(f"Input {source} exists but is neither a folder nor a file ({kind}); {hint}")
 
 
 def _file_stats(st: os.stat_result) -> list:
@@ -151,7 +162,12 @@ def _walk(root: Path, skip: Optional[Path]) -> Dict[str, list]:
 def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list]]:
     root = source.resolve().parent
     paths, stats, missing = [], {}, []
-    for number, line in enumerate(source.read_text().splitlines(), start=1):
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"Input {source} is not a text file listing image paths (it is not UTF-8 text; an image "
+                         "file?); give a folder of images, or a text file naming one image path per line.") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
             continue

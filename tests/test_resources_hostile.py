@@ -339,3 +339,24 @@ def test_eval_skip_bad_goes_on_past_every_hostile_file(evaluated, name, write, r
         line = next(line for line in result.stderr.splitlines() if str(path) in line)
         assert __import__("re").search(reason, line)
         assert triplet in json.dumps(json.loads(out.read_text()))
+
+
+# -- a SOURCE that is not a folder or a list ---------------------------------------------------
+SOURCES = [
+    ("dev-null", lambda tmp: Path("/dev/null"), r"Input /dev/null exists but is neither a folder nor a file "
+                                                 r"\(a character device\)"),
+    ("fifo", lambda tmp: (os.mkfifo(tmp / "pipe"), tmp / "pipe")[1], r"pipe exists but is neither a folder nor a file "
+                                                                     r"\(a named pipe\)"),
+    ("image-as-list", lambda tmp: datagen.save_png(tmp / "photo.png", datagen.pattern(0)),
+     r"photo.png is not a text file listing image paths \(it is not UTF-8 text"),
+    ("missing", lambda tmp: tmp / "nope", r"Input .*nope does not exist"),
+]
+
+
+@pytest.mark.parametrize("case, make, message", SOURCES, ids=[s[0] for s in SOURCES])
+def test_embed_names_what_its_source_is(tmp_path, vit_folder, case, make, message):
+    source = make(tmp_path)
+    result = run_cli(["embed", source, "--out", tmp_path / "store", "--model", vit_folder, "--quiet"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert __import__("re").search(message, result.stderr), result.stderr
+    assert "does not exist" not in result.stderr or case == "missing"

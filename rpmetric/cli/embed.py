@@ -163,7 +163,7 @@ def run_embed(args) -> int:
     from ..metric import RobustDistance
     from ..store import build_store, missing_source
 
-    if not args.source.exists():  # before the model loads
+    if not (args.source.is_dir() or args.source.is_file()):  # before the model loads
         raise missing_source(args.source)
     args.progress = args.out  # finished shards survive an interruption (see cli.main)
     distributed.init_from_env()
