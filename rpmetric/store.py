@@ -42,6 +42,7 @@ import torch
 
 from . import distributed
 from ._version import __version__
+from .datasets.loading import data_loader
 from .files import atomic_write, read_csv_columns, write_json
 from .images import DECODE_ERRORS, decode_failure, read_pixels, unit_float
 from .preprocess import resize_and_crop
@@ -233,7 +234,7 @@ def _collate(items):
 
 def _loader(files: Sequence[str], batches: List[List[int]], pp, num_workers: int, pin_memory: bool):
     dataset = _ImageFiles(files, pp)
-    return torch.utils.data.DataLoader(
+    return data_loader(
         dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory,
     )
 

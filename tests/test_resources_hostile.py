@@ -360,3 +360,44 @@ def test_embed_names_what_its_source_is(tmp_path, vit_folder, case, make, messag
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert __import__("re").search(message, result.stderr), result.stderr
     assert "does not exist" not in result.stderr or case == "missing"
+
+
+# -- workers die with their parent ---------------------------------------------------------------
+def _children(pid: int):
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_workers_exit_quietly_when_the_main_process_dies(tmp_path, vit_folder, sig):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for n in range(300):
+        datagen.save_png(folder / f"{n:03d}.png", datagen.pattern(n, (64, 64)))
+    proc = subprocess.Popen([sys.executable, "-m", "rpmetric", "embed", folder, "--out", tmp_path / "store",
+                             "--model", vit_folder, "--workers", "2", "--batch-size", "2", "--shard-size", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((tmp_path / "store").glob("shard-*.json")):
+        time.sleep(0.1)  # the workers are running once the first shard is written
+    workers = _children(proc.pid)
+    assert len(workers) >= 2 and proc.poll() is None, "the embed finished before it could be interrupted"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    # Orphaned workers are not left to torch's watchdog, which looks for the parent every 5 s.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not [w for w in workers if _alive(w)], "a worker outlived the main process"
+    _, err = proc.communicate(timeout=60)
+    assert "ConnectionResetError" not in err and "Traceback" not in err, err[-3000:]
