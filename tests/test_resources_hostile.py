@@ -69,25 +69,35 @@ CASES = [
 ELONGATED = [(40, 400), (400, 40), (3, 300), (37, 501)]
 
 
+def crop_box(shape, pp):
+    """``(new_h, new_w), (top, left)``: the full resize and where the centre crop sits in it."""
+    h, w = target_size(*shape, pp)
+    return (h, w), (round((h - pp.image_size) / 2), round((w - pp.image_size) / 2))
+
+
+def pil_resize_then_crop(arr: np.ndarray, pp) -> torch.Tensor:
+    """PIL's resize of the whole image, then its crop, as ``[1, 3, S, S]`` int. The horizontal pass
+    runs first, as in torch's 8-bit kernel (Pillow 13 picks the order by itself, and on noise the
+    8-bit clipping between the passes then differs by up to 20 levels)."""
+    (h, w), (top, left) = crop_box(arr.shape[:2], pp)
+    filt = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[pp.interpolation]
+    wide = Image.fromarray(arr).resize((w, arr.shape[0]), filt)
+    size = pp.image_size
+    return torch.from_numpy(np.array(wide.resize((w, h), filt).crop((left, top, left + size, top + size)))) \
+        .permute(2, 0, 1)[None].int()
+
+
 @pytest.mark.parametrize("shape", ELONGATED)
 @pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
 def test_elongated_uint8_images_match_pil_resize_then_crop(shape, mode):
-    # PIL resizes the whole image, then crops: the independent reference for the 8-bit path. It runs
-    # the horizontal pass first, as torch's 8-bit kernel does (Pillow 13 picks the order by itself,
-    # and on noise the 8-bit clipping between the passes then differs by up to 20 levels).
     pp = Preprocessing(image_size=32, resize_size=36, interpolation=mode)
-    arr = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None].contiguous()
+    x = torch.randint(0, 256, (1, 3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     out = resize_and_crop(x, pp)
-    h, w = target_size(*shape, pp)
-    top, left = round((h - 32) / 2), round((w - 32) / 2)
-    filt = Image.BICUBIC if mode == "bicubic" else Image.BILINEAR
-    pil = Image.fromarray(arr).resize((w, shape[0]), filt).resize((w, h), filt).crop((left, top, left + 32, top + 32))
-    expected = torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None].int()
     assert out.dtype == torch.uint8 and out.shape == (1, 3, 32, 32)
-    diff = (out.int() - expected).abs()
+    diff = (out.int() - pil_resize_then_crop(x[0].permute(1, 2, 0).numpy(), pp)).abs()
     assert diff.max() <= 2 and diff.float().mean() < 0.1  # as tests/test_preprocess.py holds the full resize
     # and within a level of rounding of torch's 8-bit kernel on the whole image (what ran before).
+    (h, w), (top, left) = crop_box(shape, pp)
     full = torch.nn.functional.interpolate(x, size=(h, w), mode=mode, antialias=True)
     assert (out.int() - full[..., top:top + 32, left:left + 32].int()).abs().max() <= 1
 
@@ -114,8 +124,7 @@ def test_elongated_float_images_match_torchvision_and_stay_differentiable(shape,
 def test_elongated_nearest_picks_torch_s_pixels(shape):
     pp = Preprocessing(image_size=32, resize_size=36, interpolation="nearest")
     x = torch.randint(0, 256, (1, 3, *shape), dtype=torch.uint8)
-    h, w = target_size(*shape, pp)
-    top, left = round((h - 32) / 2), round((w - 32) / 2)
+    (h, w), (top, left) = crop_box(shape, pp)
     full = torch.nn.functional.interpolate(x, size=(h, w), mode="nearest")[..., top:top + 32, left:left + 32]
     assert torch.equal(resize_and_crop(x, pp), full)
 
