@@ -31,6 +31,7 @@ import torch
 
 from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_bapps_2afc, read_bapps_jnd,
                        read_nights)
+from .datasets.loading import data_loader
 from .distributed import broadcast_object, gather_records, rank_and_world, shard
 from .fingerprint import model_identity, records_fingerprint
 from .functional import cosine_distance, rgb_to_lab
@@ -321,7 +322,7 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
     steps = math.ceil(len(pending) / world)
 
     dataset = spec.dataset([record for _, record in items], transform=distances.transform)
-    loader = torch.utils.data.DataLoader(
+    loader = data_loader(
         dataset, batch_sampler=mine, num_workers=workers, collate_fn=collate_images,
         pin_memory=distances.device.type == "cuda",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Union
 
@@ -11,7 +12,7 @@ import torch
 from .preprocess import shorter_side_size
 from .validation import check_int
 
-__all__ = ["load_image", "read_rgb", "read_pixels", "unit_float"]
+__all__ = ["load_image", "read_rgb", "read_pixels", "unit_float", "pixel_limit", "DECODE_ERRORS", "decode_failure"]
 
 _EXIF_ORIENTATION = 0x0112
 # Pillow's convert("RGB") clips these modes at 255 rather than scaling them, so that a 16-bit
@@ -20,6 +21,41 @@ _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _CHUNK_PIXELS = 1 << 20  # rows are scaled in blocks of about this many pixels, to bound the temporaries
 # 16-bit value -> nearest 8-bit level (v * 255 / 65535 is never a tie: it is v / 257).
 _LEVELS_16 = ((np.arange(65536, dtype=np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+# What decoding and resizing one file can raise: read_rgb's own errors, and a decoder's or an
+# allocation's failure. Data loaders report it as that file's reason and go on with the others.
+DECODE_ERRORS = (ValueError, FileNotFoundError, OSError, SyntaxError, RuntimeError, MemoryError)
+
+
+def decode_failure(path: Union[str, Path], err: BaseException) -> str:
+    """The one-line reason a loader reports for ``path`` when ``err`` (one of ``DECODE_ERRORS``) stopped it.
+
+    Example:
+        >>> decode_failure("a.png", MemoryError())
+        'a.png cannot be decoded and resized: MemoryError (out of memory)'
+    """
+    text = str(err)
+    if str(path) in text:  # read_rgb's messages name the file already
+        return text
+    return f"{path} cannot be decoded and resized: {type(err).__name__} ({text or 'out of memory'})"
+
+
+def pixel_limit() -> Optional[int]:
+    """The most pixels an image file may hold: Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485
+    unless changed; None: no limit), read at each call so that raising it for trusted files works."""
+    from PIL import Image
+
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(path: Path, size=None) -> ValueError:
+    held = f"it is {size[0]} x {size[1]} = {size[0] * size[1]:,} pixels, over" if size else "it holds more than twice"
+    return ValueError(
+        f"{path} cannot be read as an image: {held} the limit of {pixel_limit():,} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS, which guards against decompression bombs); downscale the file, or raise "
+        "PIL.Image.MAX_IMAGE_PIXELS in Python if it is trusted."
+    )
 
 
 def read_rgb(path: Union[str, Path]) -> np.ndarray:
@@ -32,10 +68,13 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
     Pillow's conversion. Pillow itself decodes 16-bit colour PNGs to 8 bits, keeping the high byte
     of each value (within one level of rounding).
 
+    A file of more than :func:`pixel_limit` pixels is refused from its header, before it is
+    decoded (Pillow's decompression-bomb threshold, as an error rather than Pillow's warning).
+
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a readable image, or its ``I`` or ``F`` pixels lie outside the
-            range those modes are read in.
+        ValueError: the file is not a readable image, holds more than :func:`pixel_limit` pixels,
+            or its ``I`` or ``F`` pixels lie outside the range those modes are read in.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -43,7 +82,19 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():
+            # Pillow warns above its limit and refuses above twice that: both are refused here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+    except Image.DecompressionBombError:
+        raise _too_large(path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{path} cannot be read as an image: {err}") from None
+    try:
+        with opened as img:
+            limit = pixel_limit()
+            if limit is not None and img.size[0] * img.size[1] > limit:
+                raise _too_large(path, img.size)
             # exif_transpose and convert each return a full copy even when there is nothing to do,
             # a third of the decoding time of a typical JPEG: only call them when needed.
             if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
@@ -53,7 +104,7 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
             if img.mode != "RGB":
                 img = img.convert("RGB")
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path} cannot be read as an image: {err}") from None
 
 
@@ -122,7 +173,8 @@ def load_image(path: Union[str, Path], size: Optional[int] = None) -> torch.Tens
     Args:
         path: image file (anything Pillow reads).
         size: if given, resize so that the shorter side is ``size`` (bicubic); the metric
-            resizes by itself, so this only saves memory for very large images.
+            resizes by itself, so this only saves memory for very large images. A resize to more
+            than :func:`pixel_limit` pixels (a thin strip's long side) is refused.
 
     Example:
         >>> import rpmetric
@@ -130,8 +182,14 @@ def load_image(path: Union[str, Path], size: Optional[int] = None) -> torch.Tens
         >>> img.shape  # doctest: +SKIP
         torch.Size([1, 3, 480, 640])
     """
+    size = None if size is None else check_int("size", size, low=1)
     x = unit_float(read_pixels(path)[None].contiguous())
     if size is not None:
-        h, w = shorter_side_size(x.shape[-2], x.shape[-1], check_int("size", size, low=1))
+        h, w = shorter_side_size(x.shape[-2], x.shape[-1], size)
+        limit = pixel_limit()
+        if limit is not None and h * w > max(limit, x.shape[-2] * x.shape[-1]):
+            raise ValueError(f"Argument `size` ({size}) would resize {path} ({x.shape[-1]} x {x.shape[-2]}) to {w} x {h} "
+                             f"pixels, over the limit of {limit:,}; load it without `size` (the metric crops "
+                             "before it resizes).")
         x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
     return x

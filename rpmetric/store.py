@@ -49,8 +49,9 @@ import torch
 
 from . import distributed
 from ._version import __version__
+from .datasets.loading import data_loader
 from .files import atomic_path, atomic_write, read_csv_columns, write_json
-from .images import read_pixels, unit_float
+from .images import DECODE_ERRORS, decode_failure, read_pixels, unit_float
 from .preprocess import resize_and_crop
 from .spec import default_model
 from .unique import embed_unique
@@ -140,7 +141,8 @@ def list_files(source: Union[str, Path], exclude: Optional[Path] = None) -> Tupl
     Raises:
         FileNotFoundError: ``source`` does not exist, or a list names a file that does not (the
             message names the list, the line and the resolved path).
-        ValueError: a list names no files, or a folder cannot be listed.
+        ValueError: a list names no files or is not UTF-8 text, a folder cannot be listed, or
+            ``source`` is neither a folder nor a file (``/dev/null``, a named pipe).
 
     Example:
         >>> import tempfile, pathlib
@@ -168,9 +170,18 @@ def _listing(source: Union[str, Path],
     raise missing_source(source)
 
 
-def missing_source(source) -> FileNotFoundError:
-    """The error for a SOURCE that does not exist (the command line checks it before loading a model)."""
-    return FileNotFoundError(f"Input {source} does not exist; give a folder of images or a text file listing image paths.")
+def missing_source(source) -> Exception:
+    """The error for a SOURCE that is neither a folder nor a file (the command line checks it before
+    loading a model): FileNotFoundError if it does not exist, else ValueError naming what it is."""
+    hint = "give a folder of images or a text file listing image paths."
+    try:
+        mode = Path(source).expanduser().stat().st_mode
+    except OSError:
+        return FileNotFoundError(f"Input {source} does not exist; {hint}")
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+             (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return ValueError(f"Input {source} exists but is neither a folder nor a file ({kind}); {hint}")
 
 
 def _file_stats(st: os.stat_result) -> list:
@@ -234,7 +245,12 @@ def _walk(root: Path, skip: Optional[Path]) -> Tuple[Dict[str, list], List[dict]
 def _read_list(source: Path) -> Tuple[Path, List[str], Dict[str, list], List[dict]]:
     root = source.resolve().parent
     paths, stats, missing, special = [], {}, [], []
-    for number, line in enumerate(source.read_text().splitlines(), start=1):
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"Input {source} is not a text file listing image paths (it is not UTF-8 text; an image "
+                         "file?); give a folder of images, or a text file naming one image path per line.") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
             continue
@@ -280,7 +296,8 @@ def model_input(path: Union[str, Path], pp) -> torch.Tensor:
 
 
 class _ImageFiles(torch.utils.data.Dataset):
-    """:func:`model_input` of each file; an unreadable file yields its reason instead."""
+    """:func:`model_input` of each file; a file that cannot be decoded or resized (any of
+    ``rpmetric.images.DECODE_ERRORS``) yields its reason instead, and is listed as skipped."""
 
     def __init__(self, files: Sequence[str], pp):
         self.files = list(files)
@@ -292,8 +309,8 @@ class _ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return i, model_input(self.files[i], self.pp), None
-        except (ValueError, FileNotFoundError) as err:
-            return i, None, str(err)
+        except DECODE_ERRORS as err:
+            return i, None, decode_failure(self.files[i], err)
 
 
 def _collate(items):
@@ -305,7 +322,7 @@ def _collate(items):
 
 def _loader(files: Sequence[str], batches: List[List[int]], pp, num_workers: int, pin_memory: bool):
     dataset = _ImageFiles(files, pp)
-    return torch.utils.data.DataLoader(
+    return data_loader(
         dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, pin_memory=pin_memory,
     )
 

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .attacks.logits import TwoAFCLogits, human_labels
 from .datasets import TripletImages, collate_images, read_nights
+from .datasets.loading import data_loader
 from .encoder import Encoder, load_encoder
 from .evaluation import nights_total
 from .files import atomic_write, check_writable
@@ -289,8 +290,8 @@ class _Run:
     # -- data ---------------------------------------------------------------------------------
     def loader(self, model: Encoder, triplets: Sequence, order: Optional[List[int]], batch_size: int):
         dataset = TripletImages(triplets, transform=partial(resize_and_crop, pp=model.spec.preprocessing))
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, shuffle=False,
-                                           num_workers=self.config.workers, collate_fn=collate_images)
+        return data_loader(dataset, batch_size=batch_size, sampler=order, shuffle=False,
+                           num_workers=self.config.workers, collate_fn=collate_images)
 
     def batches(self, model: Encoder, triplets: Sequence, order: Optional[List[int]], batch_size: int, desc: str):
         for batch in tqdm(self.loader(model, triplets, order, batch_size), desc=desc, leave=False,

@@ -11,6 +11,7 @@ import torch
 
 from ..datasets import Triplet, TripletImages, collate_images
 from ..fingerprint import model_identity, records_fingerprint
+from ..datasets.loading import data_loader
 from ..images import unit_float
 from ..preprocess import resize_and_crop
 from ..runlog import RunLog, record_check
@@ -152,8 +153,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
     batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
     todo = [b for b in batches if not all(keys[i] in done for i in b)]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=todo, num_workers=workers,
-                                         collate_fn=collate_images)
+    loader = data_loader(dataset, batch_sampler=todo, num_workers=workers, collate_fn=collate_images)
     from tqdm.auto import tqdm
 
     bar = tqdm(loader, total=len(todo), desc=f"APGD-{config.norm.value}", unit="batch", disable=not progress)

@@ -165,7 +165,7 @@ def run_embed(args) -> int:
 
     from ..files import check_writable
 
-    if not args.source.exists():  # before the model loads
+    if not (args.source.is_dir() or args.source.is_file()):  # before the model loads
         raise missing_source(args.source)
     check_writable(args.out, "--out", folder=True)
     args.progress = args.out  # finished shards survive an interruption (see cli.main)

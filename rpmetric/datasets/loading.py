@@ -8,22 +8,52 @@ the bytes between processes. The consumer turns a batch into [0, 1] floats on it
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..images import read_pixels
+from ..images import DECODE_ERRORS, decode_failure, read_pixels
 from .records import JNDPair, Triplet
 
-__all__ = ["TripletImages", "PairImages", "collate_images"]
+__all__ = ["TripletImages", "PairImages", "collate_images", "data_loader"]
+
+
+def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
+    """``torch.utils.data.DataLoader(dataset, **kwargs)`` whose workers die with the process that
+    started them (see :func:`exit_with_parent`): every loader of the package is made here."""
+    return torch.utils.data.DataLoader(dataset, worker_init_fn=partial(exit_with_parent, os.getpid()), **kwargs)
+
+
+def exit_with_parent(parent: int, worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: on Linux the worker is killed as soon as ``parent`` exits
+    (``PR_SET_PDEATHSIG``), so that a main process that is killed or interrupted leaves no worker
+    behind to print ``ConnectionResetError`` tracebacks from its broken pipes. Elsewhere, and if
+    prctl is unavailable, torch's own watchdog ends an orphaned worker within seconds."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(0)
 
 
 class _ImageRecords(torch.utils.data.Dataset):
     """Shared decoding: ``image_fields`` are decoded, ``value_field`` is passed through.
 
-    A file that is missing or unreadable does not raise here: the item carries ``"error"``
-    instead, so the caller decides between failing with a clear message and skipping it
-    (a worker's exception would arrive wrapped in a multi-line traceback).
+    A file that is missing or unreadable, or whose decoding or resizing fails (a decoder error,
+    an allocation that fails: any of ``rpmetric.images.DECODE_ERRORS``), does not raise here: the
+    item carries ``"error"`` instead, naming the file, so the caller decides between failing with a
+    clear message and skipping it (a worker's exception would end the whole run, wrapped in a
+    multi-line traceback).
     """
 
     image_fields: Sequence[str] = ()
@@ -39,14 +69,15 @@ class _ImageRecords(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Dict:
         record = self.records[i]
         item = {"index": i, self.value_field: float(getattr(record, self.value_field))}
-        try:
-            for field in self.image_fields:
-                x = read_pixels(getattr(record, field))[None]
+        for field in self.image_fields:
+            path = getattr(record, field)
+            try:
+                x = read_pixels(path)[None]
                 if self.transform is not None:
                     x = self.transform(x)
                 item[field] = x[0].contiguous()
-        except (FileNotFoundError, ValueError) as err:
-            return {"index": i, "error": str(err)}
+            except DECODE_ERRORS as err:
+                return {"index": i, "error": decode_failure(path, err)}
         return item
 
 
