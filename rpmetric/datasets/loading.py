@@ -32,7 +32,14 @@ def exit_with_parent(parent: int, worker_id: int) -> None:
     """A DataLoader ``worker_init_fn``: on Linux the worker is killed as soon as ``parent`` exits
     (``PR_SET_PDEATHSIG``), so that a main process that is killed or interrupted leaves no worker
     behind to print ``ConnectionResetError`` tracebacks from its broken pipes. Elsewhere, and if
-    prctl is unavailable, torch's own watchdog ends an orphaned worker within seconds."""
+    prctl is unavailable, torch's own watchdog ends an orphaned worker within seconds.
+
+    The worker also stays silent when the main process gives up a transfer: a batch's tensors reach
+    the main process through multiprocessing's resource sharer, whose server thread in the worker
+    reports a connection the main process dropped (Ctrl-C mid-transfer) through ``sys.excepthook``.
+    In a worker that can only mean the consumer went away; errors of the data itself reach the main
+    process through the DataLoader, not this hook."""
+    sys.excepthook = _quiet_on_dropped_connections(sys.excepthook)
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -44,6 +51,14 @@ def exit_with_parent(parent: int, worker_id: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(0)
+
+
+def _quiet_on_dropped_connections(previous):
+    def hook(kind, value, tb):
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            previous(kind, value, tb)
+
+    return hook
 
 
 class _ImageRecords(torch.utils.data.Dataset):
