@@ -14,8 +14,9 @@ import tinymodels
 # Tests never reach the network; a test that needs the Hub must use a pre-filled cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The suite must pass with 1 and with 2 threads (BLAS rounding differs between them):
-# RPMETRIC_TEST_THREADS=1 python -m pytest runs it single-threaded.
-torch.set_num_threads(int(os.environ.get("RPMETRIC_TEST_THREADS", max(1, min(2, os.cpu_count() or 1)))))
+# OMP_NUM_THREADS=1 python -m pytest runs it single-threaded; without it, 2 threads (at most the CPUs).
+if not os.environ.get("OMP_NUM_THREADS"):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):
