@@ -12,7 +12,7 @@ import torch
 from .preprocess import shorter_side_size
 from .validation import check_int
 
-__all__ = ["load_image", "read_rgb", "read_pixels", "unit_float", "pixel_limit", "DECODE_ERRORS", "decode_failure"]
+__all__ = ["load_image", "read_rgb", "read_rgb_bytes", "read_pixels", "read_pixels_bytes", "unit_float", "pixel_limit", "DECODE_ERRORS", "decode_failure"]
 
 _EXIF_ORIENTATION = 0x0112
 # Pillow's convert("RGB") clips these modes at 255 rather than scaling them, so that a 16-bit
@@ -76,16 +76,36 @@ def read_rgb(path: Union[str, Path]) -> np.ndarray:
         ValueError: the file is not a readable image, holds more than :func:`pixel_limit` pixels,
             or its ``I`` or ``F`` pixels lie outside the range those modes are read in.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Image file not found: {path}")
+    return _decode(path, path)
+
+
+def read_rgb_bytes(data: bytes, name: str) -> np.ndarray:
+    """:func:`read_rgb` of an image file's bytes (a WebDataset or Parquet sample), with the same
+    pixel limit and errors; ``name`` (the sample's key) is what the error messages name.
+
+    Example:
+        >>> import io; from PIL import Image
+        >>> buf = io.BytesIO(); Image.new("RGB", (3, 2), (255, 0, 0)).save(buf, "PNG")
+        >>> read_rgb_bytes(buf.getvalue(), "red").shape
+        (2, 3, 3)
+    """
+    import io
+
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, path) -> np.ndarray:
+    """:func:`read_rgb`'s decoding of ``source`` (a path or a binary file object), naming ``path``."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             # Pillow warns above its limit and refuses above twice that: both are refused here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            opened = Image.open(source)
     except Image.DecompressionBombError:
         raise _too_large(path) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
@@ -152,6 +172,11 @@ def read_pixels(path: Union[str, Path]) -> torch.Tensor:
         ValueError: the file is not a readable image.
     """
     return torch.tensor(read_rgb(path)).permute(2, 0, 1)  # a copy: PIL's buffer is read-only
+
+
+def read_pixels_bytes(data: bytes, name: str) -> torch.Tensor:
+    """:func:`read_pixels` of an image file's bytes (see :func:`read_rgb_bytes`)."""
+    return torch.tensor(read_rgb_bytes(data, name)).permute(2, 0, 1)
 
 
 def unit_float(x):

@@ -47,11 +47,11 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, sources
 from ._version import __version__
 from .datasets.loading import data_loader
 from .files import atomic_path, atomic_write, read_csv_columns, write_json
-from .images import DECODE_ERRORS, decode_failure, read_pixels, unit_float
+from .images import DECODE_ERRORS, decode_failure, read_pixels, read_pixels_bytes, unit_float
 from .preprocess import resize_and_crop
 from .spec import default_model
 from .unique import embed_unique
@@ -66,7 +66,7 @@ REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
 DEFAULT_DTYPE, DEFAULT_SHARD_SIZE = "float16", 1024
 # Settings that must match for a rerun to resume an existing store rather than start a new one.
-_PLAN_KEYS = ("model", "dtype", "shard_size", "source")
+_PLAN_KEYS = ("model", "dtype", "shard_size", "source", "kind", "image_column", "key_column")
 
 
 def spec_dict(spec) -> dict:
@@ -295,6 +295,11 @@ def model_input(path: Union[str, Path], pp) -> torch.Tensor:
     return resize_and_crop(read_pixels(path)[None], pp)[0].contiguous()
 
 
+def sample_input(data: bytes, name: str, pp) -> torch.Tensor:
+    """:func:`model_input` of an image file's bytes (a dataset sample named ``name``)."""
+    return resize_and_crop(read_pixels_bytes(data, name)[None], pp)[0].contiguous()
+
+
 class _ImageFiles(torch.utils.data.Dataset):
     """:func:`model_input` of each file; a file that cannot be decoded or resized (any of
     ``rpmetric.images.DECODE_ERRORS``) yields its reason instead, and is listed as skipped."""
@@ -414,7 +419,7 @@ def _digest(data: bytes) -> str:
 
 
 def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: List[dict],
-                 plan_id: Optional[str] = None, stats: Optional[dict] = None) -> None:
+                 plan_id: Optional[str] = None, stats: Optional[dict] = None, meta: Optional[dict] = None) -> None:
     emb_name, meta_name = _shard_names(k)
     buffer = io.BytesIO()
     np.save(buffer, emb, allow_pickle=False)
@@ -426,7 +431,8 @@ def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: 
     names = paths + [s["path"] for s in skipped]
     write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped,
                                  "plan": plan_id, "stats": {p: (stats or {}).get(p) for p in names},
-                                 "shape": list(emb.shape), "dtype": str(emb.dtype), "blake2b": _digest(data)})
+                                 "shape": list(emb.shape), "dtype": str(emb.dtype), "blake2b": _digest(data),
+                                 **(meta or {})})
 
 
 class _BadShard(Exception):
@@ -655,21 +661,28 @@ def _reusable(out: Path, plan: dict) -> Dict[str, tuple]:
 def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtype: str = DEFAULT_DTYPE,
                 shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 32, num_workers: Optional[int] = None,
                 overwrite: bool = False, update: bool = False, progress: bool = True,
-                max_shards: Optional[int] = None) -> Optional["EmbeddingStore"]:
+                max_shards: Optional[int] = None, image_column: Optional[str] = None,
+                key_column: Optional[str] = None) -> Optional["EmbeddingStore"]:
     """Embed every file of ``source`` into the store folder ``out``, resuming an interrupted build.
 
     Under ``torchrun`` call it on every rank (after :func:`rpmetric.distributed.init_from_env`):
     each rank embeds its shards, and rank 0 writes the finished manifest.
 
     Args:
-        source: a folder of images or a text file listing image paths (see :func:`list_files`).
+        source: a folder of images or a text file listing image paths (see :func:`list_files`), or
+            WebDataset ``.tar`` or Parquet ``.parquet`` shards: a path, a URL that fsspec opens or a
+            brace pattern (``shards/{00000..00127}.tar``; see :mod:`rpmetric.sources`). A dataset's
+            store has one shard per input shard, whose rows are named by the samples' keys
+            (``store.paths``) and keep their ``store.urls`` and ``store.captions``; a rerun
+            resumes at the first unfinished input shard.
         out: the store folder; created if missing. If it holds an unfinished store with the same
             settings, the build resumes; a finished one is returned as is. Either is refused if
             files of ``source`` were added, removed or changed (size or mtime) since, unless
             ``update``.
         metric: a :class:`~rpmetric.RobustDistance` whose encoder embeds the images.
         dtype: ``"float16"`` (half the disk) or ``"float32"``.
-        shard_size: files per shard, the unit of work that an interruption can lose.
+        shard_size: files per shard, the unit of work that an interruption can lose (a dataset's
+            shards are its input shards).
         batch_size: images per forward pass.
         num_workers: DataLoader workers decoding images; None for :func:`default_workers`.
         overwrite: delete an existing store in ``out`` and start again.
@@ -679,6 +692,10 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
         progress: show a tqdm progress bar (rank 0 only).
         max_shards: stop after writing this many new shards on this rank, leaving the store
             unfinished (for time-boxed runs; a later call continues).
+        image_column, key_column: the Parquet columns of the image bytes (a binary column or a
+            ``{"bytes", "path"}`` struct; default: the first of ``jpg``, ``jpeg``, ``png``, ``webp``,
+            ``image``, ``img``, else the first bytes column) and of the sample keys (default ``key``
+            if present, else ``{file stem}/{row}``).
 
     Returns:
         The finished :class:`EmbeddingStore`, or None when the build stopped early (``max_shards``)
@@ -704,7 +721,8 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
     out = Path(out).expanduser().resolve()
     rank, world = distributed.rank_and_world()
 
-    plan = _make_plan(source, out, metric, dtype, shard_size, overwrite, update) if rank == 0 else None
+    plan = _make_plan(source, out, metric, dtype, shard_size, overwrite, update, image_column,
+                      key_column) if rank == 0 else None
     plan = distributed.broadcast_object(plan)
     if isinstance(plan, str):  # rank 0 failed to prepare: every rank stops with its message
         raise ValueError(plan)
@@ -715,7 +733,7 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
         return _not_empty(EmbeddingStore(out), source)
 
     files, plan_id = plan["files"], plan.get("plan_id")
-    n_shards = -(-len(files) // shard_size)
+    n_shards = len(plan["inputs"]) if plan.get("kind") else -(-len(files) // shard_size)
     mine = [k for k in distributed.shard(range(n_shards), rank, world) if not _shard_done(out, k, plan_id)]
     if max_shards is not None:
         mine = mine[:max_shards]
@@ -743,23 +761,40 @@ def _remove_reuse(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite: bool, update: bool):
-    """Rank 0's part: list the files and prepare ``out``; a user error comes back as its message."""
+def _make_plan(source, out: Path, metric, dtype: str, shard_size: int, overwrite: bool, update: bool,
+               image_column: Optional[str] = None, key_column: Optional[str] = None):
+    """Rank 0's part: list the files (or a dataset's shards) and prepare ``out``; a user error comes
+    back as its message."""
     try:
-        root, files, stats, special = _listing(source, exclude=out)
-        if not files:
-            raise ValueError(f"Input {source} holds no files to embed (hidden files and folders are left out); "
-                             "give a folder of images or a text file listing image paths.")
-        plan = {
+        dataset = {"kind": None, "image_column": None, "key_column": None}
+        if sources.is_dataset(source):
+            if update:
+                raise ValueError(f"Argument `update` applies to folders and file lists, not to the shards of {source}; "
+                                 "pass `overwrite=True` to rebuild the store.")
+            kind, inputs, stats, special = sources.plan_inputs(source, image_column, key_column)
+            dataset = {"kind": kind, "image_column": image_column, "key_column": key_column, "inputs": inputs}
+            root, files, where = "", [], str(source) if "://" in str(source) else str(Path(source).expanduser().resolve())
+            shard_size = 1  # one store shard per input shard; "shard_size" stays a plan key, fixed at 1
+        else:
+            if image_column is not None or key_column is not None:
+                raise ValueError(f"Arguments `image_column` and `key_column` name columns of Parquet shards, but {source} "
+                                 "is a folder or a file list; drop them.")
+            root, files, stats, special = _listing(source, exclude=out)
+            where = str(Path(source).expanduser().resolve())
+            if not files:
+                raise ValueError(f"Input {source} holds no files to embed (hidden files and folders are left out); "
+                                 "give a folder of images or a text file listing image paths.")
+        plan = {**dataset,
             "format": FORMAT, "format_version": FORMAT_VERSION, "rpmetric_version": __version__,
             "model": spec_dict(metric.spec), "model_ref": metric.spec.local_path or metric.spec.name,
             "model_identity": _model_identity(metric.spec),
             "dtype": dtype, "normalized": True, "shard_size": shard_size,
-            "source": str(Path(source).expanduser().resolve()), "root": str(root), "complete": False,
-            "files": files, "stats": stats, "plan_id": _plan_id(files, stats, shard_size), "special": special,
+            "source": where, "root": str(root), "complete": False,
+            "files": files, "stats": stats, "special": special,
+            "plan_id": _plan_id(dataset.get("inputs", files), stats, shard_size),
         }
         return _prepare_out(out, plan, overwrite, update)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:  # ImportError: MissingDependencyError
         if distributed.is_distributed():
             return str(err)
         raise
@@ -772,6 +807,8 @@ def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: 
 
     if not shards:
         return
+    if plan.get("kind"):
+        return _embed_dataset_shards(metric, out, plan, shards, batch_size, progress)
     files, dtype, shard_size = plan["files"], plan["dtype"], plan["shard_size"]
     spans = {k: range(k * shard_size, min((k + 1) * shard_size, len(files))) for k in shards}
     reuse = _reusable(out, plan)
@@ -829,11 +866,56 @@ def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: 
             k = write_finished(k)
 
 
+def _embed_dataset_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: int, progress: bool) -> None:
+    """Write ``shards`` of a dataset plan, one store shard per input shard, streaming its samples:
+    at most ``batch_size`` decoded images (and one sample's bytes) are held at a time."""
+    from tqdm.auto import tqdm
+
+    pp, dim = metric.spec.preprocessing, None
+    with tqdm(unit="img", desc="embed", disable=not progress) as bar:
+        for k in shards:
+            name = plan["inputs"][k]
+            rows, kept, skipped, batch = [], [], [], []  # kept: (key, url, caption) of each row
+
+            def flush():
+                if batch:
+                    images = torch.stack([x for _, x in batch])
+                    for _, emb, _ in _embed_loader(metric.encoder, [(list(range(len(batch))), images, [])], metric.device):
+                        rows.append(emb)
+                    kept.extend(s for s, _ in batch)
+                    bar.update(len(batch))
+                    batch.clear()
+
+            for sample in sources.read_shard(plan["kind"], name, plan.get("image_column"), plan.get("key_column")):
+                reason = sample.error
+                if reason is None:
+                    try:
+                        batch.append(((sample.key, sample.url, sample.caption), sample_input(sample.data, sample.key, pp)))
+                    except DECODE_ERRORS as err:
+                        reason = decode_failure(sample.key, err)
+                if reason is not None:
+                    skipped.append({"path": sample.key, "reason": reason})
+                    bar.update(1)
+                if len(batch) == batch_size:
+                    flush()
+            flush()
+            if rows:
+                emb = np.concatenate(rows)
+                dim = emb.shape[1]
+            else:
+                dim = _output_dim(metric) if dim is None else dim
+                emb = np.zeros((0, dim), np.float32)
+            _write_shard(out, k, emb.astype(plan["dtype"]), [key for key, _, _ in kept], skipped, plan.get("plan_id"),
+                         meta={"urls": [url for _, url, _ in kept], "captions": [c for _, _, c in kept]})
+
+
 def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
     manifest = {key: value for key, value in plan.items() if key != "files"}  # "stats" keeps every name
-    shards, paths, skipped, shapes = [], [], [], []
+    shards, paths, skipped, shapes, urls, captions = [], [], [], [], [], []
     for k in range(n_shards):
         meta = json.loads((out / _shard_names(k)[1]).read_text())
+        urls.extend(meta.get("urls") or [None] * meta["count"])
+        captions.extend(meta.get("captions") or [None] * meta["count"])
         shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"],
                        "blake2b": meta.get("blake2b")})  # None in a shard written before format 3
         paths.extend(meta["paths"])
@@ -843,6 +925,8 @@ def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
     # Every shard is written [n, dim].
     dim = (shapes[0] or np.load(out / shards[0]["embeddings"], mmap_mode="r").shape)[1]
     manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
+    if plan.get("kind"):  # a dataset's rows: their keys are the paths
+        manifest.update(urls=urls, captions=captions)
     write_json(out / MANIFEST, manifest)
     # Left over by an update: the reuse files, and the shards of a larger earlier plan.
     _remove_reuse(out)
@@ -860,7 +944,11 @@ class EmbeddingStore:
         path: the store folder (as written by :func:`build_store` or ``rpmetric embed``).
 
     Attributes:
-        paths: embedded file paths relative to ``root``, in store order (row i of the embeddings).
+        paths: embedded file paths relative to ``root``, in store order (row i of the embeddings);
+            for a WebDataset or Parquet source, the samples' keys.
+        urls, captions: per row, the sample's URL and caption from its metadata (None where unknown,
+            and for folders).
+        kind: ``"webdataset"`` or ``"parquet"`` for a dataset's store, None for a folder's.
         files: the same as absolute paths.
         skipped: ``{"path", "reason"}`` of every file that could not be read.
         dim, dtype, model_spec (the spec dict), model_ref (what loads the model), version.
@@ -891,6 +979,9 @@ class EmbeddingStore:
         self.model_spec: dict = manifest["model"]
         self.model_ref: str = manifest["model_ref"]
         self.version: str = manifest["rpmetric_version"]
+        self.kind: Optional[str] = manifest.get("kind")
+        self.urls: List[Optional[str]] = list(manifest.get("urls") or [None] * len(self.paths))
+        self.captions: List[Optional[str]] = list(manifest.get("captions") or [None] * len(self.paths))
         for shard in manifest["shards"]:  # the headers only (cheap); embeddings() checks the values
             self._shard_rows(shard, read=False)
 
@@ -917,8 +1008,11 @@ class EmbeddingStore:
             words += ["--model", m["model_ref"]]
         if self.dtype != DEFAULT_DTYPE:
             words += ["--dtype", self.dtype]
-        if m["shard_size"] != DEFAULT_SHARD_SIZE:
+        if m["shard_size"] != DEFAULT_SHARD_SIZE and not m.get("kind"):
             words += ["--shard-size", str(m["shard_size"])]
+        for key in ("image_column", "key_column"):
+            if m.get(key):
+                words += ["--" + key.replace("_", "-"), m[key]]
         return shlex.join(words)
 
     def __len__(self) -> int:
@@ -929,6 +1023,8 @@ class EmbeddingStore:
 
     @property
     def files(self) -> List[str]:
+        if self.kind:  # a dataset's samples are named by their keys
+            return list(self.paths)
         return [str(self.root / p) for p in self.paths]
 
     def embeddings(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -67,10 +67,14 @@ def _register_embed(sub) -> None:
                     "were added, removed or changed (size or mtime) is refused: --update embeds only the new and "
                     "changed files and drops the removed ones, --overwrite starts afresh. Under torchrun each "
                     "process embeds its share of the shards and rank 0 writes the manifest (--out must be on a "
-                    "shared filesystem).",
+                    "shared filesystem). SOURCE may also name WebDataset .tar or Parquet .parquet shards (a path, an "
+                    "fsspec URL or a brace pattern such as 'shards/{00000..00127}.tar'): each input shard is one "
+                    "store shard, rows keep the samples' keys, URLs and captions, and a corrupt sample or a "
+                    "truncated shard is listed with its reason.",
     )
-    p.add_argument("source", type=Path, metavar="SOURCE",
-                   help="folder of images, or a text file with one path per line (relative to the list file's folder)")
+    p.add_argument("source", metavar="SOURCE",
+                   help="folder of images, a text file with one path per line (relative to the list file's folder), "
+                        "or WebDataset/Parquet shards (path, URL or brace pattern)")
     p.add_argument("--out", type=Path, required=True, metavar="STORE", help="store folder to create or resume")
     add_model_option(p)
     add_device_option(p)
@@ -85,6 +89,11 @@ def _register_embed(sub) -> None:
     again.add_argument("--update", action="store_true",
                        help="bring the store in --out up to date with a changed SOURCE: embed new and changed files, "
                             "drop removed ones")
+    p.add_argument("--image-column", default=None, metavar="NAME",
+                   help="Parquet column of the image bytes (default: the first of jpg, jpeg, png, webp, image, img, "
+                        "else the first bytes column)")
+    p.add_argument("--key-column", default=None, metavar="NAME",
+                   help="Parquet column of the sample keys (default: key if present, else FILE_STEM/ROW)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_embed, rerun=((), ("--overwrite",)))  # the same command resumes
 
@@ -161,11 +170,14 @@ def _register_classify(sub) -> None:
 def run_embed(args) -> int:
     from .. import distributed
     from ..metric import RobustDistance
+    from ..sources import is_dataset, plan_inputs
     from ..store import build_store, missing_source
 
     from ..files import check_writable
 
-    if not (args.source.is_dir() or args.source.is_file()):  # before the model loads
+    if is_dataset(args.source):  # shards and columns are checked before the model loads
+        plan_inputs(args.source, args.image_column, args.key_column)
+    elif not (Path(args.source).is_dir() or Path(args.source).is_file()):
         raise missing_source(args.source)
     check_writable(args.out, "--out", folder=True)
     args.progress = args.out  # finished shards survive an interruption (see cli.main)
@@ -174,7 +186,8 @@ def run_embed(args) -> int:
         metric = RobustDistance(args.model, device=distributed.local_device(args.device))
         store = build_store(args.source, args.out, metric, dtype=args.dtype, shard_size=args.shard_size,
                             batch_size=args.batch_size, num_workers=args.workers, overwrite=args.overwrite,
-                            update=args.update, progress=not args.quiet)
+                            update=args.update, progress=not args.quiet, image_column=args.image_column,
+                            key_column=args.key_column)
     finally:
         distributed.shutdown()
     if store is not None:
@@ -217,6 +230,12 @@ def _queries(args, store):
     return emb, names
 
 
+def _metadata(store, i: int) -> dict:
+    """A dataset row's URL and caption, for the JSON outputs (nothing for a folder's store, whose
+    outputs stay as they were)."""
+    return {"url": store.urls[i], "caption": store.captions[i]} if store.kind else {}
+
+
 def run_search(args) -> int:
     from ..retrieval import search
     from ..store import EmbeddingStore
@@ -226,7 +245,7 @@ def run_search(args) -> int:
     hits = search(store.embeddings(), queries, args.k, index=args.index, nprobe=args.nprobe)
     files = store.files
     results = [
-        {"query": name, "neighbours": [{"rank": r + 1, "path": files[i], "distance": d}
+        {"query": name, "neighbours": [{"rank": r + 1, "path": files[i], "distance": d, **_metadata(store, i)}
                                        for r, (i, d) in enumerate(zip(idx, dist)) if i >= 0]}
         for name, idx, dist in zip(names, hits.indices.tolist(), hits.distances.tolist())
     ]
@@ -262,7 +281,9 @@ def run_dedup(args) -> int:
         table = []
         for g, members in enumerate(groups, start=1):
             d = cosine_distance(emb[members[:1]], emb[members]).tolist()
-            table.extend((g, int(m == members[0]), files[m], format_distance(dm)) for m, dm in zip(members, d))
+            table.extend((g, int(m == members[0]), files[m], format_distance(dm), *_metadata(store, m).values())
+                         for m, dm in zip(members, d))
+        header += list(_metadata(store, 0)) if len(store) else []
         summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
     write_csv(args.out, header, table)
     print(summary, file=sys.stderr)
@@ -281,7 +302,7 @@ def run_classify(args) -> int:
     files = store.files
     results = [
         {"query": name, "label": p.label, "score": p.score,
-         "neighbours": [{"path": files[labelled[i]], "label": labels[i], "distance": d}
+         "neighbours": [{"path": files[labelled[i]], "label": labels[i], "distance": d, **_metadata(store, labelled[i])}
                         for i, d in zip(p.neighbours, p.distances)]}
         for name, p in zip(names, predictions)
     ]
