@@ -211,3 +211,23 @@ def test_cli_errors_one_line(capsys, parquets, vit_folder, tmp_path, argv, words
     code, out, err = run(capsys, "embed", argv[0], "--out", tmp_path / "s", "--model", vit_folder, *argv[1:])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert words in err, err
+
+
+def test_missing_shards_of_a_pattern_are_listed(tars, tiny_metric, tmp_path):
+    store = build_store(tars / "{00001..00003}.tar", tmp_path / "s", tiny_metric, progress=False)
+    assert store.paths == [k for k, _ in sample_rows(None)[5:]] and len(store.manifest["shards"]) == 2
+    assert {"path": str(tars / "00003.tar"), "reason": f"shard {tars / '00003.tar'} does not exist"} in store.skipped
+
+
+def test_cli_classify_labels_by_key(capsys, tars, images, vit_folder, tmp_path):
+    out = tmp_path / "s"
+    assert run(capsys, "embed", tars / "00000.tar", "--out", out, "--model", vit_folder, "--device", "cpu", "--quiet",
+               "--workers", "0")[0] == 0
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n000000000,zero\n000000001,one\nbad000001,broken\n")
+    code, text, _ = run(capsys, "classify", out, "--labels", labels, images / "copy_noise.png", "--k", "1", "--json",
+                        "--device", "cpu")
+    result = json.loads(text)["results"][0]
+    assert code == 0 and result["label"] == "zero"
+    assert result["neighbours"] == [{"path": "000000000", "label": "zero", "distance": result["neighbours"][0]["distance"],
+                                     "url": "http://x/img0.png", "caption": "cap img0.png"}]
