@@ -526,8 +526,12 @@ def _changes(saved: dict, current: dict) -> Tuple[List[str], List[str], List[str
     return added, removed, changed
 
 
-def _change_message(source, out: Path, added, removed, changed) -> str:
+def _change_message(source, out: Path, added, removed, changed, dataset: bool = False) -> str:
     example = (added or changed or removed)[0]
+    if dataset:
+        return (f"The shards of {source} have changed since store {out} was built: {len(added)} added, "
+                f"{len(removed)} removed, {len(changed)} changed, e.g. {example!r}; pass `overwrite=True` to "
+                "rebuild the store, or choose another output folder.")
     return (f"{source} has changed since store {out} was built: {len(added)} added, {len(removed)} removed, "
             f"{len(changed)} changed file(s), e.g. {example!r}; pass `update=True` to embed the new and "
             "changed files and drop the removed ones, or `overwrite=True` to rebuild the store.")
@@ -565,7 +569,7 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
                 return plan
             return saved
         if not update:
-            raise ValueError(_change_message(plan["source"], out, added, removed, changed))
+            raise ValueError(_change_message(plan["source"], out, added, removed, changed, bool(plan.get("kind"))))
         _gather_reusable(out, plan)
         write_json(manifest, plan)  # from here on, the old plan's shards are not done: they are replaced
         return plan

@@ -231,3 +231,30 @@ def test_cli_classify_labels_by_key(capsys, tars, images, vit_folder, tmp_path):
     assert code == 0 and result["label"] == "zero"
     assert result["neighbours"] == [{"path": "000000000", "label": "zero", "distance": result["neighbours"][0]["distance"],
                                      "url": "http://x/img0.png", "caption": "cap img0.png"}]
+
+
+def test_changed_shard_is_refused_naming_overwrite(images, tiny_metric, tmp_path):
+    rows = sample_rows(images)
+    shard = tmp_path / "00000.tar"
+    write_tar(shard, [(k, "png", (images / n).read_bytes(), None, None) for k, n in rows[:2]])
+    build_store(shard, tmp_path / "s", tiny_metric, progress=False)
+    write_tar(shard, [(k, "png", (images / n).read_bytes(), None, None) for k, n in rows[:3]])
+    with pytest.raises(ValueError, match=r"shards of .* have changed .* 1 changed.*`overwrite=True`"):
+        build_store(shard, tmp_path / "s", tiny_metric, progress=False)
+    with pytest.raises(ValueError, match=r"`update` applies to folders and file lists"):
+        build_store(shard, tmp_path / "s", tiny_metric, progress=False, update=True)
+    assert len(build_store(shard, tmp_path / "s", tiny_metric, progress=False, overwrite=True)) == 3
+
+
+def test_pixel_limit_applies_to_sample_bytes(images, tiny_metric, tmp_path, monkeypatch):
+    from PIL import Image
+
+    rows = sample_rows(images)
+    shard = tmp_path / "00000.tar"
+    write_tar(shard, [(k, "png", (images / n).read_bytes(), None, None) for k, n in rows[:3]])
+    sizes = [Image.open(images / n).size for _, n in rows[:3]]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", sizes[1][0] * sizes[1][1] - 1)  # the first is under it
+    store = build_store(shard, tmp_path / "s", tiny_metric, progress=False)
+    over = [k for (k, _), (w, h) in zip(rows[:3], sizes) if w * h > Image.MAX_IMAGE_PIXELS]
+    assert over and store.paths == [k for k, _ in rows[:3] if k not in over]
+    assert [s["path"] for s in store.skipped] == over and "over the limit" in store.skipped[0]["reason"]
