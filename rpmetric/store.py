@@ -25,6 +25,11 @@ r+2W, ...; because shards are fixed by the plan, the result is the same store as
 writes, and rank 0 finishes the manifest once every rank is done (``--out`` must be on a filesystem
 all ranks share).
 
+A WebDataset or Parquet source (:mod:`rpmetric.sources`) is planned as its list of input shards
+("inputs"), one store shard each, so a resume re-reads only the input shards without a finished
+record; its rows are named by the samples' keys, and the shard records and the manifest keep each
+row's URL and caption ("urls", "captions").
+
 A rerun on a source whose files were added, removed or changed (size or mtime) since the plan was
 made is refused, or with ``update=True`` re-planned: the still valid rows are first gathered into
 ``reuse-emb.npy``, then a new plan is saved and only new and changed files are embedded. That run
