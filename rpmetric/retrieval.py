@@ -213,7 +213,7 @@ def _check_threshold(threshold: float) -> float:
 def near_pairs(embeddings, threshold: float, *, method: str = "exact", clusters: Optional[int] = None,
                probes: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All pairs ``i < j`` with ``1 - cos <= threshold`` (plus ``DISTANCE_TOLERANCE``, for rounding):
-    ``(i, j, distance)`` tensors, ordered by ``(i, j)``.
+    ``(i, j, distance)`` tensors, each pair once.
 
     Args:
         embeddings: ``[N, D]`` embeddings (or an EmbeddingStore).
