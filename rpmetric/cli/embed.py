@@ -133,20 +133,36 @@ def _register_search(sub) -> None:
 
 
 def _register_dedup(sub) -> None:
+    from ..retrieval import AUTO_APPROX_MIN, DEDUP_METHODS, DEFAULT_PROBES, INDEXES
+
     p = sub.add_parser(
         "dedup", help="near-duplicate groups in a store, or images too close to another store",
         description="Group the images of STORE whose cosine distance (1 - cos) is at most --threshold "
                     "(connected components), as CSV `group,keep,path,distance_to_first` (keep=1 marks the "
-                    "first member, the one to keep), found by an exact scan. With --against OTHER, list instead "
-                    "the images of STORE within --threshold of any image of OTHER, as CSV `path,match,distance`; "
-                    "--index and --nprobe choose how OTHER is searched.",
+                    "first member, the one to keep). --method chooses how pairs are found: exact scans all "
+                    "pairs (quadratic); cluster (k-means cells, SemDeDup-style) and ivf (FAISS IVF range search) "
+                    "compare each image only with the images of its --nprobe nearest of --clusters cells, and "
+                    "confirm every pair with the exact distance, so they can miss pairs but never add one. With "
+                    "--against OTHER, list instead the images of STORE within --threshold of any image of OTHER, "
+                    "as CSV `path,match,distance`, found the same way (or, with --index, by nearest-neighbour "
+                    "search).",
     )
     p.add_argument("store", type=Path, metavar="STORE", help="store folder written by `rpmetric embed`")
     p.add_argument("--threshold", type=float, required=True, help="largest distance that counts as a duplicate")
     p.add_argument("--against", type=Path, default=None, metavar="OTHER_STORE",
                    help="flag images of STORE too close to any image of this store (e.g. test or protected images)")
     p.add_argument("--out", type=Path, default=None, help="write the CSV here instead of stdout")
-    _add_index_options(p, when="with --against: ")
+    p.add_argument("--method", choices=DEDUP_METHODS, default="auto",
+                   help=f"exact, cluster or ivf (both need FAISS); auto: exact below {AUTO_APPROX_MIN:,} images "
+                        "(with --against: below that many squared, STORE x OTHER), else cluster (default: auto)")
+    p.add_argument("--clusters", type=at_least(1), default=None,
+                   help="cells of cluster and ivf (default: sqrt(N), at most N/39)")
+    p.add_argument("--nprobe", type=at_least(1), default=None,
+                   help=f"cells each image visits with cluster and ivf: more finds more pairs, slower "
+                        f"(default: {DEFAULT_PROBES}); with --index ivf, IVF cells searched per query (default: 1/8)")
+    p.add_argument("--index", choices=INDEXES, default="auto",
+                   help="with --against, instead of --method: find each image's nearest image of OTHER with this "
+                        "search index (see `rpmetric search`)")
     p.set_defaults(func=run_dedup)
 
 
@@ -263,20 +279,28 @@ def run_dedup(args) -> int:
     from ..retrieval import find_near, group_duplicates
     from ..store import EmbeddingStore
 
-    if args.against is None and (args.index != "auto" or args.nprobe is not None):
-        raise ValueError("--index and --nprobe choose how --against OTHER_STORE is searched; grouping one store's "
-                         "duplicates always scans exactly, so drop them or add --against")
+    by_index = args.index != "auto"
+    if by_index and args.against is None:
+        raise ValueError("--index chooses how --against OTHER_STORE is searched; grouping one store's duplicates "
+                         "uses --method, so drop --index or add --against")
+    if by_index and (args.method != "auto" or args.clusters is not None):
+        raise ValueError(f"--index {args.index} and --method/--clusters both choose how OTHER_STORE is searched; "
+                         "give one of them")
+    if args.method == "exact" and (args.clusters is not None or args.nprobe is not None):
+        raise ValueError("--clusters and --nprobe tune --method cluster|ivf|auto; --method exact scans every pair, "
+                         "so drop them")
     store = EmbeddingStore(args.store)
     emb, files = store.embeddings(), store.files
     if args.against is not None:
         other = EmbeddingStore(args.against)
         store.check_same_model(other)
-        rows, ref, dist = find_near(emb, other.embeddings(), args.threshold, index=args.index, nprobe=args.nprobe)
+        how = dict(index=args.index) if by_index else dict(method=args.method, clusters=args.clusters)
+        rows, ref, dist = find_near(emb, other.embeddings(), args.threshold, nprobe=args.nprobe, **how)
         header = ["path", "match", "distance"]
         table = [(files[i], other.files[j], format_distance(d)) for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
         summary = f"{len(table)} of {len(store)} images are within {args.threshold} of an image of {other.path}"
     else:
-        groups = group_duplicates(emb, args.threshold)
+        groups = group_duplicates(emb, args.threshold, method=args.method, clusters=args.clusters, probes=args.nprobe)
         header = ["group", "keep", "path", "distance_to_first"]
         table = []
         for g, members in enumerate(groups, start=1):
