@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-import tinymodels
 from rpmetric.cli import main
 from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
 
