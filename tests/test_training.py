@@ -337,7 +337,7 @@ def test_head_folder_top_level_is_what_to_upload(nights, vit_folder, tmp_path, c
     assert (out / "checkpoint" / "checkpoint.pt").is_file()
     printed = capsys.readouterr().out
     assert f"upload {CONFIG_NAME} and {WEIGHTS_NAME}, not checkpoint/" in printed
-    assert f"--exclude 'checkpoint/*'" in printed
+    assert "--exclude 'checkpoint/*'" in printed
 
 
 def test_resume_reads_a_checkpoint_in_the_old_place(nights, vit_folder, tmp_path):
