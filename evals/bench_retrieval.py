@@ -51,7 +51,7 @@ def raw_encoder_rate(metric, n: int, batch_size: int) -> float:
 
 def store_rate(metric, images: Path, out: Path, n: int, batch_size: int, workers):
     """``(images/s of build_store, share of its wall time spent inside the encoder)``."""
-    from rpmetric.store import build_store
+    from rpmetric.stores.store import build_store
 
     inside = [0.0]
     started = []
@@ -127,7 +127,7 @@ def bench_search(args) -> None:
 
 
 def compare_indexes(db: torch.Tensor, queries: torch.Tensor) -> None:
-    from rpmetric.retrieval import search
+    from rpmetric.stores.index import search
 
     timings = {}
     for name, kwargs in [("exact", {}), ("faiss", {}), ("ivf", {}), ("ivf", {"nprobe": 8})]:

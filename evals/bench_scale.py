@@ -33,7 +33,7 @@ def run_method(vectors: Path, pairs_out: Path, method: str, threshold: float, cl
     """In this process: load the vectors, find the pairs, save them; time and peak RSS."""
     import torch
 
-    from rpmetric.retrieval import near_pairs
+    from rpmetric.stores.dedup import near_pairs
 
     x = torch.from_numpy(np.load(vectors))
     loaded = current_rss_kb()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rpmetric.cli import main
-from rpmetric.store import EmbeddingStore
+from rpmetric.stores.store import EmbeddingStore
 from test_store import ORIGINALS, PLANTED, make_image_folder, pil_tensor
 
 
@@ -211,7 +211,7 @@ def test_missing_faiss_is_a_one_line_error(capsys, store, monkeypatch):
 # real build code runs and calls it).
 LOGGING_LAUNCHER = """
 import os, sys
-import rpmetric.store as store
+import rpmetric.stores.store as store
 from rpmetric.cli import main
 
 write = store._write_shard

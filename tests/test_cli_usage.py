@@ -255,7 +255,7 @@ def test_ctrl_c_in_eval_names_the_log_and_the_rerun(workspace, vit_folder, tmp_p
 
 
 def test_ctrl_c_in_embed_says_rerun_resumes(workspace, vit_folder, tmp_path, capsys, monkeypatch):
-    from rpmetric import store
+    from rpmetric.stores import store
 
     _interrupt_after_first(monkeypatch, store, "_write_shard")
     argv = ["embed", str(workspace / "images"), "--out", str(tmp_path / "s"), "--model", str(vit_folder),
@@ -366,7 +366,7 @@ def test_search_with_another_model_gives_a_one_line_notice(workspace, vit_folder
 
 
 def test_the_library_still_warns(workspace, vit_folder, tmp_path):
-    from rpmetric.store import EmbeddingStore
+    from rpmetric.stores.store import EmbeddingStore
 
     other = shutil.copytree(vit_folder, tmp_path / "other-model")
     with pytest.warns(UserWarning, match="differs from the model that built store"):

@@ -16,7 +16,7 @@ import torch
 
 from planted import planted_vectors, true_pairs
 from rpmetric.errors import MissingDependencyError
-from rpmetric.retrieval import DEDUP_METHODS, find_near, group_duplicates, near_pairs
+from rpmetric.stores.dedup import DEDUP_METHODS, find_near, group_duplicates, near_pairs
 
 pytest.importorskip("faiss")
 

@@ -23,7 +23,7 @@ from rpmetric.cli import main
 from rpmetric.counterattack import Counterattack
 from rpmetric.datasets import read_nights
 from rpmetric.evaluation import EncoderDistances, evaluate, load_groups
-from rpmetric.retrieval import find_near, group_duplicates
+from rpmetric.stores.dedup import find_near, group_duplicates
 
 SPLITS = ["train", "val", "test"]
 

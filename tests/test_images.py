@@ -195,7 +195,7 @@ def test_every_mode_loads_as_its_8_bit_rgb_picture(tmp_path, case, name, write, 
 
 def test_every_mode_decodes_alike_in_data_loader_workers(tmp_path, tiny_metric):
     """The store's DataLoader path (a worker process) embeds each file as its 8-bit RGB picture."""
-    from rpmetric.store import embed_images
+    from rpmetric.stores.store import embed_images
 
     files, references = [], []
     for case, name, write, expected, tolerance in MODE_CASES:

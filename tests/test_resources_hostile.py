@@ -250,7 +250,7 @@ def test_dataset_items_carry_any_decoding_failure_naming_the_file(tmp_path, monk
 
 @pytest.mark.parametrize("case, error, reason", FAILURES, ids=[f[0] for f in FAILURES])
 def test_embed_images_skips_a_file_whatever_stopped_it(tmp_path, monkeypatch, tiny_metric, case, error, reason):
-    from rpmetric.store import embed_images
+    from rpmetric.stores.store import embed_images
 
     files = [datagen.save_png(tmp_path / f"{n}.png", datagen.pattern(k)) for k, n in enumerate(("a", "bad", "c"))]
     _fail_on(monkeypatch, "bad.png", error)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from rpmetric import retrieval
+from rpmetric.stores import dedup, index
 from rpmetric.errors import MissingDependencyError
-from rpmetric.retrieval import find_near, group_duplicates, knn_classify, knn_vote, near_pairs, search
+from rpmetric.stores import find_near, group_duplicates, knn_classify, knn_vote, near_pairs, search
 
 
 def numpy_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -24,8 +24,9 @@ def numpy_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def small_blocks(monkeypatch):
     # Tiny blocks so the blockwise merging in the exact search and the pair scan is exercised.
-    monkeypatch.setattr(retrieval, "_QUERY_BLOCK", 7)
-    monkeypatch.setattr(retrieval, "_DB_BLOCK", 11)
+    for module in (index, dedup):
+        monkeypatch.setattr(module, "_QUERY_BLOCK", 7)
+        monkeypatch.setattr(module, "_DB_BLOCK", 11)
 
 
 def unit_angles(*angles):
@@ -68,8 +69,8 @@ def test_ivf_visiting_every_cell_is_exact_and_default_recall_is_high():
 
 def test_auto_is_exact_for_small_stores_and_ivf_for_large_searches(monkeypatch):
     assert search(torch.eye(3), torch.eye(3), k=1).index == "exact"
-    monkeypatch.setattr(retrieval, "AUTO_IVF_MIN", 100)
-    monkeypatch.setattr(retrieval, "AUTO_IVF_MIN_QUERIES", 20)
+    monkeypatch.setattr(index, "AUTO_IVF_MIN", 100)
+    monkeypatch.setattr(index, "AUTO_IVF_MIN_QUERIES", 20)
     db = torch.randn(200, 8, generator=torch.Generator().manual_seed(4))
     assert search(db, db[:19], k=1).index == "exact"
     assert search(db, db[:20], k=1).index == "ivf"
@@ -193,9 +194,9 @@ def test_knn_classify_hand_worked():
         knn_classify(ref, ["a", "b"], unit_angles(0.0))
 
 
-# -- robustness of retrieval decisions (rpmetric.robust_retrieval) ------------------------------
+# -- robustness of retrieval decisions (rpmetric.stores.robust) ------------------------------
 def test_nearest_class_logits_hand_worked_and_differentiable():
-    from rpmetric.robust_retrieval import NearestClassLogits
+    from rpmetric.stores.robust import NearestClassLogits
 
     reference = torch.eye(3)
     logits = NearestClassLogits(torch.nn.Flatten(), reference, torch.tensor([0, 1, 1]), 2)
@@ -209,7 +210,7 @@ def test_nearest_class_logits_hand_worked_and_differentiable():
 
 def test_retrieval_attack_eps_zero_changes_nothing_and_eps_four_hurts(tiny_metric):
     from rpmetric.attacks import AttackConfig
-    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+    from rpmetric.stores.robust import evaluate_retrieval_attack
 
     g = torch.Generator().manual_seed(0)
     images = torch.rand(6, 3, 32, 32, generator=g)
@@ -228,7 +229,7 @@ def test_retrieval_attack_eps_zero_changes_nothing_and_eps_four_hurts(tiny_metri
 
 
 def test_retrieval_attack_knn_labels(tiny_metric):
-    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+    from rpmetric.stores.robust import evaluate_retrieval_attack
 
     g = torch.Generator().manual_seed(1)
     images = torch.rand(4, 3, 32, 32, generator=g)
@@ -252,7 +253,7 @@ def test_retrieval_attack_knn_labels(tiny_metric):
 
 def test_retrieval_attack_n_samples_and_uint8_queries(tiny_metric):
     from rpmetric.attacks import AttackConfig
-    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+    from rpmetric.stores.robust import evaluate_retrieval_attack
 
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -279,7 +280,7 @@ def test_retrieval_attack_n_samples_and_uint8_queries(tiny_metric):
     ({"truth": ["a", "zebra"]}, r"True labels \['zebra'\] do not occur in the reference labels"),
 ])
 def test_retrieval_attack_errors(tiny_metric, kwargs, message):
-    from rpmetric.robust_retrieval import evaluate_retrieval_attack
+    from rpmetric.stores.robust import evaluate_retrieval_attack
 
     args = {"truth": ["a", "b"], "labels": ["a", "b"], **kwargs}
     with pytest.raises(ValueError, match=message):

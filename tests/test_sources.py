@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rpmetric import sources
+from rpmetric.stores import sources
 from rpmetric.cli import main
 from rpmetric.errors import MissingDependencyError
-from rpmetric.store import EmbeddingStore, build_store, embed_images
+from rpmetric.stores.store import EmbeddingStore, build_store, embed_images
 from test_store import ORIGINALS, PLANTED, make_image_folder
 
 pa = pytest.importorskip("pyarrow")

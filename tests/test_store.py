@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 import rpmetric
-from rpmetric import store as store_mod
-from rpmetric.store import EmbeddingStore, build_store, embed_images, list_files
+from rpmetric.stores import store as store_mod
+from rpmetric.stores.store import EmbeddingStore, build_store, embed_images, list_files
 
 ORIGINALS = [f"img{i}.png" for i in range(8)]
 PLANTED = {"copy_noise.png": "img0.png", "copy_jpeg.jpg": "img3.png"}  # copy -> original

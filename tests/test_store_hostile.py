@@ -18,7 +18,7 @@ import torch
 import rpmetric
 from rpmetric.cli import main
 from rpmetric.files import atomic_write, write_json
-from rpmetric.store import EmbeddingStore, build_store
+from rpmetric.stores.store import EmbeddingStore, build_store
 from subproc import run_cli
 from test_store import KW, make_image_folder
 

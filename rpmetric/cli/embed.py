@@ -23,8 +23,8 @@ def register(sub) -> None:
 def register_eval_retrieval(datasets) -> None:
     """Add ``retrieval`` under ``rpmetric eval`` (``datasets`` is eval's sub-command action)."""
     from ..attacks import add_attack_options
-    from ..retrieval import VOTES
-    from ..robust_retrieval import TASKS
+    from ..stores.knn import VOTES
+    from ..stores.robust import TASKS
 
     q = datasets.add_parser(
         "retrieval", help="kNN label or duplicate retrieval accuracy, clean and under APGD",
@@ -54,7 +54,7 @@ def register_eval_retrieval(datasets) -> None:
 
 # -- parsers -----------------------------------------------------------------------------------
 def _register_embed(sub) -> None:
-    from ..store import DTYPES
+    from ..stores.store import DTYPES
 
     p = sub.add_parser(
         "embed", help="embed a folder of images into an embedding store",
@@ -113,7 +113,7 @@ def _add_query_options(p) -> None:
 
 
 def _add_index_options(p, when: str = "") -> None:
-    from ..retrieval import INDEXES
+    from ..stores.index import INDEXES
 
     p.add_argument("--index", choices=INDEXES, default="auto",
                    help=f"{when}exact: torch; faiss: FAISS flat (exact); ivf: FAISS IVF (approximate, fast); "
@@ -133,7 +133,8 @@ def _register_search(sub) -> None:
 
 
 def _register_dedup(sub) -> None:
-    from ..retrieval import AUTO_APPROX_MIN, DEDUP_METHODS, DEFAULT_PROBES, INDEXES
+    from ..stores.dedup import AUTO_APPROX_MIN, DEDUP_METHODS, DEFAULT_PROBES
+    from ..stores.index import INDEXES
 
     p = sub.add_parser(
         "dedup", help="near-duplicate groups in a store, or images too close to another store",
@@ -167,7 +168,7 @@ def _register_dedup(sub) -> None:
 
 
 def _register_classify(sub) -> None:
-    from ..retrieval import VOTES
+    from ..stores.knn import VOTES
 
     p = sub.add_parser(
         "classify", help="kNN classification of query images against a labelled store",
@@ -186,8 +187,8 @@ def _register_classify(sub) -> None:
 def run_embed(args) -> int:
     from .. import distributed
     from ..metric import RobustDistance
-    from ..sources import is_dataset, plan_inputs
-    from ..store import build_store, missing_source
+    from ..stores.sources import is_dataset, plan_inputs
+    from ..stores.store import build_store, missing_source
 
     from ..files import check_writable
 
@@ -218,7 +219,7 @@ def _queries(args, store):
     A named query file that cannot be read is an error; unreadable files found in a query folder
     are skipped and listed on stderr, as ``embed`` skips them.
     """
-    from ..store import EmbeddingStore, embed_images, list_files
+    from ..stores.store import EmbeddingStore, embed_images, list_files
 
     if (args.query_store is None) == (not args.queries):
         raise ValueError("give query images (QUERY...) or --query-store STORE, exactly one of them")
@@ -253,8 +254,8 @@ def _metadata(store, i: int) -> dict:
 
 
 def run_search(args) -> int:
-    from ..retrieval import search
-    from ..store import EmbeddingStore
+    from ..stores.index import search
+    from ..stores.store import EmbeddingStore
 
     store = EmbeddingStore(args.store)
     queries, names = _queries(args, store)
@@ -276,8 +277,8 @@ def run_search(args) -> int:
 def run_dedup(args) -> int:
     from ..files import write_csv
     from ..functional import cosine_distance
-    from ..retrieval import find_near, group_duplicates
-    from ..store import EmbeddingStore
+    from ..stores.dedup import find_near, group_duplicates
+    from ..stores.store import EmbeddingStore
 
     by_index = args.index != "auto"
     if by_index and args.against is None:
@@ -315,8 +316,8 @@ def run_dedup(args) -> int:
 
 
 def run_classify(args) -> int:
-    from ..retrieval import knn_classify
-    from ..store import EmbeddingStore
+    from ..stores.knn import knn_classify
+    from ..stores.store import EmbeddingStore
 
     store = EmbeddingStore(args.store)
     labelled, labels = store.labelled(args.labels)
@@ -342,8 +343,8 @@ def run_eval_retrieval(args) -> int:
 
     from ..attacks import AttackConfig, attack_config_from_args
     from ..files import read_csv_columns, write_json
-    from ..robust_retrieval import evaluate_retrieval_attack
-    from ..store import EmbeddingStore, model_input
+    from ..stores.robust import evaluate_retrieval_attack
+    from ..stores.store import EmbeddingStore, model_input
 
     options = attack_config_from_args(args)  # checks the attack options before any work
     if (args.task == "knn") != (args.labels is not None):
