@@ -12,43 +12,12 @@ from rpmetric.attacks import add_attack_options, attack_config_from_args, evalua
 from rpmetric.attacks import evaluate as evaluate_module
 from rpmetric.cli import main
 from rpmetric.datasets import read_nights
-from rpmetric.images import read_pixels, unit_float
+from rpmetric.images import load_image, read_pixels, unit_float
 from rpmetric.preprocess import resize_and_crop
-from test_attacks import CountingEncoder, NoDefence, random_triplets
+# fooled_data and the autouse one_thread are fixtures: importing them makes them this module's too
+from test_attacks import CountingEncoder, NoDefence, SpyApgd, fooled_data, one_thread, random_triplets  # noqa: F401
 
 RADII = [0.0, 1 / 255, 4 / 255, 16 / 255, 32 / 255]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def fooled_data(tmp_path_factory, vit_folder):
-    """Six triplets the tiny (random, so non-robust) model judges correctly on clean images."""
-    import rpmetric
-
-    metric = rpmetric.RobustDistance(str(vit_folder), device="cpu")
-    return random_triplets(tmp_path_factory.mktemp("curves"), 6, metric)
-
-
-class SpyCalls:
-    """Records each APGD call's radius, attacked rows and returned images."""
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        real = evaluate_module.run_apgd
-
-        def spy(logits, x, y, config, **kwargs):
-            out = real(logits, x, y, config, **kwargs)
-            self.calls.append((config.eps, kwargs["correct"].clone(), out.images.clone()))
-            return out
-
-        monkeypatch.setattr(evaluate_module, "run_apgd", spy)
 
 
 def test_eps_zero_gives_the_clean_accuracy(tiny_metric, nights_known):
@@ -62,7 +31,7 @@ def test_eps_zero_gives_the_clean_accuracy(tiny_metric, nights_known):
 
 
 def test_accuracy_does_not_rise_with_eps_on_a_non_robust_model(tiny_metric, fooled_data, monkeypatch):
-    spy = SpyCalls(monkeypatch)
+    spy = SpyApgd(monkeypatch)
     result = evaluate_attack(tiny_metric, fooled_data, eps=RADII, steps=10, batch_size=6, progress=False)
     accuracy = [point["robust_accuracy"] for point in result.curve]
     assert accuracy[0] == result.clean_accuracy == 1.0
@@ -70,12 +39,12 @@ def test_accuracy_does_not_rise_with_eps_on_a_non_robust_model(tiny_metric, fool
     assert accuracy[-1] <= 1 / 6  # the random tiny model is not robust: 32/255 breaks it
     # Re-judge every image APGD returned with the public metric's forward: a triplet is robust at a
     # radius only if no image found at that radius or a smaller one fools it.
-    assert [eps for eps, _, _ in spy.calls] == RADII
+    assert [eps for eps, _ in spy.calls] == RADII
     pp = tiny_metric.spec.preprocessing
     for i, (t, record) in enumerate(zip(fooled_data, result.records)):
         left, right = (unit_float(resize_and_crop(read_pixels(path)[None], pp)) for path in (t.left, t.right))
         robust = record["clean_correct"]
-        for k, (eps, attacked_rows, images) in enumerate(spy.calls):
+        for k, ((eps, attacked_rows), (_, images)) in enumerate(zip(spy.calls, spy.outputs)):
             assert bool(attacked_rows[i]) == (robust > 0)  # only the rows still robust are attacked again
             d0, d1 = float(tiny_metric(images[i][None], left)), float(tiny_metric(images[i][None], right))
             robust = min(robust, 0.5 if d0 == d1 else float((d1 < d0) == (t.p > 0.5)))
@@ -99,16 +68,10 @@ def test_one_clean_pass_for_all_radii(tiny_metric, tmp_path):
     evaluate_attack(counter, triplets, eps=[0.0, 2 / 255, 8 / 255], steps=2, batch_size=3, progress=False)
     encoder = tiny_metric.encoder
     for side in ("left", "right"):
-        images = encoder.prepare(torch.cat([read_image(getattr(t, side)) for t in triplets]))
+        images = encoder.prepare(torch.cat([load_image(getattr(t, side)) for t in triplets]))
         for i, image in enumerate(images):
             hits = [n for n, call in enumerate(counter.calls) for row in call if torch.equal(row, image)]
             assert len(hits) == 1, f"{side} image of triplet {i} embedded in calls {hits}"
-
-
-def read_image(path):
-    from rpmetric.images import load_image
-
-    return load_image(path)
 
 
 def test_identity_defence_reproduces_the_plain_curve(tiny_metric, fooled_data):
@@ -213,7 +176,8 @@ def test_eval_json_and_table_per_radius(nights_known, vit_folder, tmp_path, caps
     # hand-worked clean accuracies (datagen.nights_known): 3.5 / 4 and 1 / 2; total weighted by n
     assert summary["attack"]["total"]["clean_accuracy"] == pytest.approx(4.5 / 6)
     parts = [summary["attack"][g]["per_eps"][1]["robust_accuracy"] for g in ("test_imagenet", "test_no_imagenet")]
-    assert summary["attack"]["total"]["per_eps"][1]["robust_accuracy"] == pytest.approx((4 * parts[0] + 2 * parts[1]) / 6)
+    total = summary["attack"]["total"]["per_eps"][1]["robust_accuracy"]
+    assert total == pytest.approx((4 * parts[0] + 2 * parts[1]) / 6)
 
 
 def test_a_single_eps_keeps_the_json_layout(nights_known, vit_folder, tmp_path, capsys):

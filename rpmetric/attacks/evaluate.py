@@ -164,7 +164,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         >>> metric = rpmetric.RobustDistance("r-clip-t-convnext")  # doctest: +SKIP
         >>> result = evaluate_attack(metric, read_nights("/data/nights", "test"), norm="l2")  # doctest: +SKIP
         >>> result.clean_accuracy, result.robust_accuracy  # doctest: +SKIP
-        >>> curve = evaluate_attack(metric, read_nights("/data/nights", "test"), eps=[0, 2 / 255, 4 / 255])  # doctest: +SKIP
+        >>> triplets = read_nights("/data/nights", "test")  # doctest: +SKIP
+        >>> curve = evaluate_attack(metric, triplets, eps=[0, 2 / 255, 4 / 255])  # doctest: +SKIP
         >>> [point["robust_accuracy"] for point in curve.curve]  # doctest: +SKIP
     """
     configs, several = _radii(norm, eps, steps, restarts, seed, eot_samples)
