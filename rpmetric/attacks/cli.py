@@ -10,10 +10,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..counterattack import pixel_unit_notice
 from ..evaluation import nights_total
-from .config import AttackConfig, Norm
+from .config import AttackConfig, Norm, radius_label
 
 __all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_log_path", "attack_columns",
-           "attack_headers", "radius_label"]
+           "attack_headers"]
 
 _OPTIONS = ("eps", "steps", "restarts", "n_samples", "seed", "eot_samples")
 
@@ -204,18 +204,6 @@ def attack_headers(defended: bool, options: Optional[dict] = None) -> List[str]:
         headers += ["defended clean (%)", *(f"{kind} @{name} (%)" for kind in ("non-adaptive", "adaptive")
                                             for name in names)]
     return headers
-
-
-def radius_label(norm: str, eps: float) -> str:
-    """A radius as the command line states it: ``4/255`` for linf (``0`` for none), ``0.5`` for l2.
-
-    Example:
-        >>> radius_label("linf", 8 / 255), radius_label("linf", 0.0), radius_label("l2", 0.5)
-        ('8/255', '0', '0.5')
-    """
-    if eps == 0:
-        return "0"
-    return f"{eps * 255:.4g}/255" if Norm.parse(norm) is Norm.LINF else f"{eps:.4g}"
 
 
 def _check_cli_eps(norm: Norm, eps: float) -> None:
