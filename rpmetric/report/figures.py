@@ -274,10 +274,11 @@ def _draw_bars(ax, kind: str, title: str, groups: List[str], runs: List[_Run]) -
         ax.bar(x, heights, width, label=label, color=colour, alpha=alpha)
     ax.set_label(kind)
     ax.set_title(title)
-    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 3 else 0)
+    slanted = len(groups) > 3 or sum(len(g) for g in groups) > 30  # long names would overlap
+    ax.set_xticks(range(len(groups)), groups, rotation=20 if slanted else 0, ha="right" if slanted else "center")
     ax.set_ylim(0, 100)
     # below the panel: a legend inside would hide bars (constrained layout makes room for it)
-    ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.12 if len(groups) <= 3 else -0.22),
+    ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.3 if slanted else -0.12),
               ncols=min(len(series), 2))
 
 
