@@ -333,7 +333,7 @@ def score_bars(results: Results, labels: Optional[Sequence[str]] = None):
         >>> result = {"model": "m", "task": "2afc", "score": "2AFC score",
         ...           "results": {"test_imagenet": {"n": 4, "score": 0.8}}}
         >>> figure = score_bars([result])
-        >>> [bar.get_height() for bar in figure.axes[0].containers[0]]
+        >>> [float(bar.get_height()) for bar in figure.axes[0].containers[0]]
         [80.0]
     """
     runs = _runs(results, labels)
