@@ -142,12 +142,27 @@ def test_several_eps_options(argv, eps):
 @pytest.mark.parametrize("curves, argv, match", [
     (True, ["--attack", "linf", "--eps", "2", "4", "2"], r"^--eps gives the radius 2 twice; give each radius once\.$"),
     (True, ["--attack", "linf", "--eps", "2", "300"], r"`--eps` must be in \[0, 255\] .* but got 300\.$"),
-    (False, ["--attack", "linf", "--eps", "2", "4"],
-     r"^--eps takes one radius here, but got 2 \(2 4\); robustness curves .* `rpmetric eval nights\|bapps`\.$"),
 ])
 def test_several_eps_option_errors(curves, argv, match):
     with pytest.raises(ValueError, match=match):
         attack_config_from_args(_parser(curves).parse_args(argv))
+
+
+def test_one_radius_commands_refuse_several():
+    # eval retrieval keeps one radius (so `--eps 4 STORE` reads STORE as positional); a list that
+    # reaches attack_config_from_args anyway is refused with the commands that take several.
+    args = _parser(False).parse_args(["--attack", "linf"])
+    args.eps = [2.0, 4.0]
+    with pytest.raises(ValueError, match=r"^--eps takes one radius here, but got 2 \(2 4\); robustness curves .* "
+                                         r"`rpmetric eval nights\|bapps`\.$"):
+        attack_config_from_args(args)
+
+
+def test_a_root_after_several_radii_says_where_to_put_it(fresh_nights, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "nights", "--attack", "linf", "--eps", "2", "4", str(fresh_nights)])
+    err = capsys.readouterr().err
+    assert "argument --eps: must be numbers, but got" in err and "put positional arguments (ROOT) before --eps" in err
 
 
 def _eval(nights_known, vit_folder, tmp_path, *extra):

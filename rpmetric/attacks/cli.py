@@ -44,10 +44,10 @@ def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the re
     several = (" Several radii (--eps 0 1 2 4 8) give robust accuracy at each, in increasing order, in one run "
                "that embeds the clean images once; a triplet fooled at a smaller radius counts as fooled at the "
                "larger ones." if curves else "")
-    # nargs="+" even where one radius is allowed, so that two get rpmetric's error rather than argparse's.
-    group.add_argument("--eps", type=float, nargs="+", default=None, metavar="E",
-                       help="attack radius: in units of 1/255 for linf (default 4, i.e. 4/255), absolute for "
-                            f"l2 (default 3).{several}")
+    # One radius where the command takes one, so that `--eps 4 STORE` still reads STORE as positional.
+    group.add_argument("--eps", type=_radius if curves else float, nargs="+" if curves else None, default=None,
+                       metavar="E", help="attack radius: in units of 1/255 for linf (default 4, i.e. 4/255), "
+                                         f"absolute for l2 (default 3).{several}")
     parser.set_defaults(eps_curves=curves)
     group.add_argument("--steps", type=int, default=None, metavar="S", help="APGD iterations (default 100)")
     group.add_argument("--restarts", type=int, default=None, metavar="R", help="APGD random restarts (default 1)")
@@ -204,6 +204,17 @@ def attack_headers(defended: bool, options: Optional[dict] = None) -> List[str]:
         headers += ["defended clean (%)", *(f"{kind} @{name} (%)" for kind in ("non-adaptive", "adaptive")
                                             for name in names)]
     return headers
+
+
+def _radius(text: str) -> float:
+    """An argparse ``type`` for one of several ``--eps`` radii, whose error says why a positional
+    argument after them was read as a radius."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be numbers, but got {text!r}; --eps takes every value up to the next option, so put "
+            "positional arguments (ROOT) before --eps") from None
 
 
 def _check_cli_eps(norm: Norm, eps: float) -> None:
