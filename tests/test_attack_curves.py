@@ -230,3 +230,14 @@ def test_eval_curve_resumes_from_its_logs(nights_known, vit_folder, tmp_path, ca
                  "linf", "--steps", "2", "--eps", "0", "4", "--log", str(log), "--resume"])
     err = capsys.readouterr().err
     assert code == 2 and "different configuration" in err and "Traceback" not in err
+
+
+@pytest.mark.gpu
+def test_curve_on_cuda_with_mixed_precision(vit_folder, fooled_data):
+    import rpmetric
+
+    cuda = rpmetric.RobustDistance(str(vit_folder), device="cuda")
+    result = evaluate_attack(cuda, fooled_data, eps=[0.0, 8 / 255, 32 / 255], steps=3, progress=False)
+    accuracy = [point["robust_accuracy"] for point in result.curve]
+    assert accuracy[0] == result.clean_accuracy == 1.0  # fooled_data is judged right on the CPU too
+    assert accuracy[2] <= accuracy[1] <= accuracy[0]
