@@ -55,15 +55,18 @@ def reference_batch(triplets, encoder):
 
 
 class SpyApgd:
-    """Wraps run_apgd and keeps what it returned, so tests can re-check the images independently."""
+    """Wraps run_apgd and keeps what it returned, so tests can re-check the images independently;
+    ``calls`` holds each call's radius and the rows it was asked to attack."""
 
     def __init__(self, monkeypatch):
         self.outputs = []
+        self.calls = []
         real = evaluate_module.run_apgd
 
         def spy(logits, x, y, config, **kwargs):
             out = real(logits, x, y, config, **kwargs)
             self.outputs.append((x.clone(), out.images.clone()))
+            self.calls.append((config.eps, kwargs.get("correct")))
             return out
 
         monkeypatch.setattr(evaluate_module, "run_apgd", spy)

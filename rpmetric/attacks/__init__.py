@@ -9,7 +9,7 @@
 
 from .apgd import ApgdResult, perturbation_norms, run_apgd
 from .cli import add_attack_options, attack_columns, attack_config_from_args, attack_groups, attack_headers
-from .config import AttackConfig, Norm
+from .config import AttackConfig, Norm, radius_label
 from .evaluate import AttackResult, evaluate_attack
 from .logits import TwoAFCLogits, human_labels
 
@@ -28,4 +28,5 @@ __all__ = [
     "attack_groups",
     "attack_columns",
     "attack_headers",
+    "radius_label",
 ]

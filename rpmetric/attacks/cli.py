@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..counterattack import pixel_unit_notice
 from ..evaluation import nights_total
-from .config import AttackConfig, Norm
+from .config import AttackConfig, Norm, radius_label
 
 __all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_log_path", "attack_columns",
            "attack_headers"]
@@ -19,7 +19,8 @@ _OPTIONS = ("eps", "steps", "restarts", "n_samples", "seed", "eot_samples")
 
 
 def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the reference image",
-                       samples: str = "triplets of each split or category", counterattack: bool = True) -> None:
+                       samples: str = "triplets of each split or category", counterattack: bool = True,
+                       curves: bool = False) -> None:
     """Add ``--attack linf|l2`` and its knobs; all default to None so that
     :func:`attack_config_from_args` can tell what was given.
 
@@ -27,6 +28,8 @@ def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the re
         target: what the attack perturbs, for the help text.
         samples: what ``--n-samples`` counts, for the help text.
         counterattack: offer ``--eot-samples`` (only meaningful where ``--counterattack`` exists).
+        curves: accept several radii after ``--eps`` (a robustness curve in one run); otherwise
+            more than one is refused with a one-line error by :func:`attack_config_from_args`.
 
     Example:
         >>> parser = argparse.ArgumentParser()
@@ -38,9 +41,14 @@ def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the re
     group.add_argument("--attack", choices=[n.value for n in Norm], default=None,
                        help=f"also report accuracy under APGD-CE in this norm, on {target} "
                             "at the model's input size, in [0, 1]")
-    group.add_argument("--eps", type=float, default=None, metavar="E",
-                       help="attack radius: in units of 1/255 for linf (default 4, i.e. 4/255), absolute for "
-                            "l2 (default 3)")
+    several = (" Several radii (--eps 0 1 2 4 8) give robust accuracy at each, in increasing order, in one run "
+               "that embeds the clean images once; a triplet fooled at a smaller radius counts as fooled at the "
+               "larger ones." if curves else "")
+    # One radius where the command takes one, so that `--eps 4 STORE` still reads STORE as positional.
+    group.add_argument("--eps", type=_radius if curves else float, nargs="+" if curves else None, default=None,
+                       metavar="E", help="attack radius: in units of 1/255 for linf (default 4, i.e. 4/255), "
+                                         f"absolute for l2 (default 3).{several}")
+    parser.set_defaults(eps_curves=curves)
     group.add_argument("--steps", type=int, default=None, metavar="S", help="APGD iterations (default 100)")
     group.add_argument("--restarts", type=int, default=None, metavar="R", help="APGD random restarts (default 1)")
     group.add_argument("--n-samples", type=int, default=None, metavar="N",
@@ -56,9 +64,13 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
     """Keyword arguments for :func:`rpmetric.attacks.evaluate_attack` from the parsed options, with
     ``eps`` in absolute units; None when ``--attack`` was not given.
 
+    With several ``--eps`` radii (where :func:`add_attack_options` was given ``curves=True``),
+    ``eps`` is their list in increasing order.
+
     Raises:
         ValueError: an attack option without ``--attack``, ``--eot-samples`` without
-            ``--counterattack``, or a bad value (checked now, not after the clean evaluation).
+            ``--counterattack``, several radii where the command takes one, a radius given twice, or a
+            bad value (checked now, not after the clean evaluation).
 
     Example:
         >>> parser = argparse.ArgumentParser()
@@ -78,29 +90,48 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
         # Otherwise it would be ignored, yet recorded in the run's configuration (so blocking a resume).
         raise ValueError("--eot-samples only applies to the adaptive attack on a counterattack; add --counterattack "
                          "or drop --eot-samples.")
-    eps = given["eps"]
-    if eps is not None:
-        _check_cli_eps(norm, eps)
-        notice = pixel_unit_notice("--eps", eps) if norm is Norm.LINF else None
-        if notice:
-            print(f"rpmetric {getattr(args, 'command', '')}: warning: {notice}", file=sys.stderr)
-        if norm is Norm.LINF:
-            eps = eps / 255  # the command line states l-inf radii as the papers do, in 1/255 units
+    radii = _cli_radii(args, norm, given["eps"])
     defaults = AttackConfig()
-    config = AttackConfig.create(
+    configs = [AttackConfig.create(
         norm, eps,
         steps=defaults.steps if given["steps"] is None else given["steps"],
         restarts=defaults.restarts if given["restarts"] is None else given["restarts"],
         seed=defaults.seed if given["seed"] is None else given["seed"],
         eot_samples=defaults.eot_samples if given["eot_samples"] is None else given["eot_samples"])
+        for eps in radii]
+    config = configs[0]
     n_samples = given["n_samples"]
     if n_samples is not None and n_samples < 1:
         raise ValueError(f"Argument `--n-samples` must be at least 1, but got {n_samples}.")
     from .apgd import apgd_class
 
     apgd_class()  # a missing pyautoattack fails now, not after the clean evaluation
-    return {"norm": config.norm.value, "eps": config.eps, "steps": config.steps, "restarts": config.restarts,
+    eps = config.eps if len(configs) == 1 else [c.eps for c in configs]
+    return {"norm": config.norm.value, "eps": eps, "steps": config.steps, "restarts": config.restarts,
             "seed": config.seed, "eot_samples": config.eot_samples, "n_samples": n_samples}
+
+
+def _cli_radii(args: argparse.Namespace, norm: Norm, given) -> list:
+    """The ``--eps`` radii in absolute units, in increasing order: ``[None]`` (the default radius)
+    when none was given."""
+    if given is None:
+        return [None]
+    values = list(given) if isinstance(given, (list, tuple)) else [given]
+    if len(values) > 1 and not getattr(args, "eps_curves", False):
+        raise ValueError(f"--eps takes one radius here, but got {len(values)} ({' '.join(f'{v:g}' for v in values)}); "
+                         "robustness curves over several radii are for `rpmetric eval nights|bapps`.")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise ValueError(f"--eps gives the radius {twice:g} twice; give each radius once.")
+    radii = []
+    for eps in sorted(values):
+        _check_cli_eps(norm, eps)
+        notice = pixel_unit_notice("--eps", eps) if norm is Norm.LINF else None
+        if notice:
+            print(f"rpmetric {getattr(args, 'command', '')}: warning: {notice}", file=sys.stderr)
+        # the command line states l-inf radii as the papers do, in 1/255 units
+        radii.append(eps / 255 if norm is Norm.LINF else eps)
+    return radii
 
 
 def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batch_size: int, workers: int = 0,
@@ -134,21 +165,56 @@ def attack_log_path(log, group: str) -> Path:
     return Path(log).with_name(f"{Path(log).name}.attack-{group}.jsonl")
 
 
-def attack_columns(summary: Optional[dict], defended: bool) -> List[str]:
+def attack_columns(summary: Optional[dict], defended: bool, options: Optional[dict] = None) -> List[str]:
     """Table cells for one group's attack summary, the attacked count then percentages;
-    ``attack_headers(defended)`` names them."""
+    ``attack_headers(defended, options)`` names them. A summary with ``per_eps`` (several radii)
+    gives its robust accuracy per radius (and with a counterattack its non-adaptive, then adaptive,
+    accuracy per radius)."""
     if summary is None:
-        return [""] * len(attack_headers(defended))
-    cells = [summary["clean_accuracy"], summary["robust_accuracy"]]
-    if defended:
-        ca = summary.get("counterattack") or {}
-        cells += [ca.get("clean_accuracy"), ca.get("nonadaptive_accuracy"), ca.get("adaptive_accuracy")]
+        return [""] * len(attack_headers(defended, options))
+    ca = summary.get("counterattack") or {}
+    points = summary.get("per_eps")
+    if points is None:
+        cells = [summary["clean_accuracy"], summary["robust_accuracy"]]
+        if defended:
+            cells += [ca.get("clean_accuracy"), ca.get("nonadaptive_accuracy"), ca.get("adaptive_accuracy")]
+    else:
+        cells = [summary["clean_accuracy"], *(point["robust_accuracy"] for point in points)]
+        if defended:
+            cells += [ca.get("clean_accuracy"), *(point["counterattack"][key] for key in
+                                                  ("nonadaptive_accuracy", "adaptive_accuracy") for point in points)]
     return [str(summary["n"])] + ["" if v is None else f"{100 * v:.2f}" for v in cells]
 
 
-def attack_headers(defended: bool) -> List[str]:
-    headers = ["n attacked", "clean acc (%)", "robust acc (%)"]
-    return headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
+def attack_headers(defended: bool, options: Optional[dict] = None) -> List[str]:
+    """The names of :func:`attack_columns`' cells; ``options`` (from :func:`attack_config_from_args`)
+    with several radii names one column per radius, e.g. ``robust @4/255 (%)``.
+
+    Example:
+        >>> attack_headers(False, {"norm": "linf", "eps": [0.0, 4 / 255]})
+        ['n attacked', 'clean acc (%)', 'robust @0 (%)', 'robust @4/255 (%)']
+    """
+    radii = None if options is None or not isinstance(options["eps"], list) else options["eps"]
+    if radii is None:
+        headers = ["n attacked", "clean acc (%)", "robust acc (%)"]
+        return headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
+    names = [radius_label(options["norm"], eps) for eps in radii]
+    headers = ["n attacked", "clean acc (%)", *(f"robust @{name} (%)" for name in names)]
+    if defended:
+        headers += ["defended clean (%)", *(f"{kind} @{name} (%)" for kind in ("non-adaptive", "adaptive")
+                                            for name in names)]
+    return headers
+
+
+def _radius(text: str) -> float:
+    """An argparse ``type`` for one of several ``--eps`` radii, whose error says why a positional
+    argument after them was read as a radius."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be numbers, but got {text!r}; --eps takes every value up to the next option, so put "
+            "positional arguments (ROOT) before --eps") from None
 
 
 def _check_cli_eps(norm: Norm, eps: float) -> None:
@@ -170,6 +236,8 @@ def _weighted_total(results: Dict[str, dict]) -> dict:
         return nights_total({g: {"n": results[g]["n"], "score": get(results[g])} for g in _NIGHTS_TEST})["score"]
 
     first = results[_NIGHTS_TEST[0]]
+    if "per_eps" in first:
+        return _weighted_curve_total(results, mean)
     total = {"n": sum(results[g]["n"] for g in _NIGHTS_TEST),
              "clean_accuracy": mean(lambda p: p["clean_accuracy"]),
              "robust_accuracy": mean(lambda p: p["robust_accuracy"]), "attack": first["attack"]}
@@ -177,4 +245,22 @@ def _weighted_total(results: Dict[str, dict]) -> dict:
         total["counterattack"] = {"config": first["counterattack"]["config"], **{
             key: mean(lambda p, key=key: p["counterattack"][key])
             for key in ("clean_accuracy", "nonadaptive_accuracy", "adaptive_accuracy", "worst_case_accuracy")}}
+    return total
+
+
+def _weighted_curve_total(results: Dict[str, dict], mean) -> dict:
+    """:func:`_weighted_total` of summaries with ``per_eps``: each radius's figures averaged alike."""
+    first = results[_NIGHTS_TEST[0]]
+    per_eps = []
+    for k, point in enumerate(first["per_eps"]):
+        item = {"eps": point["eps"], "robust_accuracy": mean(lambda p, k=k: p["per_eps"][k]["robust_accuracy"])}
+        if "counterattack" in point:
+            item["counterattack"] = {key: mean(lambda p, k=k, key=key: p["per_eps"][k]["counterattack"][key])
+                                     for key in point["counterattack"]}
+        per_eps.append(item)
+    total = {"n": sum(results[g]["n"] for g in _NIGHTS_TEST), "clean_accuracy": mean(lambda p: p["clean_accuracy"]),
+             "attack": first["attack"], "per_eps": per_eps}
+    if "counterattack" in first:
+        total["counterattack"] = {"config": first["counterattack"]["config"],
+                                  "clean_accuracy": mean(lambda p: p["counterattack"]["clean_accuracy"])}
     return total

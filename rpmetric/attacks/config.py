@@ -9,7 +9,7 @@ from typing import Optional, Union
 
 from ..validation import check_int, check_real
 
-__all__ = ["Norm", "AttackConfig"]
+__all__ = ["Norm", "AttackConfig", "radius_label"]
 
 
 class Norm(str, Enum):
@@ -96,3 +96,14 @@ class AttackConfig:
                   "restarts": self.restarts, "seed": self.seed}
         return {**config, "eot_samples": self.eot_samples} if defended else config
 
+
+def radius_label(norm: str, eps: float) -> str:
+    """A radius as the command line states it: ``4/255`` for linf (``0`` for none), ``0.5`` for l2.
+
+    Example:
+        >>> radius_label("linf", 8 / 255), radius_label("linf", 0.0), radius_label("l2", 0.5)
+        ('8/255', '0', '0.5')
+    """
+    if eps == 0:
+        return "0"
+    return f"{eps * 255:.4g}/255" if Norm.parse(norm) is Norm.LINF else f"{eps:.4g}"

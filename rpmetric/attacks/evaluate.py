@@ -3,6 +3,7 @@ reference image (the protocol of Croce et al., SaTML 2025), batched and resumabl
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Union
@@ -34,6 +35,11 @@ _BALL_TOLERANCE = 1e-6
 class AttackResult:
     """Clean and robust binary accuracy on the same triplets, with the per-triplet records.
 
+    With several radii (a robustness curve, ``eps`` a list), ``robust_accuracy`` and the three
+    defended figures under attack are None, and ``curve`` holds them per radius instead; each record's
+    ``adv_d0``, ``adv_d1``, ``robust_correct``, ``linf``, ``l2`` (and ``nonadaptive_correct``,
+    ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``) are then lists, one value per radius.
+
     Attributes:
         n: number of triplets.
         clean_accuracy: share judged like the humans (label ``p > 0.5``) on the clean images; a
@@ -50,20 +56,32 @@ class AttackResult:
             metric (the TTC paper's evaluation).
         adaptive_accuracy: the defended metric judging images attacked through the defence itself.
         worst_case_accuracy: per triplet the worse of the two: correct only if both attacks fail.
+        curve: with several radii, one dict per radius in increasing order: ``eps``,
+            ``robust_accuracy``, and with a counterattack ``nonadaptive_accuracy``,
+            ``adaptive_accuracy``, ``worst_case_accuracy``; None for a single radius.
     """
 
     n: int
     clean_accuracy: float
-    robust_accuracy: float
+    robust_accuracy: Optional[float]
     records: List[dict] = field(repr=False)
     config: dict = field(default_factory=dict)
     defended_clean_accuracy: Optional[float] = None
     nonadaptive_accuracy: Optional[float] = None
     adaptive_accuracy: Optional[float] = None
     worst_case_accuracy: Optional[float] = None
+    curve: Optional[List[dict]] = None
 
     def to_dict(self) -> dict:
-        """The figures and the configuration as JSON-ready data (without the per-triplet records)."""
+        """The figures and the configuration as JSON-ready data (without the per-triplet records).
+
+        With several radii, ``robust_accuracy`` gives way to ``per_eps``, a list of one summary per
+        radius (``eps``, ``robust_accuracy`` and, with a counterattack, a ``counterattack`` dict of the
+        three accuracies under attack); the top-level ``counterattack`` keeps its config and clean
+        accuracy, which no radius changes.
+        """
+        if self.curve is not None:
+            return self._curve_dict()
         summary = {"n": self.n, "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
                    "attack": self.config.get("attack")}
         if self.defended_clean_accuracy is not None:
@@ -76,9 +94,21 @@ class AttackResult:
             }
         return summary
 
+    def _curve_dict(self) -> dict:
+        defended = self.defended_clean_accuracy is not None
+        per_eps = [{"eps": point["eps"], "robust_accuracy": point["robust_accuracy"],
+                    **({"counterattack": {key: point[key] for key in _DEFENDED_FIGURES}} if defended else {})}
+                   for point in self.curve]
+        summary = {"n": self.n, "clean_accuracy": self.clean_accuracy, "attack": self.config.get("attack"),
+                   "per_eps": per_eps}
+        if defended:
+            summary["counterattack"] = {"config": self.config.get("counterattack"),
+                                        "clean_accuracy": self.defended_clean_accuracy}
+        return summary
+
 
 def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Dataset], *, norm: str = "linf",
-                    eps: Optional[float] = None, steps: int = 100, restarts: int = 1, seed: int = 0,
+                    eps: Union[None, float, Sequence[float]] = None, steps: int = 100, restarts: int = 1, seed: int = 0,
                     counterattack=None, eot_samples: int = 4, batch_size: int = 16,
                     n_samples: Optional[int] = None, workers: int = 0, device=None, runlog_path=None,
                     resume: bool = False, progress: bool = True) -> AttackResult:
@@ -99,6 +129,11 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
             yielding :class:`~rpmetric.datasets.TripletImages`-style items.
         norm: ``"linf"`` or ``"l2"``.
         eps: the radius on [0, 1] pixels; None gives the published one (4/255 for linf, 3 for l2).
+            A list of radii gives a robustness curve in one run (see :class:`AttackResult`): each
+            batch is embedded clean once, then attacked at each radius in increasing order. An
+            adversarial image found at a smaller radius lies in every larger ball too, so a triplet
+            fooled at one radius counts as fooled at the larger ones, and only the triplets still
+            judged correctly are attacked at the next radius: robust accuracy never rises with eps.
         steps: APGD iterations (100 as published).
         restarts: random restarts (1 as published).
         seed: APGD's seed; the same seed gives the same result.
@@ -129,8 +164,12 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         >>> metric = rpmetric.RobustDistance("r-clip-t-convnext")  # doctest: +SKIP
         >>> result = evaluate_attack(metric, read_nights("/data/nights", "test"), norm="l2")  # doctest: +SKIP
         >>> result.clean_accuracy, result.robust_accuracy  # doctest: +SKIP
+        >>> triplets = read_nights("/data/nights", "test")  # doctest: +SKIP
+        >>> curve = evaluate_attack(metric, triplets, eps=[0, 2 / 255, 4 / 255])  # doctest: +SKIP
+        >>> [point["robust_accuracy"] for point in curve.curve]  # doctest: +SKIP
     """
-    config = AttackConfig.create(norm, eps, steps, restarts, seed, eot_samples)
+    configs, several = _radii(norm, eps, steps, restarts, seed, eot_samples)
+    config = configs[0]
     batch_size = check_int("batch_size", batch_size, 1)
     embedder = as_embedder(metric)
     if counterattack is None:
@@ -145,9 +184,9 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     if n == 0:
         raise ValueError("Argument `data` holds no triplets; pass at least one.")
     keys = keys[:n]
-    run_config = _run_config(metric, config, counterattack, batch_size, keys, dataset)
-    fields = ["clean_correct", "robust_correct", *(_DEFENDED_FIELDS if counterattack is not None else ())]
-    log = RunLog(runlog_path, run_config, resume, check=record_check(fields)) if runlog_path is not None else None
+    run_config = _run_config(metric, configs if several else config, counterattack, batch_size, keys, dataset)
+    log = None if runlog_path is None else RunLog(runlog_path, run_config, resume,
+                                                  check=_record_check(counterattack is not None, configs, several))
     done: Dict[str, dict] = dict(log.done) if log is not None else {}
 
     # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
@@ -160,21 +199,41 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     try:
         for batch in bar:
             _raise_on_bad_items(batch, keys)
-            records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], config, counterattack)
+            records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], configs, counterattack,
+                                    several)
             new = [r for r in records if r["key"] not in done]
             if log is not None:
                 log.append(new)
             done.update((r["key"], r) for r in new)
-            bar.set_postfix(clean=_mean(done.values(), "clean_correct"),
-                            robust=_mean(done.values(), "robust_correct"))
+            robust = [r["robust_correct"][-1] if several else r["robust_correct"] for r in done.values()]
+            bar.set_postfix(clean=_mean(done.values(), "clean_correct"), robust=sum(robust) / len(robust))
     finally:
         if log is not None:
             log.close()  # releases the log for the next run
-    return _result([done[k] for k in keys], run_config)
+    return _result([done[k] for k in keys], run_config, configs if several else None)
+
+
+def _radii(norm, eps, steps, restarts, seed, eot_samples):
+    """``(configs, several)``: one checked config per radius, in increasing order, and whether ``eps``
+    was a list (a curve) rather than one number."""
+    several = isinstance(eps, (list, tuple))
+    if not several:
+        return [AttackConfig.create(norm, eps, steps, restarts, seed, eot_samples)], False
+    if not eps:
+        raise ValueError("Argument `eps` must hold at least one radius, but got an empty list.")
+    configs = [AttackConfig.create(norm, e, steps, restarts, seed, eot_samples) for e in eps]
+    radii = [c.eps for c in configs]
+    twice = next((e for i, e in enumerate(radii) if e in radii[:i]), None)
+    if twice is not None:
+        raise ValueError(f"Argument `eps` holds the radius {twice!r} twice; give each radius once.")
+    return sorted(configs, key=lambda c: c.eps), True
 
 
 # -- one batch -------------------------------------------------------------------------------
-def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: AttackConfig, counterattack) -> List[dict]:
+def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], configs: List[AttackConfig], counterattack,
+                  several: bool) -> List[dict]:
+    """The batch's records: one clean pass, then the attack at each radius in turn (see ``eps`` of
+    :func:`evaluate_attack`); with one radius, each per-radius field is a number rather than a list."""
     device = embedder.device
     ref = _prepared(batch["ref"], embedder, device)
     left = _prepared(batch["left"], embedder, device)
@@ -184,39 +243,65 @@ def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: Atta
 
     judge, clean = _clean_judge(PlainFeatures(embedder), ref, left, right)
     clean_ok = _agreement(clean, p)
-    attacked = run_apgd(TwoAFCLogits(PlainFeatures(embedder, amp=True), judge.e_left, judge.e_right), ref, y, config,
-                        correct=torch.tensor(clean_ok, device=device) > 0).images
-    linf, l2 = _checked_norms(attacked, ref, config)
-    adv = _distances(judge, attacked)
-    robust_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(adv, p))]
+    attacker = TwoAFCLogits(PlainFeatures(embedder, amp=True), judge.e_left, judge.e_right)
+    per_eps, images, still = [], ref, clean_ok
+    for config in configs:
+        images = _attack_the_rest(attacker, ref, y, config, still, images)
+        linf, l2 = _checked_norms(images, ref, config)
+        adv = _distances(judge, images)
+        still = [min(s, a) for s, a in zip(still, _agreement(adv, p))]
+        per_eps.append({"images": images, "adv_d0": adv[0], "adv_d1": adv[1], "robust_correct": still,
+                        "linf": linf, "l2": l2})
 
-    records = [{"key": k, "p": float(pi), "label": int(yi), "clean_d0": c0, "clean_d1": c1, "adv_d0": a0,
-                "adv_d1": a1, "clean_correct": co, "robust_correct": ro, "linf": li, "l2": l2i}
-               for k, pi, yi, c0, c1, a0, a1, co, ro, li, l2i in zip(
-                   keys, p.tolist(), y.tolist(), *clean, *adv, clean_ok, robust_ok, linf, l2)]
+    records = [{"key": k, "p": float(pi), "label": int(yi), "clean_d0": c0, "clean_d1": c1, "clean_correct": co}
+               for k, pi, yi, c0, c1, co in zip(keys, p.tolist(), y.tolist(), *clean, clean_ok)]
+    _add_per_eps(records, per_eps, ("adv_d0", "adv_d1", "robust_correct", "linf", "l2"), several)
     if counterattack is not None:
-        for record, extra in zip(records, _defence_records(embedder, counterattack, ref, left, right, attacked,
-                                                           p, y, config)):
-            record.update(extra)
+        defended_clean, defended = _defence_records(embedder, counterattack, ref, left, right,
+                                                    [e["images"] for e in per_eps], p, y, configs)
+        for record, ok in zip(records, defended_clean):
+            record["defended_clean_correct"] = ok
+        _add_per_eps(records, defended, _DEFENDED_PER_EPS, several)
     return records
 
 
-def _defence_records(embedder, counterattack, ref, left, right, attacked, p, y, config) -> List[dict]:
-    """Per triplet: the defended metric clean, against the transferred images (non-adaptive), and
-    against an attack through the defence (adaptive: BPDA with EOT over its random start)."""
+def _attack_the_rest(logits: TwoAFCLogits, ref: torch.Tensor, y: torch.Tensor, config: AttackConfig,
+                     still: List[float], previous: torch.Tensor, eot_iter: int = 1) -> torch.Tensor:
+    """APGD at ``config``'s radius on the rows still judged correctly (``still`` > 0); the other rows
+    keep ``previous``, the image that fooled them at a smaller radius (or their clean image)."""
+    robust = torch.tensor(still, device=ref.device) > 0
+    attacked = run_apgd(logits, ref, y, config, correct=robust, eot_iter=eot_iter).images
+    return torch.where(robust.view(-1, 1, 1, 1), attacked, previous)
+
+
+def _add_per_eps(records: List[dict], per_eps: List[dict], names, several: bool) -> None:
+    """Copy each per-triplet field of ``per_eps`` (one dict of lists per radius) into the records: a
+    list over the radii, or the value itself for a single radius (the layout of a one-radius run)."""
+    for i, record in enumerate(records):
+        for name in names:
+            values = [point[name][i] for point in per_eps]
+            record[name] = values if several else values[0]
+
+
+def _defence_records(embedder, counterattack, ref, left, right, attacked: List[torch.Tensor], p, y,
+                     configs: List[AttackConfig]):
+    """``(defended clean, per radius)``: per triplet the defended metric clean; then per radius its
+    judgement of the plain attack's images (non-adaptive) and of an attack through the defence
+    (adaptive: BPDA with EOT over its random start), each chained over the radii as the plain attack is."""
     judge, clean = _clean_judge(DefendedFeatures(embedder, counterattack), ref, left, right)
     clean_ok = _agreement(clean, p)
-    transfer_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(_distances(judge, attacked), p))]
-    seeds = eot_seeds(counterattack, config.seed, config.eot_samples)
+    seeds = eot_seeds(counterattack, configs[0].seed, configs[0].eot_samples)
     through = TwoAFCLogits(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), judge.e_left,
                            judge.e_right)
-    adaptive_images = run_apgd(through, ref, y, config, correct=torch.tensor(clean_ok, device=ref.device) > 0,
-                               eot_iter=config.eot_samples).images
-    linf, l2 = _checked_norms(adaptive_images, ref, config)
-    adaptive_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(_distances(judge, adaptive_images), p))]
-    return [{"defended_clean_correct": c, "nonadaptive_correct": t, "adaptive_correct": a,
-             "adaptive_linf": li, "adaptive_l2": l2i}
-            for c, t, a, li, l2i in zip(clean_ok, transfer_ok, adaptive_ok, linf, l2)]
+    per_eps, transfer_ok, adaptive_ok, images = [], clean_ok, clean_ok, ref
+    for config, transferred in zip(configs, attacked):
+        transfer_ok = [min(c, a) for c, a in zip(transfer_ok, _agreement(_distances(judge, transferred), p))]
+        images = _attack_the_rest(through, ref, y, config, adaptive_ok, images, eot_iter=config.eot_samples)
+        linf, l2 = _checked_norms(images, ref, config)
+        adaptive_ok = [min(c, a) for c, a in zip(adaptive_ok, _agreement(_distances(judge, images), p))]
+        per_eps.append({"nonadaptive_correct": transfer_ok, "adaptive_correct": adaptive_ok, "adaptive_linf": linf,
+                        "adaptive_l2": l2})
+    return clean_ok, per_eps
 
 
 def _clean_judge(features, ref: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
@@ -314,7 +399,9 @@ def _raise_on_bad_items(batch: dict, keys: List[str]) -> None:
                          "triplet(s) in this batch); fix or remove them from `data`.")
 
 
-def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, keys: List[str], dataset=None) -> dict:
+def _run_config(metric, config: Union[AttackConfig, List[AttackConfig]], counterattack, batch_size: int,
+                keys: List[str], dataset=None) -> dict:
+    """What defines the run; with a list of configs (a curve), ``attack`` records its radii as a list."""
     spec = getattr(metric, "spec", None) or getattr(getattr(metric, "encoder", None), "spec", None)
     # The resolved location and file digests, not the name the model was given by (rpmetric.fingerprint).
     identity = model_identity(spec) if spec is not None else {"model": type(metric).__name__, "model_files": None}
@@ -324,7 +411,7 @@ def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, ke
         **identity,
         # How the reference is resized before the attack (rpmetric eval --preprocess changes it).
         "preprocessing": asdict(spec.preprocessing) if getattr(spec, "preprocessing", None) is not None else None,
-        "attack": config.to_dict(defended=counterattack is not None),
+        "attack": _attack_record(config, counterattack is not None),
         "counterattack": None if counterattack is None else repr(counterattack),
         "batch_size": batch_size,
         "n": len(keys),
@@ -333,7 +420,39 @@ def _run_config(metric, config: AttackConfig, counterattack, batch_size: int, ke
     }
 
 
-def _result(records: List[dict], run_config: dict) -> AttackResult:
+def _attack_record(config: Union[AttackConfig, List[AttackConfig]], defended: bool) -> dict:
+    if isinstance(config, AttackConfig):
+        return config.to_dict(defended=defended)
+    return {**config[0].to_dict(defended=defended), "eps": [c.eps for c in config]}
+
+
+def _record_check(defended: bool, configs: List[AttackConfig], several: bool):
+    """The run log's check of a record: finite numbers, or with several radii lists of one finite
+    number per radius."""
+    numbers = ["clean_correct", *(["defended_clean_correct"] if defended else [])]
+    per_eps = ["robust_correct", *(["nonadaptive_correct", "adaptive_correct"] if defended else [])]
+    if not several:
+        return record_check(numbers + per_eps)
+    plain = record_check(numbers, present=per_eps)
+
+    def check(record: dict) -> Optional[str]:
+        problem = plain(record)
+        if problem is not None:
+            return problem
+        for name in per_eps:
+            value = record[name]
+            if not (isinstance(value, list) and len(value) == len(configs) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+                return f"has a field {name!r} that is not a list of {len(configs)} finite numbers ({value!r})"
+        return None
+
+    return check
+
+
+def _result(records: List[dict], run_config: dict, configs: Optional[List[AttackConfig]] = None) -> AttackResult:
+    """The accuracies of the records; ``configs`` (several radii) gives a curve instead of one robust figure."""
+    if configs is not None:
+        return _curve_result(records, run_config, configs)
     result = AttackResult(n=len(records), clean_accuracy=_mean(records, "clean_correct"),
                           robust_accuracy=_mean(records, "robust_correct"), records=records, config=run_config)
     if records and "adaptive_correct" in records[0]:
@@ -345,7 +464,27 @@ def _result(records: List[dict], run_config: dict) -> AttackResult:
     return result
 
 
-_DEFENDED_FIELDS = ("defended_clean_correct", "nonadaptive_correct", "adaptive_correct")
+def _curve_result(records: List[dict], run_config: dict, configs: List[AttackConfig]) -> AttackResult:
+    defended = bool(records) and "adaptive_correct" in records[0]
+    curve = []
+    for k, config in enumerate(configs):
+        at = [{name: r[name][k] for name in ("robust_correct", *(_DEFENDED_PER_EPS if defended else ()))}
+              for r in records]
+        point = {"eps": config.eps, "robust_accuracy": _mean(at, "robust_correct")}
+        if defended:
+            point.update(nonadaptive_accuracy=_mean(at, "nonadaptive_correct"),
+                         adaptive_accuracy=_mean(at, "adaptive_correct"),
+                         worst_case_accuracy=sum(min(r["nonadaptive_correct"], r["adaptive_correct"])
+                                                 for r in at) / len(at))
+        curve.append(point)
+    return AttackResult(n=len(records), clean_accuracy=_mean(records, "clean_correct"), robust_accuracy=None,
+                        records=records, config=run_config, curve=curve,
+                        defended_clean_accuracy=_mean(records, "defended_clean_correct") if defended else None)
+
+
+# Per-triplet fields of the defended metric under attack (one value per radius), and their summaries.
+_DEFENDED_PER_EPS = ("nonadaptive_correct", "adaptive_correct", "adaptive_linf", "adaptive_l2")
+_DEFENDED_FIGURES = ("nonadaptive_accuracy", "adaptive_accuracy", "worst_case_accuracy")
 
 
 def _mean(records, field_name: str) -> float:

@@ -65,7 +65,7 @@ def register(sub) -> None:
         _add_preprocess_option(q, name)
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
-            add_attack_options(q)
+            add_attack_options(q, curves=True)
         q.set_defaults(func=run, rerun=(("--resume",), ()))
     from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
 
@@ -181,8 +181,8 @@ def run(args) -> int:
     if attacked is not None:
         from ..attacks.cli import attack_columns, attack_headers
 
-        headers += attack_headers(counterattack is not None)
-        rows = [row + attack_columns(attacked.get(row[0]), counterattack is not None) for row in rows]
+        headers += attack_headers(counterattack is not None, attack)
+        rows = [row + attack_columns(attacked.get(row[0]), counterattack is not None, attack) for row in rows]
     print(format_table(rows, headers))
     if args.out is not None:
         summary = _summary(args, distances, task, names, subset, results, result, world)
