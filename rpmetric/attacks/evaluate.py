@@ -3,6 +3,7 @@ reference image (the protocol of Croce et al., SaTML 2025), batched and resumabl
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Dict, List, Optional, Sequence, Union
@@ -43,13 +44,18 @@ class AttackResult:
         records: one dict per triplet (``key``, ``p``, ``label``, distances ``clean_d0/d1`` and
             ``adv_d0/d1``, ``clean_correct``, ``robust_correct``, the perturbation's ``linf`` and
             ``l2``; with a counterattack also ``defended_clean_correct``, ``nonadaptive_correct``,
-            ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``).
+            ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``, and, for a
+            :class:`rpmetric.Counterattack`, the ``tau`` it measured on the clean, the attacked and
+            the adaptively attacked reference: ``tau_clean``, ``tau_attacked``, ``tau_adaptive``).
         config: the attack configuration and what else defines the run.
         defended_clean_accuracy: with a counterattack, clean accuracy of the defended metric.
         nonadaptive_accuracy: the defended metric judging the images attacked through the plain
             metric (the TTC paper's evaluation).
         adaptive_accuracy: the defended metric judging images attacked through the defence itself.
         worst_case_accuracy: per triplet the worse of the two: correct only if both attacks fail.
+        images: with ``keep_images``, ``{key: {"clean": ref, "attacked": ref + delta}}`` of the first
+            triplets as the attack produced them (``[3, S, S]`` float32 CPU tensors at the model's
+            input size, in [0, 1]); triplets resumed from a run log have none.
     """
 
     n: int
@@ -61,6 +67,7 @@ class AttackResult:
     nonadaptive_accuracy: Optional[float] = None
     adaptive_accuracy: Optional[float] = None
     worst_case_accuracy: Optional[float] = None
+    images: Dict[str, dict] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         """The figures and the configuration as JSON-ready data (without the per-triplet records)."""
@@ -81,7 +88,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
                     eps: Optional[float] = None, steps: int = 100, restarts: int = 1, seed: int = 0,
                     counterattack=None, eot_samples: int = 4, batch_size: int = 16,
                     n_samples: Optional[int] = None, workers: int = 0, device=None, runlog_path=None,
-                    resume: bool = False, progress: bool = True) -> AttackResult:
+                    resume: bool = False, progress: bool = True, keep_images: int = 0) -> AttackResult:
     """Clean and robust 2AFC binary accuracy of a metric under APGD-CE on the reference image.
 
     Only the reference is perturbed. The left and right images are embedded once, clean, and held
@@ -117,6 +124,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
             resolved location and file digests) or the triplets (ids, paths, ``p``) differ from the
             run's that wrote it (see :mod:`rpmetric.fingerprint`).
         progress: show a progress bar.
+        keep_images: keep the clean and attacked references of the first ``keep_images`` triplets
+            (``AttackResult.images``), for a review page.
 
     Raises:
         ValueError: a bad argument, an unreadable image, duplicate triplet ids, or a run log
@@ -153,6 +162,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
     batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
     todo = [b for b in batches if not all(keys[i] in done for i in b)]
+    kept: Dict[str, dict] = {}
+    wanted = set(keys[:max(0, int(keep_images))])
     loader = data_loader(dataset, batch_sampler=todo, num_workers=workers, collate_fn=collate_images)
     from tqdm.auto import tqdm
 
@@ -160,7 +171,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     try:
         for batch in bar:
             _raise_on_bad_items(batch, keys)
-            records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], config, counterattack)
+            records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], config, counterattack,
+                                    keep=(wanted, kept) if wanted else None)
             new = [r for r in records if r["key"] not in done]
             if log is not None:
                 log.append(new)
@@ -170,11 +182,14 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     finally:
         if log is not None:
             log.close()  # releases the log for the next run
-    return _result([done[k] for k in keys], run_config)
+    result = _result([done[k] for k in keys], run_config)
+    result.images = {k: kept[k] for k in keys if k in kept}
+    return result
 
 
 # -- one batch -------------------------------------------------------------------------------
-def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: AttackConfig, counterattack) -> List[dict]:
+def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: AttackConfig, counterattack,
+                  keep=None) -> List[dict]:
     device = embedder.device
     ref = _prepared(batch["ref"], embedder, device)
     left = _prepared(batch["left"], embedder, device)
@@ -187,6 +202,10 @@ def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: Atta
     attacked = run_apgd(TwoAFCLogits(PlainFeatures(embedder, amp=True), judge.e_left, judge.e_right), ref, y, config,
                         correct=torch.tensor(clean_ok, device=device) > 0).images
     linf, l2 = _checked_norms(attacked, ref, config)
+    if keep is not None:  # (wanted keys, {key: images}): the first references, for a review page
+        wanted, kept = keep
+        kept.update((k, {"clean": ref[j].detach().float().cpu(), "attacked": attacked[j].detach().float().cpu()})
+                    for j, k in enumerate(keys) if k in wanted)
     adv = _distances(judge, attacked)
     robust_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(adv, p))]
 
@@ -204,9 +223,12 @@ def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], config: Atta
 def _defence_records(embedder, counterattack, ref, left, right, attacked, p, y, config) -> List[dict]:
     """Per triplet: the defended metric clean, against the transferred images (non-adaptive), and
     against an attack through the defence (adaptive: BPDA with EOT over its random start)."""
-    judge, clean = _clean_judge(DefendedFeatures(embedder, counterattack), ref, left, right)
+    features = DefendedFeatures(embedder, counterattack, record_tau=hasattr(counterattack, "tau_threshold"))
+    judge, clean = _clean_judge(features, ref, left, right)
+    taus = {"tau_clean": _reference_tau(features.tau, ref, left, right)}
     clean_ok = _agreement(clean, p)
     transfer_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(_distances(judge, attacked), p))]
+    taus["tau_attacked"] = features.tau
     seeds = eot_seeds(counterattack, config.seed, config.eot_samples)
     through = TwoAFCLogits(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), judge.e_left,
                            judge.e_right)
@@ -214,9 +236,27 @@ def _defence_records(embedder, counterattack, ref, left, right, attacked, p, y, 
                                eot_iter=config.eot_samples).images
     linf, l2 = _checked_norms(adaptive_images, ref, config)
     adaptive_ok = [min(c, a) for c, a in zip(clean_ok, _agreement(_distances(judge, adaptive_images), p))]
-    return [{"defended_clean_correct": c, "nonadaptive_correct": t, "adaptive_correct": a,
-             "adaptive_linf": li, "adaptive_l2": l2i}
-            for c, t, a, li, l2i in zip(clean_ok, transfer_ok, adaptive_ok, linf, l2)]
+    taus["tau_adaptive"] = features.tau
+    records = [{"defended_clean_correct": c, "nonadaptive_correct": t, "adaptive_correct": a,
+                "adaptive_linf": li, "adaptive_l2": l2i}
+               for c, t, a, li, l2i in zip(clean_ok, transfer_ok, adaptive_ok, linf, l2)]
+    if features.record_tau:
+        for name, tau in taus.items():
+            for record, value in zip(records, tau.tolist()):
+                record[name] = value if math.isfinite(value) else None  # a zero embedding's tau is inf
+    return records
+
+
+def _reference_tau(tau: Optional[torch.Tensor], ref, left, right) -> Optional[torch.Tensor]:
+    """The references' rows of the tau that the clean judge measured on ``cat([ref, left, right])``,
+    each distinct image once (see :func:`rpmetric.unique.embed_unique`)."""
+    if tau is None:
+        return None
+    if len(tau) == 3 * len(ref):  # no image repeated: the rows are the batch's own
+        return tau[:len(ref)]
+    from ..unique import unique_images
+
+    return tau[unique_images(torch.cat([ref, left, right]))[1][:len(ref)].to(tau.device)]
 
 
 def _clean_judge(features, ref: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
