@@ -151,9 +151,9 @@ def _pr_curves(records, results) -> str:
         except ValueError:  # no pair judged the same: no curve
             continue
         curves.append((f"{group} (mAP {100 * results[group]['score']:.2f}%)", recall.tolist(), envelope.tolist()))
-    return ("<h2>Precision-recall</h2><p class=\"note\">Pairs sorted by ascending distance; the curve is the "
-            "precision envelope whose area is the mAP.</p>"
-            + line_chart(curves, title="JND precision-recall", xlabel="recall", ylabel="precision"))
+    return ("<section id=\"precision-recall\"><h2>Precision-recall</h2><p class=\"note\">Pairs sorted by ascending "
+            "distance; the curve is the precision envelope whose area is the mAP.</p>"
+            + line_chart(curves, title="JND precision-recall", xlabel="recall", ylabel="precision") + "</section>")
 
 
 # -- --attack: clean and attacked references -------------------------------------------------------
@@ -191,8 +191,9 @@ def _attacked(page: Page, details, by_id, examples: int) -> None:
             before, after = _choice(r["clean_d0"], r["clean_d1"]), _choice(r["adv_d0"], r["adv_d1"])
             people = "right" if r["label"] == 1 else "left"
             ok = r["robust_correct"] >= 1
-            title = (f"{group}/{key} \u00b7 people: {people} \u00b7 clean: {before} \u2192 attacked: {after}"
-                     + (" (still right)" if ok else " (fooled)" if r["clean_correct"] >= 1 else " (wrong already)"))
+            outcome = ("still right" if ok else "fooled" if r["clean_correct"] >= 1
+                       else "a tie already" if r["clean_correct"] > 0 else "wrong already")
+            title = f"{group}/{key} \u00b7 people: {people} \u00b7 clean: {before} \u2192 attacked: {after} ({outcome})"
             name = str(by_id.get(group, {}).get(key).ref) if key in by_id.get(group, {}) else key
             out.append({"title": title, "n": 3, "tone": "good" if ok else "bad", "cells": [
                 cell(page.thumbs.of_pixels(_to_uint8(clean)), name, f"{name}, clean reference",
