@@ -11,12 +11,17 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import datagen
+import rpmetric
 from pagecheck import ParsedPage
+from rpmetric.attacks import evaluate_attack
 from rpmetric.cli import main
+from rpmetric.datasets import Triplet
 from rpmetric.report import Thumbnails, write_dedup_page, write_eval_page, write_search_page
+from test_attacks import SpyApgd, random_triplets
 from test_cli_retrieval import embed_args, images, planted_threshold, store  # noqa: F401 (fixtures)
 from test_store import ORIGINALS
 
@@ -297,3 +302,30 @@ def test_html_examples_needs_html(capsys, nights_known, vit_folder):
     root, _ = nights_known
     code, _, err = run(capsys, "eval", "nights", root, "--model", "l2", "--html-examples", "3")
     assert code == 2 and "--html-examples sets what the review page shows; add --html" in err
+
+
+# -- what the attack loop keeps for the page -------------------------------------------------------
+def test_the_attack_keeps_its_first_references_and_the_tau_it_measured(vit_folder, tmp_path, monkeypatch):
+    defence = rpmetric.Counterattack(tau_threshold=0.2)
+    metric = rpmetric.RobustDistance(str(vit_folder), device="cpu", counterattack=defence)
+    triplets = random_triplets(tmp_path, 3)
+    # left == right: the clean judge embeds that image once, so its tau rows are not the batch's
+    triplets.append(Triplet("tie", triplets[0].ref, triplets[1].left, triplets[1].left, 1.0))
+    spy = SpyApgd(monkeypatch)
+    result = evaluate_attack(metric, triplets, eps=8 / 255, steps=2, eot_samples=1, keep_images=2, progress=False)
+    (clean_refs, transferred), (_, adaptive) = spy.outputs
+    assert list(result.images) == ["t0", "t1"]
+    for i, key in enumerate(result.images):
+        assert torch.equal(result.images[key]["clean"], clean_refs[i])
+        assert torch.equal(result.images[key]["attacked"], transferred[i])
+    # The tau recorded in the attack's own passes, against the public Counterattack.tau (a pass of its own).
+    for name, batch in (("tau_clean", clean_refs), ("tau_attacked", transferred), ("tau_adaptive", adaptive)):
+        expected = defence.tau(metric.encoder, batch).tolist()
+        assert [r[name] for r in result.records] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_a_group_larger_than_the_page_shows_lists_its_size(tmp_path):
+    rows = [{"group": 1, "keep": int(i == 0), "path": f"{i}.png", "distance_to_first": 0} for i in range(7)]
+    page = ParsedPage(write_dedup_page(tmp_path / "p.html", rows, max_members=5))
+    (row,) = page.rows
+    assert len(row["cells"]) == 5 and row["n"] == 7 and row["title"] == "group 1 \u00b7 7 images, 2 more in the CSV"
