@@ -16,19 +16,15 @@ from pathlib import Path
 from typing import Iterable, List, Mapping, Optional, Union
 
 from .page import Page, cell
-from .thumbnails import DEFAULT_SIZE, Thumb
+from .thumbnails import DATASET_SAMPLE, DEFAULT_SIZE, Thumb
 
 __all__ = ["write_dedup_page", "write_near_page", "MAX_MEMBERS"]
 
 MAX_MEMBERS = 100  # thumbnails per group; a larger group lists its size, the CSV has every member
 
-_DATASET = "a dataset sample (WebDataset/Parquet): no image file to show"
-
-
-def _thumb(page: Page, row: Mapping, key: str = "path", url_key: str = "url") -> Thumb:
-    if url_key in row:  # a dataset store's row: named by its key, which is no file
-        return Thumb(reason=_DATASET)
-    return page.thumbs.of_file(row[key])
+def _thumb(page: Page, row: Mapping) -> Thumb:
+    """A dedup row's thumbnail: a dataset store's rows (with a ``url`` column) name no file."""
+    return DATASET_SAMPLE if "url" in row else page.thumbs.of_file(row["path"])
 
 
 def _distance(value) -> str:
@@ -114,9 +110,9 @@ def write_near_page(path: Union[str, Path], rows: Iterable[Mapping], *, threshol
     out = []
     for i, row in enumerate(rows, start=1):
         d = _distance(row["distance"])
-        match = Thumb(reason=_DATASET) if other_is_dataset else page.thumbs.of_file(row["match"])
+        match = DATASET_SAMPLE if other_is_dataset else page.thumbs.of_file(row["match"])
         out.append({"title": f"{i}. distance {d}", "n": 2, "cells": [
-            cell(Thumb(reason=_DATASET) if is_dataset else page.thumbs.of_file(row["path"]), row["path"], f"{row['path']}, distance {d} to its match", ["flagged image"],
+            cell(DATASET_SAMPLE if is_dataset else page.thumbs.of_file(row["path"]), row["path"], f"{row['path']}, distance {d} to its match", ["flagged image"],
                  url=row.get("url")),
             cell(match, row["match"], f"{row['match']}, distance {d} to the flagged image", ["its match"])]})
     within = "" if threshold is None else f" within distance {threshold:g}"

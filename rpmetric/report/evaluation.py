@@ -194,7 +194,8 @@ def _attacked(page: Page, details, by_id, examples: int) -> None:
             outcome = ("still right" if ok else "fooled" if r["clean_correct"] >= 1
                        else "a tie already" if r["clean_correct"] > 0 else "wrong already")
             title = f"{group}/{key} \u00b7 people: {people} \u00b7 clean: {before} \u2192 attacked: {after} ({outcome})"
-            name = str(by_id.get(group, {}).get(key).ref) if key in by_id.get(group, {}) else key
+            triplet = by_id.get(group, {}).get(key)
+            name = str(triplet.ref) if triplet is not None else key
             out.append({"title": title, "n": 3, "tone": "good" if ok else "bad", "cells": [
                 cell(page.thumbs.of_pixels(_to_uint8(clean)), name, f"{name}, clean reference",
                      ["clean reference", f"d0 {r['clean_d0']:.6g}, d1 {r['clean_d1']:.6g}", f"chooses {before}"]),

@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Mapping, Sequence, Union
 
 from .page import Page, cell, escape
-from .thumbnails import DEFAULT_SIZE, Thumb
+from .thumbnails import DATASET_SAMPLE, DEFAULT_SIZE
 
 __all__ = ["write_search_page"]
-
-_DATASET = "a dataset sample (WebDataset/Parquet): no image file to show"
 
 
 def write_search_page(path: Union[str, Path], results: Sequence[Mapping], *, store: str = "",
@@ -47,7 +45,7 @@ def write_search_page(path: Union[str, Path], results: Sequence[Mapping], *, sto
     rows = []
     for r in results:
         query = str(r["query"])
-        thumb = page.thumbs.of_file(query) if query_files else Thumb(reason=_DATASET)
+        thumb = page.thumbs.of_file(query) if query_files else DATASET_SAMPLE
         cells = [cell(thumb, query, f"{query}, the query", ["query"], badge="query")]
         for rank, n in enumerate(r["neighbours"], start=1):
             d = f"{float(n['distance']):.6g}"
@@ -59,7 +57,7 @@ def write_search_page(path: Union[str, Path], results: Sequence[Mapping], *, sto
                 tone = None
             if n.get("caption"):
                 lines.append(str(n["caption"]))
-            neighbour = Thumb(reason=_DATASET) if "url" in n else page.thumbs.of_file(n["path"])
+            neighbour = DATASET_SAMPLE if "url" in n else page.thumbs.of_file(n["path"])
             cells.append(cell(neighbour, n["path"], f"{n['path']}, distance {d}", lines, url=n.get("url"), tone=tone))
         title = query
         if classify:

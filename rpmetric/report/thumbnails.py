@@ -25,7 +25,7 @@ import numpy as np
 from ..files import atomic_path
 from ..images import DECODE_ERRORS, pixel_limit, read_rgb
 
-__all__ = ["Thumb", "Thumbnails", "DEFAULT_SIZE"]
+__all__ = ["Thumb", "Thumbnails", "DEFAULT_SIZE", "DATASET_SAMPLE"]
 
 DEFAULT_SIZE = 160  # longest side, in pixels
 _NAME = re.compile(r"^[0-9a-f]{24}\.jpg$")  # the names this module writes (and may prune)
@@ -41,6 +41,10 @@ class Thumb:
     width: int = 0
     height: int = 0
     reason: Optional[str] = None
+
+
+# A WebDataset or Parquet store's row names a sample by its key: there is no image file to show.
+DATASET_SAMPLE = Thumb(reason="a dataset sample (WebDataset/Parquet): no image file to show")
 
 
 class Thumbnails:
