@@ -187,3 +187,15 @@ def test_a_10000_group_dedup_page_pages_and_filters(browser, tmp_path):
         assert loaded.errors == [] and loaded.remote == []
     finally:
         loaded.close()
+
+
+def test_only_web_urls_become_links(browser, tmp_path):
+    rows = [{"group": 1, "keep": 1, "path": "k/1", "distance_to_first": 0, "url": "https://example.org/1.jpg"},
+            {"group": 1, "keep": 0, "path": "k/2", "distance_to_first": 0.1, "url": "javascript:alert(1)"}]
+    loaded = Loaded(browser, write_dedup_page(tmp_path / "links.html", rows))
+    try:
+        hrefs = loaded.page.eval_on_selector_all("figure a", "links => links.map(a => a.getAttribute('href'))")
+        assert hrefs == ["https://example.org/1.jpg"]
+        assert loaded.page.locator("figure .ph").count() == 2 and loaded.errors == []
+    finally:
+        loaded.close()

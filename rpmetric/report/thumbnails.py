@@ -92,11 +92,14 @@ class Thumbnails:
             return
         from tqdm.auto import tqdm
 
-        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+        pool = ThreadPoolExecutor(max(1, self.workers))
+        try:
             results = pool.map(lambda p: (p, self._file(Path(p))), todo)
             for p, thumb in tqdm(results, total=len(todo), desc="thumbnails", unit="image", disable=not progress,
                                  leave=False):
                 self._made[p] = thumb
+        finally:  # on Ctrl-C or a write error, drop the queued images rather than finish them all
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def of_pixels(self, pixels: np.ndarray) -> Thumb:
         """A thumbnail of ``H x W x 3`` uint8 pixels (e.g. an attacked image), named by its content."""
