@@ -278,8 +278,9 @@ def test_jnd_page_draws_the_precision_recall_curve(capsys, tmp_path):
 
 def test_write_eval_page_without_records_for_a_group(tmp_path):
     page = ParsedPage(write_eval_page(tmp_path / "e.html", task="2afc", results={"a": {"n": 0, "score": 0.5}},
-                                      records=[], groups={"a": []}))
+                                      records=[], groups={"a": []}, tau_threshold=0.2))
     assert page.galleries == {} and "Scores" in page.text
+    assert "The tau histogram compares clean and attacked references: run with --attack as well." in page.text
 
 
 @pytest.mark.parametrize("html, message", [

@@ -74,6 +74,9 @@ def write_eval_page(path: Union[str, Path], *, task: str, results: Mapping[str, 
         taus = _tau_section(attack_details, tau_threshold)
         if taus:
             page.add_html(taus)
+    elif tau_threshold is not None:  # a counterattack on clean images only: no attacked references to compare
+        page.add_html("<h2>Counterattack: tau</h2><p class=\"note\">The tau histogram compares clean and attacked "
+                      "references: run with --attack as well.</p>")
     return page.write()
 
 
