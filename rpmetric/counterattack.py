@@ -170,22 +170,25 @@ class Counterattack:
             images = (x + delta).clamp(0.0, 1.0)
         return CounterattackResult(images, tau, flagged)
 
-    def defended_features(self, encoder, x: torch.Tensor) -> torch.Tensor:
+    def defended_features(self, encoder, x: torch.Tensor, return_tau: bool = False):
         """Defended raw embeddings ``f(x + Delta)`` ``[N, D]`` (float32) of images ``x`` in [0, 1].
 
         The hook :class:`~rpmetric.RobustDistance` calls; ``x`` is not checked. ``Delta`` is
-        detached, so gradients reach ``x`` as if the counterattack were the identity.
+        detached, so gradients reach ``x`` as if the counterattack were the identity. With
+        ``return_tau``, ``(features, tau)``: the ``tau`` this pass measured (for a review page's
+        histogram, at no extra cost).
         """
         embed, prepare = _embedder(encoder)
         x = prepare(x)
-        delta, _, flagged, noisy = self._run(embed, x, keep_noisy=True)
-        if noisy is None:  # tau came from tau_encoder: f(x + delta0) is still to compute
-            return embed(x + delta)
+        delta, tau, flagged, noisy = self._run(embed, x, keep_noisy=True)
         rows = flagged.nonzero().squeeze(1)
-        if rows.numel() == 0:
-            return noisy
-        # Stable images keep f(x + delta0) from the tau pass; only flagged ones need a new forward.
-        return noisy.index_copy(0, rows, embed(x[rows] + delta[rows]))
+        if noisy is None:  # tau came from tau_encoder: f(x + delta0) is still to compute
+            features = embed(x + delta)
+        elif rows.numel() == 0:
+            features = noisy
+        else:  # stable images keep f(x + delta0) from the tau pass; only flagged ones need a new forward
+            features = noisy.index_copy(0, rows, embed(x[rows] + delta[rows]))
+        return (features, tau.detach()) if return_tau else features
 
     def tau(self, encoder, x: torch.Tensor) -> torch.Tensor:
         """Per-image ``tau`` ``[N]`` (float32) of images ``x``, without counterattacking them."""

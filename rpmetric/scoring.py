@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["twoafc_scores", "twoafc_score", "binary_agreements", "binary_accuracy", "jnd_map"]
+__all__ = ["twoafc_scores", "twoafc_score", "binary_agreements", "binary_accuracy", "jnd_precision_recall", "jnd_map"]
 
 
 def _flat(name: str, values) -> np.ndarray:
@@ -86,21 +86,18 @@ def binary_accuracy(d0, d1, p) -> float:
     return float(np.mean(binary_agreements(d0, d1, p)))
 
 
-def jnd_map(d, same) -> float:
-    """JND mean average precision: how well small distances pick out the pairs people found identical.
+def jnd_precision_recall(d, same):
+    """The JND precision-recall curve that :func:`jnd_map` integrates: ``(recall, precision,
+    envelope)`` arrays, one point per pair in order of ascending distance.
 
     Pairs are sorted by ascending distance (stably, so tied distances keep their input order);
     ``TP = cumsum(same)``, ``FP = cumsum(1 - same)``, recall ``TP / sum(same)``, precision
-    ``TP / (TP + FP)``. The result is the area under the monotone precision envelope (VOC style):
-    ``sum over recall steps of (r_i - r_{i-1}) * max_{j >= i} precision_j``.
-
-    Args:
-        d: distances, any shape (flattened).
-        same: share of people who judged each pair identical, in [0, 1].
+    ``TP / (TP + FP)``; the envelope is the best precision reachable at this recall or beyond.
 
     Example:
-        >>> round(jnd_map([0.1, 0.2, 0.3], [1.0, 0.0, 1.0]), 6)
-        0.833333
+        >>> r, p, e = jnd_precision_recall([0.1, 0.2, 0.3], [1.0, 0.0, 1.0])
+        >>> r.tolist(), p.round(4).tolist(), e.round(4).tolist()
+        ([0.5, 0.5, 1.0], [1.0, 0.5, 0.6667], [1.0, 0.6667, 0.6667])
     """
     d, same = _flat("d", d), _flat("same", same)
     _same_length(d=d, same=same)
@@ -112,7 +109,24 @@ def jnd_map(d, same) -> float:
     fp = np.cumsum(1.0 - same[order])
     recall = tp / total
     precision = tp / (tp + fp)
-    # Monotone envelope: the best precision reachable at this recall or beyond.
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return recall, precision, envelope
+
+
+def jnd_map(d, same) -> float:
+    """JND mean average precision: how well small distances pick out the pairs people found identical.
+
+    The area under the monotone precision envelope of :func:`jnd_precision_recall` (VOC style):
+    ``sum over recall steps of (r_i - r_{i-1}) * max_{j >= i} precision_j``.
+
+    Args:
+        d: distances, any shape (flattened).
+        same: share of people who judged each pair identical, in [0, 1].
+
+    Example:
+        >>> round(jnd_map([0.1, 0.2, 0.3], [1.0, 0.0, 1.0]), 6)
+        0.833333
+    """
+    recall, _, envelope = jnd_precision_recall(d, same)
     steps = np.diff(np.concatenate([[0.0], recall]))
     return float(np.sum(steps * envelope))

@@ -135,13 +135,17 @@ def _cli_radii(args: argparse.Namespace, norm: Norm, given) -> list:
 
 
 def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batch_size: int, workers: int = 0,
-                  log: Optional[Path] = None, resume: bool = False, progress: bool = True) -> Dict[str, dict]:
+                  log: Optional[Path] = None, resume: bool = False, progress: bool = True, keep_images: int = 0,
+                  details: Optional[dict] = None) -> Dict[str, dict]:
     """Run :func:`~rpmetric.attacks.evaluate_attack` on each group (split or category) with the
     options from :func:`attack_config_from_args`; ``{group: AttackResult.to_dict()}``.
 
     Each group has its own run log, ``LOG.attack-GROUP.jsonl`` beside ``log``. When both NIGHTS test
     parts were attacked, ``"total"`` holds their mean weighted by the attacked counts (with
     ``n_samples``, the first N of each part), like the 2AFC total.
+
+    A ``details`` dict receives each group's :class:`~rpmetric.attacks.AttackResult` (its
+    per-triplet records, and with ``keep_images`` the first attacked references), for a review page.
 
     Example:
         >>> results = attack_groups(metric, {"test_imagenet": triplets}, options, batch_size=16)  # doctest: +SKIP
@@ -153,8 +157,10 @@ def attack_groups(metric, groups: Mapping[str, Sequence], options: dict, *, batc
         runlog = None if log is None else attack_log_path(log, group)
         result = evaluate_attack(metric, records, batch_size=batch_size, workers=workers, runlog_path=runlog,
                                  resume=resume and runlog is not None and runlog.exists(), progress=progress,
-                                 **options)
+                                 keep_images=keep_images, **options)
         results[group] = result.to_dict()
+        if details is not None:
+            details[group] = result
     if all(g in results for g in _NIGHTS_TEST):
         results["total"] = _weighted_total(results)
     return results

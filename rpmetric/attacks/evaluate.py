@@ -49,7 +49,9 @@ class AttackResult:
         records: one dict per triplet (``key``, ``p``, ``label``, distances ``clean_d0/d1`` and
             ``adv_d0/d1``, ``clean_correct``, ``robust_correct``, the perturbation's ``linf`` and
             ``l2``; with a counterattack also ``defended_clean_correct``, ``nonadaptive_correct``,
-            ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``).
+            ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``, and, for a
+            :class:`rpmetric.Counterattack`, the ``tau`` it measured on the clean, the attacked and
+            the adaptively attacked reference: ``tau_clean``, ``tau_attacked``, ``tau_adaptive``).
         config: the attack configuration and what else defines the run.
         defended_clean_accuracy: with a counterattack, clean accuracy of the defended metric.
         nonadaptive_accuracy: the defended metric judging the images attacked through the plain
@@ -59,6 +61,9 @@ class AttackResult:
         curve: with several radii, one dict per radius in increasing order: ``eps``,
             ``robust_accuracy``, and with a counterattack ``nonadaptive_accuracy``,
             ``adaptive_accuracy``, ``worst_case_accuracy``; None for a single radius.
+        images: with ``keep_images``, ``{key: {"clean": ref, "attacked": ref + delta}}`` of the first
+            triplets as the attack produced them (with several radii, at the largest) (``[3, S, S]`` float32 CPU tensors at the model's
+            input size, in [0, 1]); triplets resumed from a run log have none.
     """
 
     n: int
@@ -71,6 +76,7 @@ class AttackResult:
     adaptive_accuracy: Optional[float] = None
     worst_case_accuracy: Optional[float] = None
     curve: Optional[List[dict]] = None
+    images: Dict[str, dict] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         """The figures and the configuration as JSON-ready data (without the per-triplet records).
@@ -111,7 +117,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
                     eps: Union[None, float, Sequence[float]] = None, steps: int = 100, restarts: int = 1, seed: int = 0,
                     counterattack=None, eot_samples: int = 4, batch_size: int = 16,
                     n_samples: Optional[int] = None, workers: int = 0, device=None, runlog_path=None,
-                    resume: bool = False, progress: bool = True) -> AttackResult:
+                    resume: bool = False, progress: bool = True, keep_images: int = 0) -> AttackResult:
     """Clean and robust 2AFC binary accuracy of a metric under APGD-CE on the reference image.
 
     Only the reference is perturbed. The left and right images are embedded once, clean, and held
@@ -152,6 +158,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
             resolved location and file digests) or the triplets (ids, paths, ``p``) differ from the
             run's that wrote it (see :mod:`rpmetric.fingerprint`).
         progress: show a progress bar.
+        keep_images: keep the clean and attacked references of the first ``keep_images`` triplets
+            (``AttackResult.images``), for a review page.
 
     Raises:
         ValueError: a bad argument, an unreadable image, duplicate triplet ids, or a run log
@@ -192,6 +200,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
     batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
     todo = [b for b in batches if not all(keys[i] in done for i in b)]
+    kept: Dict[str, dict] = {}
+    wanted = set(keys[:max(0, int(keep_images))])
     loader = data_loader(dataset, batch_sampler=todo, num_workers=workers, collate_fn=collate_images)
     from tqdm.auto import tqdm
 
@@ -200,7 +210,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         for batch in bar:
             _raise_on_bad_items(batch, keys)
             records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], configs, counterattack,
-                                    several)
+                                    several, keep=(wanted, kept) if wanted else None)
             new = [r for r in records if r["key"] not in done]
             if log is not None:
                 log.append(new)
@@ -210,7 +220,9 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     finally:
         if log is not None:
             log.close()  # releases the log for the next run
-    return _result([done[k] for k in keys], run_config, configs if several else None)
+    result = _result([done[k] for k in keys], run_config, configs if several else None)
+    result.images = {k: kept[k] for k in keys if k in kept}
+    return result
 
 
 def _radii(norm, eps, steps, restarts, seed, eot_samples):
@@ -231,9 +243,10 @@ def _radii(norm, eps, steps, restarts, seed, eot_samples):
 
 # -- one batch -------------------------------------------------------------------------------
 def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], configs: List[AttackConfig], counterattack,
-                  several: bool) -> List[dict]:
+                  several: bool, keep=None) -> List[dict]:
     """The batch's records: one clean pass, then the attack at each radius in turn (see ``eps`` of
-    :func:`evaluate_attack`); with one radius, each per-radius field is a number rather than a list."""
+    :func:`evaluate_attack`); with one radius, each per-radius field is a number rather than a list.
+    ``keep``: (wanted keys, {key: images}) to fill with the first references, for a review page."""
     device = embedder.device
     ref = _prepared(batch["ref"], embedder, device)
     left = _prepared(batch["left"], embedder, device)
@@ -252,16 +265,23 @@ def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], configs: Lis
         still = [min(s, a) for s, a in zip(still, _agreement(adv, p))]
         per_eps.append({"images": images, "adv_d0": adv[0], "adv_d1": adv[1], "robust_correct": still,
                         "linf": linf, "l2": l2})
+    if keep is not None:  # the clean reference and the attack at the largest radius
+        wanted, kept = keep
+        kept.update((k, {"clean": ref[j].detach().float().cpu(), "attacked": images[j].detach().float().cpu()})
+                    for j, k in enumerate(keys) if k in wanted)
 
     records = [{"key": k, "p": float(pi), "label": int(yi), "clean_d0": c0, "clean_d1": c1, "clean_correct": co}
                for k, pi, yi, c0, c1, co in zip(keys, p.tolist(), y.tolist(), *clean, clean_ok)]
     _add_per_eps(records, per_eps, ("adv_d0", "adv_d1", "robust_correct", "linf", "l2"), several)
     if counterattack is not None:
-        defended_clean, defended = _defence_records(embedder, counterattack, ref, left, right,
-                                                    [e["images"] for e in per_eps], p, y, configs)
+        defended_clean, defended, taus = _defence_records(embedder, counterattack, ref, left, right,
+                                                          [e["images"] for e in per_eps], p, y, configs)
         for record, ok in zip(records, defended_clean):
             record["defended_clean_correct"] = ok
         _add_per_eps(records, defended, _DEFENDED_PER_EPS, several)
+        for name, tau in (taus or {}).items():
+            for record, value in zip(records, tau.tolist()):
+                record[name] = value if math.isfinite(value) else None  # a zero embedding's tau is inf
     return records
 
 
@@ -288,7 +308,9 @@ def _defence_records(embedder, counterattack, ref, left, right, attacked: List[t
     """``(defended clean, per radius)``: per triplet the defended metric clean; then per radius its
     judgement of the plain attack's images (non-adaptive) and of an attack through the defence
     (adaptive: BPDA with EOT over its random start), each chained over the radii as the plain attack is."""
-    judge, clean = _clean_judge(DefendedFeatures(embedder, counterattack), ref, left, right)
+    features = DefendedFeatures(embedder, counterattack, record_tau=hasattr(counterattack, "tau_threshold"))
+    judge, clean = _clean_judge(features, ref, left, right)
+    taus = {"tau_clean": _reference_tau(features.tau, ref, left, right)}
     clean_ok = _agreement(clean, p)
     seeds = eot_seeds(counterattack, configs[0].seed, configs[0].eot_samples)
     through = TwoAFCLogits(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), judge.e_left,
@@ -296,12 +318,26 @@ def _defence_records(embedder, counterattack, ref, left, right, attacked: List[t
     per_eps, transfer_ok, adaptive_ok, images = [], clean_ok, clean_ok, ref
     for config, transferred in zip(configs, attacked):
         transfer_ok = [min(c, a) for c, a in zip(transfer_ok, _agreement(_distances(judge, transferred), p))]
+        taus["tau_attacked"] = features.tau  # of the plain attack's images at this radius: the last one stays
         images = _attack_the_rest(through, ref, y, config, adaptive_ok, images, eot_iter=config.eot_samples)
         linf, l2 = _checked_norms(images, ref, config)
         adaptive_ok = [min(c, a) for c, a in zip(adaptive_ok, _agreement(_distances(judge, images), p))]
+        taus["tau_adaptive"] = features.tau
         per_eps.append({"nonadaptive_correct": transfer_ok, "adaptive_correct": adaptive_ok, "adaptive_linf": linf,
                         "adaptive_l2": l2})
-    return clean_ok, per_eps
+    return clean_ok, per_eps, (taus if features.record_tau else None)
+
+
+def _reference_tau(tau: Optional[torch.Tensor], ref, left, right) -> Optional[torch.Tensor]:
+    """The references' rows of the tau that the clean judge measured on ``cat([ref, left, right])``,
+    each distinct image once (see :func:`rpmetric.unique.embed_unique`)."""
+    if tau is None:
+        return None
+    if len(tau) == 3 * len(ref):  # no image repeated: the rows are the batch's own
+        return tau[:len(ref)]
+    from ..unique import unique_images
+
+    return tau[unique_images(torch.cat([ref, left, right]))[1][:len(ref)].to(tau.device)]
 
 
 def _clean_judge(features, ref: torch.Tensor, left: torch.Tensor, right: torch.Tensor):

@@ -93,15 +93,22 @@ class DefendedFeatures(nn.Module):
     counterattacked image: the defence acts as the identity in the backward pass (BPDA).
     """
 
-    def __init__(self, embedder: Embedder, counterattack, amp: bool = False):
+    def __init__(self, embedder: Embedder, counterattack, amp: bool = False, record_tau: bool = False):
         super().__init__()
         self.embedder = embedder
         self.counterattack = counterattack
         self.amp = amp
+        # With record_tau (a Counterattack's defended_features(..., return_tau=True)), ``tau`` holds
+        # the last call's per-image tau, for the review page's histogram.
+        self.record_tau = record_tau
+        self.tau: Optional[torch.Tensor] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast_for(x.device) if self.amp else contextlib.nullcontext():
-            return self.counterattack.defended_features(self.embedder.module, x).float()
+            if not self.record_tau:
+                return self.counterattack.defended_features(self.embedder.module, x).float()
+            features, self.tau = self.counterattack.defended_features(self.embedder.module, x, return_tau=True)
+            return features.float()
 
 
 class EOTDefendedFeatures(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..spec import default_model
 
@@ -59,6 +60,21 @@ def finite(low: float = -float("inf")):
 
     parse.__name__ = "finite number" if low == -float("inf") else f"number >= {low:g}"
     return parse
+
+
+def add_html_option(parser: argparse.ArgumentParser, shows: str) -> None:
+    """``--html PAGE.html``: a review page of the results (see :mod:`rpmetric.report`)."""
+    parser.add_argument("--html", type=Path, default=None, metavar="PAGE.html",
+                        help=f"also write a review page: {shows}; a self-contained HTML file that opens offline, "
+                             "with downscaled JPEG thumbnails in PAGE_files/ beside it")
+
+
+def check_html_option(args) -> None:
+    """Refuse an unwritable ``--html`` page before any work (no-op without the option)."""
+    if getattr(args, "html", None) is not None:
+        from ..report.page import check_page_path
+
+        check_page_path(args.html)
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:

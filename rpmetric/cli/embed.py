@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_device_option, add_model_option, at_least, format_distance, format_table
+from .common import (add_device_option, add_html_option, add_model_option, at_least, check_html_option,
+                     format_distance, format_table)
 
 
 def register(sub) -> None:
@@ -129,6 +130,7 @@ def _register_search(sub) -> None:
     )
     _add_query_options(p)
     p.add_argument("--k", type=at_least(1), default=10, help="neighbours per query (default: 10)")
+    add_html_option(p, "each query beside its neighbours, with their distances")
     p.set_defaults(func=run_search)
 
 
@@ -164,6 +166,8 @@ def _register_dedup(sub) -> None:
     p.add_argument("--index", choices=INDEXES, default="auto",
                    help="with --against, instead of --method: find each image's nearest image of OTHER with this "
                         "search index (see `rpmetric search`)")
+    add_html_option(p, "one row per group, largest first, with a group-size filter (with --against, each flagged "
+                       "image beside its match)")
     p.set_defaults(func=run_dedup)
 
 
@@ -180,6 +184,7 @@ def _register_classify(sub) -> None:
     p.add_argument("--k", type=at_least(1), default=5, help="neighbours that vote (default: 5)")
     p.add_argument("--vote", choices=VOTES, default="majority",
                    help="majority: one vote each; distance: weighted by 1/distance (default: majority)")
+    add_html_option(p, "each query with its label and vote share, beside its labelled neighbours")
     p.set_defaults(func=run_classify)
 
 
@@ -257,6 +262,7 @@ def run_search(args) -> int:
     from ..stores.index import search
     from ..stores.store import EmbeddingStore
 
+    check_html_option(args)
     store = EmbeddingStore(args.store)
     queries, names = _queries(args, store)
     hits = search(store.embeddings(), queries, args.k, index=args.index, nprobe=args.nprobe)
@@ -271,6 +277,7 @@ def run_search(args) -> int:
     else:
         rows = [(r["query"], n["rank"], format_distance(n["distance"]), n["path"]) for r in results for n in r["neighbours"]]
         print(format_table(rows, ["query", "rank", "distance", "path"]))
+    _search_page(args, store, names, results)
     return 0
 
 
@@ -290,6 +297,7 @@ def run_dedup(args) -> int:
     if args.method == "exact" and (args.clusters is not None or args.nprobe is not None):
         raise ValueError("--clusters and --nprobe tune --method cluster|ivf|auto; --method exact scans every pair, "
                          "so drop them")
+    check_html_option(args)
     store = EmbeddingStore(args.store)
     emb, files = store.embeddings(), store.files
     if args.against is not None:
@@ -312,6 +320,8 @@ def run_dedup(args) -> int:
         summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
     write_csv(args.out, header, table)
     print(summary, file=sys.stderr)
+    if args.html is not None:
+        _dedup_page(args, store, header, table, other if args.against is not None else None)
     return 0
 
 
@@ -319,6 +329,7 @@ def run_classify(args) -> int:
     from ..stores.knn import knn_classify
     from ..stores.store import EmbeddingStore
 
+    check_html_option(args)
     store = EmbeddingStore(args.store)
     labelled, labels = store.labelled(args.labels)
     queries, names = _queries(args, store)
@@ -335,7 +346,34 @@ def run_classify(args) -> int:
         print(json.dumps({"store": str(store.path), "k": args.k, "vote": args.vote, "results": results}, indent=1))
     else:
         print(format_table([(r["query"], r["label"], f"{r['score']:.3f}") for r in results], ["query", "label", "score"]))
+    _search_page(args, store, names, results, classify=True)
     return 0
+
+
+def _search_page(args, store, names, results, classify: bool = False) -> None:
+    """``--html``: the review page of search or classify results. A query store's names are files
+    when it is a folder's store (absolute paths), else a dataset's keys."""
+    if args.html is None:
+        return
+    from ..report import write_search_page
+
+    query_files = args.query_store is None or all(Path(n).is_absolute() for n in names)
+    page = write_search_page(args.html, results, store=str(store.path), query_files=query_files,
+                             classify=classify, progress=True)
+    print(f"rpmetric {args.command}: review page written to {page}", file=sys.stderr)
+
+
+def _dedup_page(args, store, header, table, other=None) -> None:
+    """``--html``: the review page of the rows dedup wrote to its CSV (``other``: the --against store)."""
+    from ..report import write_dedup_page, write_near_page
+
+    rows = [dict(zip(header, row)) for row in table]
+    if other is not None:
+        page = write_near_page(args.html, rows, threshold=args.threshold, source=str(store.path), other=str(other.path),
+                               is_dataset=bool(store.kind), other_is_dataset=bool(other.kind), progress=True)
+    else:
+        page = write_dedup_page(args.html, rows, threshold=args.threshold, source=str(store.path), progress=True)
+    print(f"rpmetric dedup: review page written to {page}", file=sys.stderr)
 
 
 def run_eval_retrieval(args) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..distributed import local_device
 from ..files import check_writable, write_csv, write_json
-from .common import add_device_option, add_model_option, at_least, format_table
+from .common import add_device_option, add_html_option, add_model_option, at_least, check_html_option, format_table
 
 DESCRIPTIONS = {
     "nights": ("NIGHTS 2AFC score (DreamSim's benchmark)",
@@ -96,6 +96,12 @@ def _add_run_options(q) -> None:
                    help="skip triplets with missing or unreadable files and report them, instead of stopping")
     q.add_argument("--max-batches", type=at_least(1), default=None, metavar="N",
                    help="stop after N batches (time-boxed runs); finish later with --resume")
+    add_html_option(q, "the score table, a bar chart per group, the triplets where the metric disagrees most with "
+                       "people (JND: the precision-recall curve), and with --attack the first attacked references "
+                       "and, with --counterattack, the tau histogram")
+    q.add_argument("--html-examples", type=at_least(1), default=None, metavar="N",
+                   help="with --html: triplets in each example section (most disagreeing; first attacked of each "
+                        "group) (default: 24)")
 
 
 def _add_preprocess_option(q, dataset: str) -> None:
@@ -132,6 +138,9 @@ def run(args) -> int:
     if attack is not None and args.max_batches is not None:
         raise ValueError("--max-batches applies to the clean evaluation only; drop it or drop --attack.")
     _check_distinct_outputs(args)
+    if args.html_examples is not None and args.html is None:
+        raise ValueError("--html-examples sets what the review page shows; add --html PAGE.html or drop it.")
+    check_html_option(args)
     for option in ("out", "per_sample"):  # before the run, not after it
         if getattr(args, option) is not None:
             check_writable(getattr(args, option), "--" + option.replace("_", "-"))
@@ -171,10 +180,10 @@ def run(args) -> int:
     total = nights_total(results) if args.dataset == "nights" else None
     if total is not None:
         results["total"] = total
-    attacked = None
+    attacked, details = None, {}
     if attack is not None:
         with _no_empty_logs(_log_files(log, groups)[1:], True):
-            attacked = _attack(args, distances, groups, result, attack, log)
+            attacked = _attack(args, distances, groups, result, attack, log, details)
     label = "split" if args.dataset == "nights" else "category"
     headers = [label, "n", "mAP (%)" if task == "jnd" else "2AFC (%)"]
     rows = [[g, r["n"], f"{100 * r['score']:.2f}"] for g, r in results.items()]
@@ -193,6 +202,8 @@ def run(args) -> int:
     if args.per_sample is not None:
         columns = ["group", "id", *spec.outputs, spec.target]
         write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in result.records))
+    if args.html is not None:
+        _page(args, distances, task, names, results, result, groups, attacked, details, counterattack)
     if default_log:  # complete: everything is in the outputs now
         for path in _log_files(log, groups):
             path.unlink(missing_ok=True)
@@ -210,14 +221,42 @@ def _selection(args) -> list:
     return list(dict.fromkeys(given))
 
 
-def _attack(args, distances, groups, result, options, log):
-    """Robust 2AFC accuracy per group (rpmetric.attacks), on the triplets the clean run did not skip."""
+def _attack(args, distances, groups, result, options, log, details):
+    """Robust 2AFC accuracy per group (rpmetric.attacks), on the triplets the clean run did not skip;
+    with --html, ``details`` receives each group's AttackResult and its first attacked references."""
     from ..attacks.cli import attack_groups
 
     bad = {(item["group"], item["id"]) for item in result.skipped}
     kept = {g: [t for t in records if (g, t.id) not in bad] for g, records in groups.items()}
     return attack_groups(distances.metric, kept, options, batch_size=args.batch_size, workers=args.workers,
-                         log=log, resume=args.resume, progress=True)
+                         log=log, resume=args.resume, progress=True,
+                         keep_images=_html_examples(args) if args.html is not None else 0, details=details)
+
+
+def _html_examples(args) -> int:
+    from ..report.evaluation import EXAMPLES
+
+    return EXAMPLES if args.html_examples is None else args.html_examples
+
+
+def _page(args, distances, task, names, results, result, groups, attacked, details, counterattack) -> None:
+    """``--html``: the review page, from the results of this run (nothing is evaluated again)."""
+    from ..report import write_eval_page
+
+    settings = {"model": distances.name, "dataset": f"{args.dataset} {args.root.resolve()}",
+                "selection": ", ".join(names), "skipped": str(len(result.skipped))}
+    if attacked:
+        first = next(iter(attacked.values()))["attack"] or {}
+        settings["attack"] = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in first.items())
+    if counterattack is not None:
+        settings["counterattack"] = repr(counterattack)
+    page = write_eval_page(args.html, task=task, results=results, records=result.records, groups=groups,
+                           title=f"rpmetric eval {args.dataset}: {distances.name}", settings=settings,
+                           attack=attacked, attack_details=details,
+                           tau_threshold=getattr(counterattack, "tau_threshold", None),
+                           examples=_html_examples(args), progress=True)
+    print(f"rpmetric eval: review page written to {page}", file=sys.stderr)
 
 
 def _log_path(args, distances, names, subset: str):
@@ -244,7 +283,7 @@ def _log_path(args, distances, names, subset: str):
 def _check_distinct_outputs(args) -> None:
     """Refuse --out, --per-sample and --run-log (given, or the default beside --out) that name one file,
     however spelled, before any work: each would overwrite another."""
-    named = [("--out", args.out), ("--per-sample", args.per_sample),
+    named = [("--out", args.out), ("--per-sample", args.per_sample), ("--html", args.html),
              ("--run-log", args.log if args.log is not None or args.out is None
               else args.out.with_name(args.out.name + ".log.jsonl"))]
     seen = {}
