@@ -1,6 +1,6 @@
 """``rpmetric embed | search | dedup | classify``: embedding stores and what they are for.
 
-``embed`` writes a store (resumable, sharded, torchrun-aware); the other three read stores.
+``embed`` writes a store (resumable, sharded, torchrun-aware, or built by Ray Data with ``--engine ray``); the other three read stores.
 Query images are embedded with the store's own model, so distances compare.
 """
 
@@ -61,7 +61,7 @@ def _register_embed(sub) -> None:
     from ..stores.store import DTYPES
 
     p = sub.add_parser(
-        "embed", help="embed a folder of images into an embedding store",
+        "embed", help="embed a folder of images (or dataset shards) into an embedding store",
         description="Embed every file of SOURCE into the store folder --out. SOURCE is a folder, walked "
                     "recursively (symlinked folders and files are followed, each real folder once; hidden ones "
                     "are left out), or a text file with one path per line: relative paths are relative to the "
@@ -74,7 +74,9 @@ def _register_embed(sub) -> None:
                     "shared filesystem). SOURCE may also name WebDataset .tar or Parquet .parquet shards (a path, an "
                     "fsspec URL or a brace pattern such as 'shards/{00000..00127}.tar'): each input shard is one "
                     "store shard, rows keep the samples' keys, URLs and captions, and a corrupt sample or a "
-                    "truncated shard is listed with its reason.",
+                    "truncated shard is listed with its reason. --engine ray builds the same store with a Ray Data "
+                    "pipeline: decoding in Ray tasks, the model in an actor pool of --num-workers actors, a dead "
+                    "worker retried by Ray (pip install \"rpmetric[ray]\").",
     )
     p.add_argument("source", metavar="SOURCE",
                    help="folder of images, a text file with one path per line (relative to the list file's folder), "
