@@ -16,7 +16,8 @@ Only the work in between is Ray's:
    the reference the store records (``manifest["model_ref"]``; a model built in memory is shipped
    to the actors instead). Ray restarts an actor that dies and retries its batch (Ray Data's
    actor pools set ``max_restarts=-1`` and ``max_task_retries=-1``), and retries a decoding task
-   whose worker died (Ray's ``max_retries=3`` for tasks). A Python exception is not retried
+   whose worker died (Ray's ``max_retries=3`` for tasks). Actors are retried without limit: a batch
+   that kills its process every time is retried until Ctrl-C. A Python exception is not retried
    (``retry_exceptions`` stays off): it would recur, so the run stops with it.
 4. **The driver** collects the rows by (shard, position), so a retried batch can neither drop nor
    duplicate a row, and writes a shard as soon as all its rows are in. Ctrl-C or a failed run
