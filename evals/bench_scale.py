@@ -5,6 +5,11 @@
     recall against the exact method's pairs, pairs reported outside them (0 by construction), and
     the peak resident memory of a fresh process that loads the vectors and runs the method.
     Targets at 1 M x 512: recall >= 0.99 and >= 20x faster than exact.
+(ray) ``rpmetric embed`` of one folder of JPEGs (ViT-B/32, random weights) by one process and by
+    the Ray engine on a local cluster of ``--ray-cpus`` CPUs with ``--num-workers`` actors, in
+    alternating rounds: whether the stores are the same (records, paths, row order; the largest
+    embedding difference), and the throughput ratio Ray / one process. The cluster starts once,
+    and is timed apart; each Ray build includes starting its actors and loading the model in each.
 
     With ``--exact-sample R`` the exact baseline is a sample instead of the full quadratic scan
     (which at 1 M x 512 costs about 90 CPU-minutes on this machine): R random rows are compared
@@ -18,6 +23,7 @@ Usage::
     python evals/bench_scale.py --part dedup --n 200000 --dim 512
     python evals/bench_scale.py --part dedup --n 1000000 --dim 512 --exact-sample 20000
     python evals/bench_scale.py --part dedup --n 200000 --methods cluster --probes 1,2,3 --clusters 447
+    python evals/bench_scale.py --part ray --images 256 --rounds 2
 """
 
 from __future__ import annotations
@@ -145,13 +151,62 @@ def bench_dedup(args) -> None:
             print(line, flush=True)
 
 
+def bench_ray(args) -> None:
+    import ray
+    import torch
+
+    import rpmetric
+    from bench_retrieval import make_images
+    from rpmetric.stores import ray as engine
+    from rpmetric.stores.store import EmbeddingStore, build_store
+    from _common import save_random_open_clip
+    from storecheck import records
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder, _ = save_random_open_clip("ViT-B-32", tmp / "vit-b-32")
+        metric = rpmetric.RobustDistance(str(folder), device="cpu")
+        make_images(tmp / "images", args.images)
+        start = time.perf_counter()
+        ray.init(num_cpus=args.ray_cpus, include_dashboard=False, log_to_driver=False)
+        started = time.perf_counter() - start
+        builds = {"one process": lambda out: build_store(tmp / "images", out, metric, batch_size=args.batch_size,
+                                                         shard_size=args.shard_size, overwrite=True, progress=False),
+                  "ray": lambda out: engine.build_store(tmp / "images", out, metric, num_workers=args.num_workers,
+                                                        batch_size=args.batch_size, shard_size=args.shard_size,
+                                                        overwrite=True, progress=False)}
+        seconds: dict = {name: [] for name in builds}
+        for _ in range(args.rounds):
+            for name, build in builds.items():
+                begin = time.perf_counter()
+                store = build(tmp / name.replace(" ", "-"))
+                seconds[name].append(time.perf_counter() - begin)
+                assert len(store) == args.images
+        ray.shutdown()
+        one, other = EmbeddingStore(tmp / "one-process"), EmbeddingStore(tmp / "ray")
+        same = records(one.path) == records(other.path)
+        diff = float((one.embeddings() - other.embeddings()).abs().max())
+        rates = {name: [args.images / s for s in times] for name, times in seconds.items()}
+        ratios = [r / o for r, o in zip(rates["ray"], rates["one process"])]
+        print(f"(ray) ViT-B/32 (random weights), {args.images} JPEGs of 256-480 px, batch {args.batch_size}, shards of "
+              f"{args.shard_size}; one process: torch threads {torch.get_num_threads()}, default DataLoader workers; "
+              f"Ray: local cluster of {args.ray_cpus} CPUs (started in {started:.1f} s), {args.num_workers} actors")
+        for name, values in rates.items():
+            print(f"    {name:<12} img/s per round: {', '.join(f'{r:.2f}' for r in values)}  "
+                  f"(s: {', '.join(f'{t:.1f}' for t in seconds[name])})")
+        print(f"    same store (manifest and shard records, paths, row order): {same}; largest embedding difference "
+              f"{diff:.3g} ({one.dtype})")
+        print(f"    throughput ratio ray / one process per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
+              f"median {float(np.median(ratios)):.3f}")
+
+
 def parse_list(text: str):
     return [None if t == "default" else int(t) for t in text.split(",")]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["dedup"], default="dedup")
+    p.add_argument("--part", choices=["dedup", "ray"], default="dedup")
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--centres", type=int, default=1000, help="centres of the clustered vectors")
@@ -162,6 +217,12 @@ def main() -> None:
     p.add_argument("--probes", type=parse_list, default=[None], help="comma-separated; 'default' for the library's")
     p.add_argument("--exact-sample", type=int, default=None,
                    help="estimate the exact baseline from this many sampled rows (see above)")
+    p.add_argument("--images", type=int, default=256, help="(ray) JPEGs embedded per build")
+    p.add_argument("--rounds", type=int, default=2, help="(ray) alternating builds of each engine")
+    p.add_argument("--batch-size", type=int, default=32, help="(ray) images per forward pass")
+    p.add_argument("--shard-size", type=int, default=64, help="(ray) files per store shard")
+    p.add_argument("--ray-cpus", type=int, default=2, help="(ray) CPUs of the local Ray cluster")
+    p.add_argument("--num-workers", type=int, default=2, help="(ray) actors in the pool")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--pairs-out", type=Path, help=argparse.SUPPRESS)
@@ -173,7 +234,7 @@ def main() -> None:
         print(json.dumps(run_method(args.vectors, args.pairs_out, args.child, args.threshold, args.clusters,
                                     args.probes[0] if isinstance(args.probes, list) else args.probes)))
         return
-    bench_dedup(args)
+    {"dedup": bench_dedup, "ray": bench_ray}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -1,17 +1,21 @@
 """``rpmetric embed | search | dedup | classify``: embedding stores and what they are for.
 
-``embed`` writes a store (resumable, sharded, torchrun-aware); the other three read stores.
+``embed`` writes a store (resumable, sharded, torchrun-aware, or built by Ray Data with ``--engine ray``); the other three read stores.
 Query images are embedded with the store's own model, so distances compare.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from .common import (add_device_option, add_html_option, add_model_option, at_least, check_html_option,
+from .common import (add_device_option, add_html_option, add_model_option, at_least, check_html_option, finite,
                      format_distance, format_table)
+
+ENGINES = ("local", "ray")
+_RAY_OPTIONS = ("address", "num_workers", "num_gpus_per_worker")  # only with --engine ray
 
 
 def register(sub) -> None:
@@ -58,7 +62,7 @@ def _register_embed(sub) -> None:
     from ..stores.store import DTYPES
 
     p = sub.add_parser(
-        "embed", help="embed a folder of images into an embedding store",
+        "embed", help="embed a folder of images (or dataset shards) into an embedding store",
         description="Embed every file of SOURCE into the store folder --out. SOURCE is a folder, walked "
                     "recursively (symlinked folders and files are followed, each real folder once; hidden ones "
                     "are left out), or a text file with one path per line: relative paths are relative to the "
@@ -71,7 +75,9 @@ def _register_embed(sub) -> None:
                     "shared filesystem). SOURCE may also name WebDataset .tar or Parquet .parquet shards (a path, an "
                     "fsspec URL or a brace pattern such as 'shards/{00000..00127}.tar'): each input shard is one "
                     "store shard, rows keep the samples' keys, URLs and captions, and a corrupt sample or a "
-                    "truncated shard is listed with its reason.",
+                    "truncated shard is listed with its reason. --engine ray builds the same store with a Ray Data "
+                    "pipeline: decoding in Ray tasks, the model in an actor pool of --num-workers actors, a dead "
+                    "worker retried by Ray (pip install \"rpmetric[ray]\").",
     )
     p.add_argument("source", metavar="SOURCE",
                    help="folder of images, a text file with one path per line (relative to the list file's folder), "
@@ -96,6 +102,18 @@ def _register_embed(sub) -> None:
     p.add_argument("--key-column", default=None, metavar="NAME",
                    help="Parquet column of the sample keys (default: key if present, else FILE_STEM/ROW)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    ray = p.add_argument_group("Ray engine", 'with --engine ray (pip install "rpmetric[ray]")')
+    ray.add_argument("--engine", choices=ENGINES, default="local",
+                     help="local: this process (or torchrun's); ray: a Ray Data pipeline, decoding in Ray tasks and "
+                          "embedding in an actor pool, writing the same store (default: local)")
+    ray.add_argument("--address", default=None, metavar="ADDR",
+                     help="Ray cluster to connect to, e.g. ray://head:10001 or auto (default: RAY_ADDRESS if set, "
+                          "else a new local cluster)")
+    ray.add_argument("--num-workers", type=at_least(1), default=None, metavar="K",
+                     help="actors in the pool, each holding the model once (default: the cluster's GPUs divided by "
+                          "--num-gpus-per-worker, else half its CPUs)")
+    ray.add_argument("--num-gpus-per-worker", type=finite(0), default=0.0, metavar="G",
+                     help="GPUs each actor reserves; fractions share a GPU (default: 0, the CPUs)")
     p.set_defaults(func=run_embed, rerun=((), ("--overwrite",)))  # the same command resumes
 
 
@@ -203,6 +221,11 @@ def run_embed(args) -> int:
         raise missing_source(args.source)
     check_writable(args.out, "--out", folder=True)
     args.progress = args.out  # finished shards survive an interruption (see cli.main)
+    if args.engine == "ray":
+        return _embed_with_ray(args)
+    given = [o for o in _RAY_OPTIONS if getattr(args, o) not in (None, 0.0)]
+    if given:
+        raise ValueError(f"--{given[0].replace('_', '-')} configures the Ray engine; add --engine ray, or drop it")
     distributed.init_from_env()
     try:
         metric = RobustDistance(args.model, device=distributed.local_device(args.device))
@@ -215,6 +238,30 @@ def run_embed(args) -> int:
     if store is not None:
         print(f"{len(store)} images embedded into {store.path} ({len(store.skipped)} unreadable files skipped, "
               f"listed in {store.path / 'manifest.json'})")
+    return 0
+
+
+def _embed_with_ray(args) -> int:
+    """``embed --engine ray``: the store that one process writes, built by a Ray Data pipeline."""
+    from ..metric import RobustDistance
+    from ..stores import ray as engine
+
+    for option, value, why in (("--device", args.device, "each Ray worker uses a GPU when --num-gpus-per-worker "
+                                                          "is above 0, else the CPUs"),
+                               ("--workers", args.workers, "Ray tasks decode the images")):
+        if value is not None:
+            raise ValueError(f"{option} applies to --engine local; with --engine ray {why}: drop {option}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--engine ray runs one driver, not one process per GPU: run it without torchrun")
+    engine.require_ray()  # before the model loads
+    metric = RobustDistance(args.model, device="cpu")  # the driver plans the store; the actors embed
+    store = engine.build_store(args.source, args.out, metric, address=args.address, num_workers=args.num_workers,
+                               num_gpus_per_worker=args.num_gpus_per_worker, dtype=args.dtype,
+                               shard_size=args.shard_size, batch_size=args.batch_size, overwrite=args.overwrite,
+                               update=args.update, progress=not args.quiet, image_column=args.image_column,
+                               key_column=args.key_column)
+    print(f"{len(store)} images embedded into {store.path} by Ray ({len(store.skipped)} unreadable files skipped, "
+          f"listed in {store.path / 'manifest.json'})")
     return 0
 
 

@@ -5,7 +5,9 @@
 - :mod:`~rpmetric.stores.index`: nearest-neighbour search;
 - :mod:`~rpmetric.stores.dedup`: near-duplicate pairs and groups, rows near a reference set;
 - :mod:`~rpmetric.stores.knn`: kNN classification;
-- :mod:`~rpmetric.stores.robust`: attacks on retrieval decisions.
+- :mod:`~rpmetric.stores.robust`: attacks on retrieval decisions;
+- :mod:`~rpmetric.stores.ray`: the same stores built by a Ray Data pipeline, and ``embed_dataset``
+  for users' own Ray pipelines (not imported here: it needs ``pip install "rpmetric[ray]"``).
 
 The old module paths (``rpmetric.store``, ``rpmetric.sources``, ``rpmetric.retrieval``,
 ``rpmetric.robust_retrieval``) still import and name the same objects.
