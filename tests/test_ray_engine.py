@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import builtins
 import sys
 from pathlib import Path
 
@@ -36,11 +37,13 @@ def ray():
     cluster's workers cannot import tests/."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
+    plain_print = builtins.print  # ray.init replaces print (tqdm_ray.safe_print) and never puts it back
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     yield ray
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     ray.shutdown()
+    builtins.print = plain_print  # later tests (in this process) see Python's own print
 
 
 pytestmark = pytest.mark.slow  # Ray starts worker processes: seconds per pipeline
