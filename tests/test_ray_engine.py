@@ -6,9 +6,9 @@ all: each starts actors that import torch and load the model, seconds apiece."""
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
-import builtins
 import sys
 from pathlib import Path
 
