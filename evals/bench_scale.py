@@ -5,18 +5,24 @@
     recall against the exact method's pairs, pairs reported outside them (0 by construction), and
     the peak resident memory of a fresh process that loads the vectors and runs the method.
     Targets at 1 M x 512: recall >= 0.99 and >= 20x faster than exact.
-(ray) ``rpmetric embed`` of one folder of JPEGs (ViT-B/32, random weights) by one process and by
-    the Ray engine on a local cluster of ``--ray-cpus`` CPUs with ``--num-workers`` actors, in
-    alternating rounds: whether the stores are the same (records, paths, row order; the largest
-    embedding difference), and the throughput ratio Ray / one process. The cluster starts once,
-    and is timed apart; each Ray build includes starting its actors and loading the model in each.
-
     With ``--exact-sample R`` the exact baseline is a sample instead of the full quadratic scan
     (which at 1 M x 512 costs about 90 CPU-minutes on this machine): R random rows are compared
     with all N rows (float32 blocks, every candidate confirmed in float64 numpy), which gives every
     true pair that touches a sampled row. Recall is then measured on those pairs, and the exact
     scan's time is *estimated* as the sample's time x (N / 2) / R, since the scan's cost is linear
     in the rows it compares (N^2 / 2 row pairs in all). The output says "estimated".
+(ray) ``rpmetric embed`` of one folder of JPEGs (ViT-B/32, random weights) by one process and by
+    the Ray engine on a local cluster of ``--ray-cpus`` CPUs with ``--num-workers`` actors, in
+    alternating rounds: whether the stores are the same (records, paths, row order; the largest
+    embedding difference), and the throughput ratio Ray / one process. The cluster starts once,
+    and is timed apart; each Ray build includes starting its actors and loading the model in each.
+
+(webdataset) ``build_store`` on WebDataset tar shards (img2dataset's layout: ``.jpg`` with ``.json``
+    and ``.txt``; decoded in build_store's default DataLoader workers) against the raw encoder on
+    the same images, decoded and resized beforehand, in the same batches: images/s of each, as a
+    ratio per round, each build between two raw runs. ViT-B/32 (open_clip's config) with random
+    weights, saved in the Hub layout; JPEGs of 256-512 px (smooth colour fields, shapes and noise).
+    Target: ratio >= 0.9.
 
 Usage::
 
@@ -24,11 +30,13 @@ Usage::
     python evals/bench_scale.py --part dedup --n 1000000 --dim 512 --exact-sample 20000
     python evals/bench_scale.py --part dedup --n 200000 --methods cluster --probes 1,2,3 --clusters 447
     python evals/bench_scale.py --part ray --images 256 --rounds 2
+    python evals/bench_scale.py --part webdataset              # 256 JPEGs in 8 shards, 5 rounds
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import resource
 import subprocess
@@ -200,13 +208,129 @@ def bench_ray(args) -> None:
               f"median {float(np.median(ratios)):.3f}")
 
 
+def realistic_jpeg(rng: np.random.Generator) -> bytes:
+    """A JPEG of 256-512 px a side: a smooth colour field, a few filled shapes and sensor-like noise,
+    so that it costs what a photo costs to decode (tens of KB), not what a flat image costs."""
+    from PIL import Image, ImageDraw
+
+    w, h = (int(v) for v in rng.integers(256, 513, 2))
+    image = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(3, 9))):
+        x, y = np.sort(rng.integers(0, w, 2)), np.sort(rng.integers(0, h, 2))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([int(x[0]), int(y[0]), int(x[1]), int(y[1])], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    pixels = np.asarray(image, np.float32) + rng.normal(0, 10, (h, w, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_webdataset(folder: Path, n: int, shards: int, seed: int = 0) -> list:
+    """``shards`` tar files of ``n`` samples as img2dataset writes them (webdataset's TarWriter:
+    ``{key}.jpg``, ``{key}.json`` with url and caption, ``{key}.txt``); returns the JPEG bytes in order."""
+    import webdataset
+
+    rng = np.random.default_rng(seed)
+    images = [realistic_jpeg(rng) for _ in range(n)]
+    per = -(-n // shards)
+    for s in range(shards):
+        with webdataset.TarWriter(str(folder / f"{s:05d}.tar"), encoder=False) as tar:
+            for i in range(s * per, min(n, (s + 1) * per)):
+                meta = {"url": f"https://example.com/{i}.jpg", "caption": f"image {i}"}
+                tar.write({"__key__": f"{i:09d}", "jpg": images[i], "json": json.dumps(meta).encode(),
+                           "txt": meta["caption"].encode()})
+    return images
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bench_webdataset(args) -> None:
+    import torch
+
+    import rpmetric
+    from _common import save_random_open_clip
+    from rpmetric.images import unit_float
+    from rpmetric.stores.store import build_store, default_workers, sample_input
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder, _ = save_random_open_clip("ViT-B-32", tmp / "vit-b-32")
+        metric = rpmetric.RobustDistance(str(folder), device="cpu")
+        (tmp / "shards").mkdir()
+        images = write_webdataset(tmp / "shards", args.wds_images, args.wds_shards)
+        pattern = str(tmp / "shards" / f"{{00000..{args.wds_shards - 1:05d}}}.tar")
+        # The raw encoder's input: the same images, decoded and resized as the store does it, in the
+        # store's batches (batch_size decoded images, never across an input shard).
+        per, pp, bs = -(-args.wds_images // args.wds_shards), metric.spec.preprocessing, args.wds_batch_size
+        ready = [sample_input(data, str(i), pp) for i, data in enumerate(images)]
+        batches = [torch.stack(ready[i:min(i + bs, s + per, len(ready))]) for s in range(0, len(ready), per)
+                   for i in range(s, min(s + per, len(ready)), bs)]
+
+        def raw_rate():
+            """``(images per wall second, images per CPU second)`` of the bare encoder."""
+            start, cpu = time.perf_counter(), time.process_time()
+            with torch.inference_mode():
+                for batch in batches:
+                    metric.encoder(unit_float(batch))
+            return len(ready) / (time.perf_counter() - start), len(ready) / (time.process_time() - cpu)
+
+        def store_rate():
+            """``(images per wall second, per CPU second of this process and its reaped workers, share of
+            the wall time inside the encoder)`` of one build."""
+            inside, started = [0.0], []
+            pre = metric.encoder.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
+            post = metric.encoder.register_forward_hook(
+                lambda *_: inside.__setitem__(0, inside[0] + time.perf_counter() - started.pop()))
+            try:
+                start, cpu, workers_cpu = time.perf_counter(), time.process_time(), children_cpu()
+                store = build_store(pattern, tmp / "store", metric, batch_size=bs, num_workers=args.wds_workers,
+                                    overwrite=True, progress=False)
+                elapsed = time.perf_counter() - start
+                cpu = time.process_time() - cpu + children_cpu() - workers_cpu  # the loader joins its workers
+            finally:
+                pre.remove()
+                post.remove()
+            assert len(store) == len(ready) and not store.skipped  # a build that skipped images would mean nothing
+            return len(ready) / elapsed, len(ready) / cpu, inside[0] / elapsed
+
+        raw_rate()  # warm-up
+        previous = raw_rate()
+        raws, stores, ratios, cpu_ratios, shares = [], [], [], [], []
+        for _ in range(args.wds_rounds):
+            rate, cpu_rate, share = store_rate()
+            after = raw_rate()
+            raws.append((previous[0] + after[0]) / 2)
+            stores.append(rate)
+            shares.append(share)
+            ratios.append(rate / raws[-1])
+            cpu_ratios.append(cpu_rate / ((previous[1] + after[1]) / 2))
+            previous = after
+        kb = np.mean([len(b) for b in images]) / 1024
+        workers = default_workers() if args.wds_workers is None else args.wds_workers
+        print(f"(webdataset) ViT-B/32 (random weights), {len(ready)} JPEGs of 256-512 px (mean {kb:.0f} KB) in "
+              f"{args.wds_shards} tar shards, batch {bs}, workers {workers}"
+              f"{' (default)' if args.wds_workers is None else ''}, torch threads {torch.get_num_threads()}")
+        print(f"    raw encoder img/s (mean of the runs before and after): {', '.join(f'{r:.2f}' for r in raws)}")
+        print(f"    build_store img/s per round: {', '.join(f'{r:.2f}' for r in stores)}")
+        print(f"    ratio store/raw per round: {', '.join(f'{r:.3f}' for r in ratios)}")
+        print(f"    median ratio: {float(np.median(ratios)):.3f} (target >= 0.9)")
+        print(f"    ratio of images per CPU second (workers included) per round: "
+              f"{', '.join(f'{r:.3f}' for r in cpu_ratios)}; median {float(np.median(cpu_ratios)):.3f}")
+        print(f"    share of build_store wall time inside the encoder: {', '.join(f'{r:.3f}' for r in shares)}; "
+              f"median {float(np.median(shares)):.3f}", flush=True)
+
+
 def parse_list(text: str):
     return [None if t == "default" else int(t) for t in text.split(",")]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["dedup", "ray"], default="dedup")
+    p.add_argument("--part", choices=["dedup", "ray", "webdataset"], default="dedup")
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--centres", type=int, default=1000, help="centres of the clustered vectors")
@@ -223,6 +347,12 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, default=64, help="(ray) files per store shard")
     p.add_argument("--ray-cpus", type=int, default=2, help="(ray) CPUs of the local Ray cluster")
     p.add_argument("--num-workers", type=int, default=2, help="(ray) actors in the pool")
+    wds = p.add_argument_group("webdataset")
+    wds.add_argument("--wds-images", type=int, default=256, help="images per round")
+    wds.add_argument("--wds-shards", type=int, default=8, help="tar shards they are cut into")
+    wds.add_argument("--wds-batch-size", type=int, default=32)
+    wds.add_argument("--wds-rounds", type=int, default=5)
+    wds.add_argument("--wds-workers", type=int, default=None, help="DataLoader workers (default: build_store's)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--pairs-out", type=Path, help=argparse.SUPPRESS)
@@ -234,7 +364,7 @@ def main() -> None:
         print(json.dumps(run_method(args.vectors, args.pairs_out, args.child, args.threshold, args.clusters,
                                     args.probes[0] if isinstance(args.probes, list) else args.probes)))
         return
-    {"dedup": bench_dedup, "ray": bench_ray}[args.part](args)
+    {"dedup": bench_dedup, "ray": bench_ray, "webdataset": bench_webdataset}[args.part](args)
 
 
 if __name__ == "__main__":

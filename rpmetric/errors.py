@@ -11,3 +11,7 @@ class CheckpointError(ValueError):
 
 class MissingDependencyError(ImportError):
     """An optional package a feature needs is not installed; the message names the pip extra."""
+
+
+class WorkerDiedError(RuntimeError):
+    """A DataLoader worker decoding images died (killed, out of memory); the message says what was kept."""

@@ -9,6 +9,7 @@ the equality then holds by construction, on any machine.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Tuple
 
 import torch
@@ -28,6 +29,8 @@ def unique_images(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     if len(x) < 2:
         return x, torch.arange(len(x), device=x.device)
+    if x.device.type == "cpu" and not x.requires_grad:
+        return _unique_by_digest(x)
     # torch.unique sorts rows; map its groups back to first occurrences so the order is the input's
     # (the first image of a batch stays first, for readers of the encoder's inputs).
     _, groups = torch.unique(x.reshape(len(x), -1), dim=0, return_inverse=True)
@@ -38,6 +41,29 @@ def unique_images(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     rank = torch.empty_like(first)
     rank[first.argsort()] = torch.arange(len(first), device=x.device)
     return x[keep], rank[groups]
+
+
+def _unique_by_digest(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`unique_images` of a CPU tensor: rows grouped by a blake2b digest of their bytes, and a
+    claimed duplicate confirmed bit for bit. torch.unique(dim=0) sorts whole rows, comparing them
+    element by element on one thread: about 1 s for 32 images of 224 px on a busy 2-core machine,
+    a tenth of the encoder's time for the batch; the digests take milliseconds."""
+    rows = x.reshape(len(x), -1).contiguous()
+    data = rows.view(torch.uint8) if rows.dtype != torch.bool else rows.to(torch.uint8)
+    data = data.numpy()
+    by_digest: dict = {}  # digest -> the distinct images (indices into keep) with it
+    keep, inverse = [], []
+    for i in range(len(x)):
+        same = by_digest.setdefault(hashlib.blake2b(memoryview(data[i]), digest_size=16).digest(), [])
+        j = next((j for j in same if torch.equal(rows[keep[j]], rows[i])), None)
+        if j is None:
+            j = len(keep)
+            same.append(j)
+            keep.append(i)
+        inverse.append(j)
+    if len(keep) == len(x):
+        return x, torch.arange(len(x))
+    return x[keep], torch.tensor(inverse)
 
 
 def embed_unique(embed: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

@@ -216,10 +216,10 @@ from rpmetric.cli import main
 
 write = store._write_shard
 
-def logged(out, k, *rest):
+def logged(out, k, *rest, **kw):
     with open(os.environ["SHARD_LOG"], "a") as f:
         f.write(f"{os.environ['RANK']} {k}\\n")
-    write(out, k, *rest)
+    write(out, k, *rest, **kw)
 
 store._write_shard = logged
 sys.exit(main(sys.argv[1:]))

@@ -1,22 +1,29 @@
 """Dataset sources: WebDataset tar shards and Parquet files, made here, with a corrupt sample and a
-truncated shard; keys and metadata in the store, resume per input shard, CLI errors."""
+truncated shard; keys and metadata in the store, resume per input shard, CLI errors; decoding in
+DataLoader workers (the in-process store, interruption, a dead worker) and under torchrun."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+import signal
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import rpmetric.stores.store as store_mod
 from rpmetric.stores import sources
 from rpmetric.cli import main
-from rpmetric.errors import MissingDependencyError
+from rpmetric.errors import MissingDependencyError, WorkerDiedError
 from rpmetric.stores.store import EmbeddingStore, build_store, embed_images
+from test_cli_retrieval import LOGGING_LAUNCHER
 from test_store import ORIGINALS, PLANTED, make_image_folder
 
 pa = pytest.importorskip("pyarrow")
@@ -142,18 +149,147 @@ def test_file_url(tars, tiny_metric, tmp_path):
     assert store.paths == [k for k, _ in sample_rows(None)[:8]]
 
 
-def test_resume_rereads_only_unfinished_shards(tars, tiny_metric, tmp_path, monkeypatch):
-    pattern = tars / "{00000..00002}.tar"
-    whole = build_store(pattern, tmp_path / "whole", tiny_metric, dtype="float32", batch_size=4, progress=False)
-    assert build_store(pattern, tmp_path / "part", tiny_metric, dtype="float32", batch_size=2, progress=False,
-                       max_shards=1) is None
-    read = []
+def log_reads(monkeypatch, log: Path) -> None:
+    """Append ``pid shard`` to ``log`` for every shard read, by this process or a forked worker."""
     original = sources.read_shard
-    monkeypatch.setattr(sources, "read_shard", lambda kind, name, *a: read.append(name) or original(kind, name, *a))
-    resumed = build_store(pattern, tmp_path / "part", tiny_metric, dtype="float32", batch_size=2, progress=False)
-    assert read == [str(tars / "00001.tar"), str(tars / "00002.tar")]
+
+    def logged(kind, name, *rest):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {Path(name).name}\n")
+        return original(kind, name, *rest)
+
+    monkeypatch.setattr(sources, "read_shard", logged)
+
+
+def reads(log: Path):
+    return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_rereads_only_unfinished_shards(tars, tiny_metric, tmp_path, monkeypatch, workers):
+    pattern = tars / "{00000..00002}.tar"
+    whole = build_store(pattern, tmp_path / "whole", tiny_metric, dtype="float32", batch_size=4, num_workers=0,
+                        progress=False)
+    assert build_store(pattern, tmp_path / "part", tiny_metric, dtype="float32", batch_size=2, progress=False,
+                       num_workers=workers, max_shards=1) is None
+    log_reads(monkeypatch, tmp_path / "reads.log")
+    resumed = build_store(pattern, tmp_path / "part", tiny_metric, dtype="float32", batch_size=2, progress=False,
+                          num_workers=workers)
+    assert sorted(name for _, name in reads(tmp_path / "reads.log")) == ["00001.tar", "00002.tar"]
     assert resumed.paths == whole.paths and resumed.skipped == whole.skipped and resumed.urls == whole.urls
     np.testing.assert_allclose(resumed.embeddings().numpy(), whole.embeddings().numpy(), atol=1e-5)
+
+
+# -- decoding in DataLoader workers ------------------------------------------------------------
+DATASETS = {"webdataset": ("tars", "{00000..00002}.tar"), "parquet": ("parquets", "{a,c}.parquet")}
+
+
+@pytest.mark.parametrize("kind", sorted(DATASETS))
+def test_workers_give_the_in_process_store(kind, request, images, tiny_metric, tmp_path, monkeypatch):
+    folder, pattern = DATASETS[kind]
+    source = request.getfixturevalue(folder) / pattern
+    one = build_store(source, tmp_path / "one", tiny_metric, dtype="float32", batch_size=3, num_workers=0,
+                      progress=False)
+    log_reads(monkeypatch, tmp_path / "reads.log")
+    two = build_store(source, tmp_path / "two", tiny_metric, dtype="float32", batch_size=3, num_workers=2,
+                      progress=False)
+    assert two.paths == one.paths and two.urls == one.urls and two.captions == one.captions
+    assert two.skipped == one.skipped and len(two.skipped) == 2  # the corrupt sample and the truncated shard
+    assert [s["count"] for s in two.manifest["shards"]] == [s["count"] for s in one.manifest["shards"]]
+    # Against the same files embedded from a folder: the rows are the right images.
+    names = dict(sample_rows(images))
+    np.testing.assert_allclose(two.embeddings().numpy(), folder_embeddings(tiny_metric, images, [names[k] for k in two.paths]),
+                               atol=1e-5)
+    # Two workers, in other processes than this one, each reading whole shards: w takes shards w, w + 2, ...
+    by_pid = {}
+    for pid, name in reads(tmp_path / "reads.log"):
+        by_pid.setdefault(pid, []).append(name)
+    shards = sorted(Path(s).name for s in two.manifest["inputs"])
+    assert str(os.getpid()) not in by_pid and sorted(by_pid.values()) == sorted([shards[0::2], shards[1::2]])
+
+
+def test_interrupted_build_with_workers_resumes(tars, tiny_metric, tmp_path, monkeypatch):
+    pattern, out = tars / "{00000..00002}.tar", tmp_path / "s"
+    whole = build_store(pattern, tmp_path / "whole", tiny_metric, dtype="float32", batch_size=2, num_workers=0,
+                        progress=False)
+    real_write, written = store_mod._write_shard, []
+
+    def write_then_interrupt(out, k, *rest, **kw):  # Ctrl-C while the second finished shard is being written
+        if written:
+            raise KeyboardInterrupt
+        written.append(k)
+        real_write(out, k, *rest, **kw)
+
+    monkeypatch.setattr(store_mod, "_write_shard", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(pattern, out, tiny_metric, dtype="float32", batch_size=2, num_workers=2, progress=False)
+    assert [p.name for p in out.glob("shard-*.json")] == [f"shard-{written[0]:05d}.json"]
+    monkeypatch.setattr(store_mod, "_write_shard", real_write)
+    log_reads(monkeypatch, tmp_path / "reads.log")
+    resumed = build_store(pattern, out, tiny_metric, dtype="float32", batch_size=2, num_workers=2, progress=False)
+    assert sorted(name for _, name in reads(tmp_path / "reads.log")) == sorted(
+        f"{k:05d}.tar" for k in range(3) if k != written[0])
+    assert resumed.paths == whole.paths and resumed.skipped == whole.skipped and resumed.captions == whole.captions
+    np.testing.assert_allclose(resumed.embeddings().numpy(), whole.embeddings().numpy(), atol=1e-5)
+
+
+def kill_worker_at(monkeypatch, key: str, decoder: str = "sample_input") -> None:
+    """A DataLoader worker decoding ``key`` (with ``rpmetric.stores.store.<decoder>``) is killed, as
+    the kernel's OOM killer would kill it."""
+    real = getattr(store_mod, decoder)
+
+    def decode(data, *rest):
+        if str(data if decoder == "model_input" else rest[0]).endswith(key) and torch.utils.data.get_worker_info():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(data, *rest)
+
+    monkeypatch.setattr(store_mod, decoder, decode)
+
+
+def test_a_dead_worker_of_a_folder_build_is_named_too(images, tiny_metric, tmp_path, monkeypatch):
+    kill_worker_at(monkeypatch, "img5.png", "model_input")
+    with pytest.raises(WorkerDiedError, match=r"died \(DataLoader worker \(pid.*\); the finished shards are kept"):
+        build_store(images, tmp_path / "s", tiny_metric, shard_size=4, num_workers=2, progress=False)
+
+
+def test_a_dead_worker_is_one_line_and_the_rerun_resumes(capsys, tars, vit_folder, tiny_metric, tmp_path, monkeypatch):
+    pattern, out = tars / "{00000..00002}.tar", tmp_path / "s"
+    kill_worker_at(monkeypatch, "000000006")  # in 00001.tar
+    with pytest.raises(WorkerDiedError, match=r"died \(DataLoader worker \(pid.*\); the finished shards are kept"):
+        build_store(pattern, out, tiny_metric, dtype="float32", num_workers=2, progress=False)
+    argv = ["embed", pattern, "--out", out, "--model", vit_folder, "--device", "cpu", "--dtype", "float32",
+            "--workers", "2", "--quiet"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "died (DataLoader worker" in err and "--workers 0" in err, err
+    monkeypatch.undo()
+    code, text, _ = run(capsys, *argv)
+    assert code == 0 and "10 images embedded" in text
+    whole = build_store(pattern, tmp_path / "whole", tiny_metric, dtype="float32", num_workers=0, progress=False)
+    resumed = EmbeddingStore(out)
+    assert resumed.paths == whole.paths and resumed.skipped == whole.skipped
+    np.testing.assert_allclose(resumed.embeddings().numpy(), whole.embeddings().numpy(), atol=1e-5)
+
+
+def test_torchrun_two_processes_write_the_same_dataset_store(tars, vit_folder, tiny_metric, tmp_path):
+    """Rank r embeds input shards r, r + 2, ... (each in one DataLoader worker); rank 0 finishes the manifest."""
+    out, log, launcher = tmp_path / "two", tmp_path / "shards.log", tmp_path / "launch.py"
+    launcher.write_text(LOGGING_LAUNCHER)
+    pattern = tars / "{00000..00002}.tar"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+            "embed", str(pattern), "--out", str(out), "--model", str(vit_folder), "--device", "cpu", "--dtype",
+            "float32", "--batch-size", "3", "--workers", "1", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", SHARD_LOG=str(log))
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[:3000]
+    one = build_store(pattern, tmp_path / "one", tiny_metric, dtype="float32", batch_size=3, num_workers=0,
+                      progress=False)
+    two = EmbeddingStore(out)
+    assert two.paths == one.paths and two.skipped == one.skipped and two.urls == one.urls
+    assert two.captions == one.captions
+    np.testing.assert_allclose(two.embeddings().numpy(), one.embeddings().numpy(), atol=1e-5)
+    writes = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    assert sorted(writes) == [(0, 0), (0, 2), (1, 1)]
 
 
 def test_missing_dependency_names_the_extra(tars, monkeypatch):

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import List, Optional
 
 from .._version import __version__
-from ..errors import MissingDependencyError
+from ..errors import MissingDependencyError, WorkerDiedError
 from .common import rerun_command
 
 # Module names under rpmetric.cli, in the order `rpmetric --help` lists them.
 COMMAND_MODULES = ["models", "distance", "download", "evaluate", "embed", "train", "plot"]
 
 # Python arguments whose CLI option is not their name with dashes (see cli_words).
-CLI_OPTIONS = {"skipped": "--skip-bad"}
+CLI_OPTIONS = {"skipped": "--skip-bad", "num_workers": "--workers"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -100,6 +100,9 @@ def _run(args) -> int:
         # Expected user-facing errors: one clear line, no traceback (once, not once per torchrun process).
         _say(args, f"error: {cli_words(str(err))}")
         return 2
+    except WorkerDiedError as err:  # not the user's input: exit 1, but one line, as it says how to resume
+        _say(args, f"error: {cli_words(str(err))}")
+        return 1
     except OSError as err:
         if err.errno not in OUTPUT_FAULTS:
             raise

@@ -28,7 +28,9 @@ all ranks share).
 A WebDataset or Parquet source (:mod:`rpmetric.stores.sources`) is planned as its list of input shards
 ("inputs"), one store shard each, so a resume re-reads only the input shards without a finished
 record; its rows are named by the samples' keys, and the shard records and the manifest keep each
-row's URL and caption ("urls", "captions").
+row's URL and caption ("urls", "captions"). Each DataLoader worker reads and decodes whole input
+shards; the main process embeds, and writes a shard once all its rows are in (shards finish in any
+order; the manifest puts them in the plan's).
 
 A rerun on a source whose files were added, removed or changed (size or mtime) since the plan was
 made is refused, or with ``update=True`` re-planned: the still valid rows are first gathered into
@@ -56,6 +58,7 @@ from .. import distributed
 from . import sources
 from .._version import __version__
 from ..datasets.loading import data_loader
+from ..errors import WorkerDiedError
 from ..files import atomic_path, atomic_write, read_csv_columns, write_json
 from ..images import DECODE_ERRORS, decode_failure, read_pixels, read_pixels_bytes, unit_float
 from ..preprocess import resize_and_crop
@@ -338,6 +341,54 @@ def _loader(files: Sequence[str], batches: List[List[int]], pp, num_workers: int
     )
 
 
+class _DatasetShards(torch.utils.data.IterableDataset):
+    """Decoded batches of a dataset plan's input shards, each shard read whole by one DataLoader
+    worker (worker w of W takes ``shards[w::W]``), so its samples stay in order and one slow or
+    truncated shard holds up no other.
+
+    Yields per batch ``(k, part, images, rows, skipped, last)``: ``images`` up to ``batch_size``
+    :func:`sample_input` of store shard ``k`` (``[b, 3, S, S]`` uint8, None if b is 0), ``rows`` their
+    ``(key, url, caption)``, ``skipped`` the ``{"path", "reason"}`` of the samples read since the
+    previous batch that could not be decoded (or the shard's end that could not be read), ``part``
+    the batch's number within its shard, and ``last`` whether it ends the shard. Batches of a shard
+    are those a single process makes (``batch_size`` decoded images each, never crossing shards), so
+    the rows and their embeddings do not depend on the number of workers.
+
+    Args:
+        kind, image_column, key_column: the plan's (see :func:`rpmetric.stores.sources.read_shard`).
+        shards: ``(store shard number, input shard name)`` to read, in order.
+        pp: the model's :class:`~rpmetric.spec.Preprocessing` (picklable, for spawn-started workers).
+    """
+
+    def __init__(self, kind: str, shards: Sequence[Tuple[int, str]], pp, batch_size: int,
+                 image_column: Optional[str] = None, key_column: Optional[str] = None):
+        self.kind, self.shards, self.pp, self.batch_size = kind, list(shards), pp, batch_size
+        self.image_column, self.key_column = image_column, key_column
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mine = self.shards if info is None else self.shards[info.id::info.num_workers]
+        for k, name in mine:
+            yield from self._batches(k, name)
+
+    def _batches(self, k: int, name: str):
+        part, images, rows, skipped = 0, [], [], []
+        for sample in sources.read_shard(self.kind, name, self.image_column, self.key_column):
+            reason = sample.error
+            if reason is None:
+                try:
+                    images.append(sample_input(sample.data, sample.key, self.pp))
+                    rows.append((sample.key, sample.url, sample.caption))
+                except DECODE_ERRORS as err:
+                    reason = decode_failure(sample.key, err)
+            if reason is not None:
+                skipped.append({"path": sample.key, "reason": reason})
+            if len(images) == self.batch_size:
+                yield k, part, torch.stack(images), rows, skipped, False
+                part, images, rows, skipped = part + 1, [], [], []
+        yield k, part, torch.stack(images) if images else None, rows, skipped, True
+
+
 def _batches(indices: Sequence[int], batch_size: int) -> List[List[int]]:
     indices = list(indices)
     return [indices[s:s + batch_size] for s in range(0, len(indices), batch_size)]
@@ -345,15 +396,45 @@ def _batches(indices: Sequence[int], batch_size: int) -> List[List[int]]:
 
 def _embed_loader(encoder, loader, device: torch.device) -> Iterator[Tuple[List[int], np.ndarray, list]]:
     """Yields ``(indices, float32 unit embeddings, [(index, reason), ...])`` per batch."""
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-    with torch.inference_mode(), autocast:
+    with _inference(device):
         for indices, images, failed in loader:
             if images is None:
                 yield [], np.zeros((0, 0), np.float32), failed
                 continue
-            # Identical images of a batch get one embedding (see rpmetric.unique).
-            f = embed_unique(lambda x: encoder(unit_float(x.to(device, non_blocking=True))), images).float()
-            yield indices, torch.nn.functional.normalize(f, dim=-1).cpu().numpy(), failed
+            yield indices, _embed_batch(encoder, images, device), failed
+
+
+@contextlib.contextmanager
+def _inference(device: torch.device):
+    """The context the store's encoder runs in: no autograd, and float16 autocast on CUDA."""
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        yield
+
+
+def _embed_batch(encoder, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Float32 unit embeddings of a ``[B, 3, S, S]`` uint8 batch (inside :func:`_inference`)."""
+    # Identical images of a batch get one embedding (see rpmetric.unique).
+    f = embed_unique(lambda x: encoder(unit_float(x.to(device, non_blocking=True))), images).float()
+    return torch.nn.functional.normalize(f, dim=-1).cpu().numpy()
+
+
+@contextlib.contextmanager
+def _worker_deaths(out: Path):
+    """Turn torch's report of a dead DataLoader worker into one line that says what is kept and how to
+    resume. Torch raises it from its SIGCHLD handler, wherever the main process is at that moment
+    (inside the encoder too), so it wraps the whole loop, not the loader's ``next``; a shard being
+    written then is lost whole, as its files are written atomically."""
+    try:
+        yield
+    except RuntimeError as err:
+        text = str(err).strip()
+        if not text.startswith("DataLoader worker"):
+            raise
+        first = text.split(". ")[0].rstrip(". ")  # the rest suggests num_workers=0 in torch's words
+        raise WorkerDiedError(f"A worker decoding images for store {out} died ({first}); the finished shards are "
+                              "kept: run the same build again to resume it, with `num_workers=0` to decode in this "
+                              "process if it recurs.") from None
 
 
 def _check_positive(name: str, value: int, minimum: int = 1) -> None:
@@ -694,7 +775,8 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
         shard_size: files per shard, the unit of work that an interruption can lose (a dataset's
             shards are its input shards).
         batch_size: images per forward pass.
-        num_workers: DataLoader workers decoding images; None for :func:`default_workers`.
+        num_workers: DataLoader workers decoding images (a dataset's: each reads whole input
+            shards); 0 decodes in this process; None for :func:`default_workers`.
         overwrite: delete an existing store in ``out`` and start again.
         update: bring an existing store in ``out`` up to date with a changed ``source``: embed only
             the new and changed files, keep the rows of unchanged ones, drop removed ones. An
@@ -714,6 +796,7 @@ def build_store(source: Union[str, Path], out: Union[str, Path], metric, *, dtyp
     Raises:
         ValueError: bad settings, a store in ``out`` that does not match them or ``source``, or a
             store in which not one file could be read as an image.
+        rpmetric.errors.WorkerDiedError: a DataLoader worker died (finished shards are kept).
 
     Example:
         >>> store = build_store("images/", "store/", rpmetric.RobustDistance())  # doctest: +SKIP
@@ -818,7 +901,7 @@ def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: 
     if not shards:
         return
     if plan.get("kind"):
-        return _embed_dataset_shards(metric, out, plan, shards, batch_size, progress)
+        return _embed_dataset_shards(metric, out, plan, shards, batch_size, num_workers, progress)
     files, dtype, shard_size = plan["files"], plan["dtype"], plan["shard_size"]
     spans = {k: range(k * shard_size, min((k + 1) * shard_size, len(files))) for k in shards}
     reuse = _reusable(out, plan)
@@ -866,7 +949,7 @@ def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: 
                 start(k)
         return k
 
-    with bar:
+    with bar, _worker_deaths(out):
         k = write_finished(start(next(pending)))
         for indices, emb, failed in _embed_loader(metric.encoder, loader, metric.device):
             got.update(zip(indices, emb))
@@ -876,47 +959,45 @@ def _embed_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: 
             k = write_finished(k)
 
 
-def _embed_dataset_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: int, progress: bool) -> None:
-    """Write ``shards`` of a dataset plan, one store shard per input shard, streaming its samples:
-    at most ``batch_size`` decoded images (and one sample's bytes) are held at a time."""
+def _embed_dataset_shards(metric, out: Path, plan: dict, shards: List[int], batch_size: int, num_workers: int,
+                          progress: bool) -> None:
+    """Write ``shards`` of a dataset plan, one store shard per input shard, decoded by
+    :class:`_DatasetShards` in ``num_workers`` DataLoader workers (0: in this process) and embedded
+    here. A shard is written as soon as its last batch is in, so shards finish in any order; the
+    rows of each keep their order within it, and the manifest puts the shards in the plan's order.
+
+    Held at a time: each worker's prefetched batches, and the embeddings of the shards in progress."""
     from tqdm.auto import tqdm
 
-    pp, dim = metric.spec.preprocessing, None
-    with tqdm(unit="img", desc="embed", disable=not progress) as bar:
-        for k in shards:
-            name = plan["inputs"][k]
-            rows, kept, skipped, batch = [], [], [], []  # kept: (key, url, caption) of each row
+    dataset = _DatasetShards(plan["kind"], [(k, plan["inputs"][k]) for k in shards], metric.spec.preprocessing,
+                             batch_size, plan.get("image_column"), plan.get("key_column"))
+    # Workers beyond the shards would have nothing to read: each shard is one worker's.
+    loader = data_loader(dataset, batch_size=None, num_workers=min(num_workers, len(shards)),
+                         pin_memory=metric.device.type == "cuda")
+    in_progress: Dict[int, list] = {}  # shard -> [(part, embeddings or None, rows, skipped)]
+    dim = None
+    with tqdm(unit="img", desc="embed", disable=not progress) as bar, _worker_deaths(out), _inference(metric.device):
+        for k, part, images, rows, skipped, last in loader:
+            emb = None if images is None else _embed_batch(metric.encoder, images, metric.device)
+            dim = dim if emb is None else emb.shape[1]
+            in_progress.setdefault(k, []).append((part, emb, rows, skipped))
+            bar.update(len(rows) + len(skipped))
+            if last:
+                parts = sorted(in_progress.pop(k), key=lambda p: p[0])
+                if dim is None:  # no readable image yet: one dummy forward for the width of an empty shard
+                    dim = _output_dim(metric)
+                _write_dataset_shard(out, plan, k, parts, dim)
 
-            def flush():
-                if batch:
-                    images = torch.stack([x for _, x in batch])
-                    for _, emb, _ in _embed_loader(metric.encoder, [(list(range(len(batch))), images, [])], metric.device):
-                        rows.append(emb)
-                    kept.extend(s for s, _ in batch)
-                    bar.update(len(batch))
-                    batch.clear()
 
-            for sample in sources.read_shard(plan["kind"], name, plan.get("image_column"), plan.get("key_column")):
-                reason = sample.error
-                if reason is None:
-                    try:
-                        batch.append(((sample.key, sample.url, sample.caption), sample_input(sample.data, sample.key, pp)))
-                    except DECODE_ERRORS as err:
-                        reason = decode_failure(sample.key, err)
-                if reason is not None:
-                    skipped.append({"path": sample.key, "reason": reason})
-                    bar.update(1)
-                if len(batch) == batch_size:
-                    flush()
-            flush()
-            if rows:
-                emb = np.concatenate(rows)
-                dim = emb.shape[1]
-            else:
-                dim = _output_dim(metric) if dim is None else dim
-                emb = np.zeros((0, dim), np.float32)
-            _write_shard(out, k, emb.astype(plan["dtype"]), [key for key, _, _ in kept], skipped, plan.get("plan_id"),
-                         meta={"urls": [url for _, url, _ in kept], "captions": [c for _, _, c in kept]})
+def _write_dataset_shard(out: Path, plan: dict, k: int, parts: list, dim: int) -> None:
+    if [p[0] for p in parts] != list(range(len(parts))):  # a worker's batches come in order, or not at all
+        raise RuntimeError(f"shard {k} of store {out} got batches {[p[0] for p in parts]}, not 0..{len(parts) - 1}")
+    embs = [emb for _, emb, _, _ in parts if emb is not None]
+    emb = np.concatenate(embs) if embs else np.zeros((0, dim), np.float32)
+    rows = [row for _, _, part_rows, _ in parts for row in part_rows]
+    _write_shard(out, k, emb.astype(plan["dtype"]), [key for key, _, _ in rows],
+                 [s for _, _, _, part_skipped in parts for s in part_skipped], plan.get("plan_id"),
+                 meta={"urls": [url for _, url, _ in rows], "captions": [c for _, _, c in rows]})
 
 
 def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
