@@ -86,6 +86,7 @@ class Family(str, enum.Enum):
     OPEN_CLIP = "open_clip"  # open_clip_config.json + open_clip_model.safetensors
     TIMM = "timm"  # timm's config.json ("architecture") + model.safetensors
     HF_VIT = "hf_vit"  # transformers ViTModel folder, remapped into timm's ViT
+    HF_CLIP = "hf_clip"  # transformers CLIPModel / CLIPVisionModelWithProjection, remapped into open_clip's ViT
 
     @classmethod
     def parse(cls, value: "str | Family") -> "Family":
