@@ -66,13 +66,13 @@ class ModelFiles:
     config: dict
     weights: Path  # the weight file, or a sharded checkpoint's index
     extras: dict  # optional files by name -> parsed JSON
-    config_path: Optional[Path] = None  # where `config` was read, for messages
+    config_path: "Optional[Path | str]" = None  # where `config` was read (or the zoo entry's), for messages
     shards: Tuple[Path, ...] = ()  # a sharded checkpoint's shards that hold tensors the metric reads
     prefixes: Optional[Tuple[str, ...]] = None  # the key prefixes of the tensors read; None: all
 
     def path_of(self, name: str) -> Path:
         """The path of the config or an extra file by name, for messages (they sit side by side)."""
-        return (self.config_path or self.weights).parent / name
+        return self.weights.parent / name
 
     def keeps(self, key: str) -> bool:
         """Whether the metric reads the tensor ``key`` (after an optional ``module.`` prefix)."""
@@ -185,9 +185,12 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     family = spec.family or _detect_family(source)
     config_name, weight_names = _LAYOUTS[family]
     config_path = source.get(config_name)
-    if config_path is None:
+    if config_path is not None:
+        config = read_json(config_path)
+    elif spec.config is not None:  # a zoo entry states the config its repo lacks (ΔCLIP ships weights only)
+        config, config_path = spec.checkpoint_config(), f"zoo.json[{spec.name}].config"
+    else:
         raise source.missing([config_name])
-    config = read_json(config_path)
     weights = next((path for path in map(source.get, weight_names) if path is not None), None)
     if weights is None:  # named without their sharded forms, which the layout hint mentions
         raise source.missing([name for name in weight_names if not name.endswith(INDEX_SUFFIX)])
@@ -206,7 +209,7 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
         if path is not None:
             extras[name] = read_json(path)
     return ModelFiles(family=family, config=config, weights=Path(weights), extras=extras,
-                      config_path=Path(config_path), shards=tuple(shards), prefixes=prefixes)
+                      config_path=config_path, shards=tuple(shards), prefixes=prefixes)
 
 
 def fetch_head(spec: ModelSpec, *, force_check: bool = False):

@@ -195,3 +195,33 @@ def test_sharded_clip_from_a_prefilled_cache_offline(hf_clip_sharded, tmp_path, 
         torch.testing.assert_close(encoder(_images()), _transformers_features(model, _images()), rtol=1e-4, atol=1e-5)
     paths = hub.download("hf-hub:LEAF-CLIP/tiny-FARE2", force_check=False)
     assert {p.name for p in paths} == {"model.safetensors.index.json", *vision}
+
+
+def test_weights_only_repo_builds_from_the_zoo_config_offline(tmp_path, monkeypatch):
+    """ΔCLIP's layout: open_clip_pytorch_model.bin without open_clip_config.json, in a pre-filled cache
+    under the entry's Hub id; the zoo entry's config (here a tiny one) describes the architecture."""
+    from dataclasses import replace
+
+    import huggingface_hub
+
+    from rpmetric.spec import Preprocessing, get_spec
+
+    folder = tinymodels.save_open_clip(tmp_path / "delta", tinymodels.TINY_VIT_CFG, seed=5, safetensors=False)
+    reference = tinymodels.load_reference_open_clip(folder)
+    (folder / "open_clip_config.json").unlink()
+    spec = get_spec("delta-clip-l14-224")
+    home = tmp_path / "hf_home"
+    tinymodels.fill_hf_cache(home, spec.hub_id, folder)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    tiny = replace(spec, config={"model_cfg": tinymodels.TINY_VIT_CFG},
+                   preprocessing=Preprocessing(image_size=32, resize_size=32, mean=tinymodels.CLIP_MEAN,
+                                               std=tinymodels.CLIP_STD))
+    with torch.no_grad():
+        torch.testing.assert_close(load_encoder(tiny)(_images()), reference.encode_image((_images() - MEAN) / STD),
+                                   rtol=1e-4, atol=1e-5)
+    # The real entry's config (ViT-L/14) does not fit the tiny weights: the error names the weights file.
+    from rpmetric.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="open_clip_pytorch_model.bin do not fit"):
+        load_encoder(replace(spec, preprocessing=tiny.preprocessing))
