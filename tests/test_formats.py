@@ -225,3 +225,16 @@ def test_weights_only_repo_builds_from_the_zoo_config_offline(tmp_path, monkeypa
 
     with pytest.raises(CheckpointError, match="open_clip_pytorch_model.bin do not fit"):
         load_encoder(replace(spec, preprocessing=tiny.preprocessing))
+
+
+def test_fingerprint_covers_the_shards(hf_clip_sharded, tmp_path):
+    """A shard replaced in place changes the model's identity, which a resume compares."""
+    from rpmetric.fingerprint import model_identity
+
+    folder = tmp_path / "shards"
+    shutil.copytree(hf_clip_sharded[0], folder)
+    before = model_identity(str(folder))
+    shard = sorted(folder.glob("model-*.safetensors"))[-1]
+    assert shard.name in before["model_files"]
+    shard.write_bytes(shard.read_bytes()[:-4] + b"\0\0\0\1")
+    assert model_identity(str(folder))["model_files"][shard.name] != before["model_files"][shard.name]
