@@ -171,6 +171,10 @@ def resolve(model) -> ModelSpec:
 def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     """Get a checkpoint's files, from a folder or the Hugging Face cache or Hub.
 
+    Of a sharded checkpoint, only the index and the shards that hold tensors the metric reads (the
+    vision tower of a CLIP checkpoint, see ``VISION_PREFIXES``) are fetched. A repo without its config
+    file is built from the zoo entry's ``config`` when it states one (ΔCLIP ships weights only).
+
     Args:
         spec: a resolved spec (see :func:`resolve`).
         force_check: ask the Hub even when the files are cached (``rpmetric download``).

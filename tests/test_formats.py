@@ -238,3 +238,14 @@ def test_fingerprint_covers_the_shards(hf_clip_sharded, tmp_path):
     assert shard.name in before["model_files"]
     shard.write_bytes(shard.read_bytes()[:-4] + b"\0\0\0\1")
     assert model_identity(str(folder))["model_files"][shard.name] != before["model_files"][shard.name]
+
+
+def test_lora_attaches_to_a_transformers_clip_backbone(hf_clip):
+    """The remapped tower is open_clip's ViT, so heads find their targets as on open_clip's own."""
+    from rpmetric.heads import HeadConfig, attach_head, lora_targets
+
+    encoder = load_encoder(str(hf_clip[0]))
+    assert len(lora_targets(encoder.backbone)) == 2  # the tiny model's two attention blocks
+    module, _ = attach_head(encoder.backbone, HeadConfig("lora", r=2))
+    with torch.no_grad():  # LoRA's B starts at zero: the head changes nothing until trained
+        torch.testing.assert_close(module(encoder.normalize(_images())), encoder(_images()), rtol=1e-4, atol=1e-5)
