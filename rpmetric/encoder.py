@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import hub
-from .backbones import build_backbone, native_preprocessing
+from .backbones import build_backbone, native_preprocessing, prefers_own_preprocessing
 from .preprocess import Normalize, resize_and_crop
 from .spec import ModelSpec
 
@@ -107,6 +107,6 @@ def load_plain_encoder(spec: ModelSpec, *, resize: bool = True) -> Encoder:
     """The encoder of a checkpoint known not to be a head folder (the caller has probed it)."""
     files = hub.fetch(spec)
     spec = hub.with_family(spec, files)
-    if spec.preprocessing is None:
+    if spec.preprocessing is None or prefers_own_preprocessing(files):
         spec = replace(spec, preprocessing=native_preprocessing(files))
     return Encoder(build_backbone(files), spec, resize=resize)

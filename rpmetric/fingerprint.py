@@ -182,6 +182,10 @@ def _source_fingerprint(spec, names) -> dict:
     if spec.local_path:
         folder = Path(spec.local_path)
         files = {name: file_fingerprint(folder / name) for name in names if (folder / name).is_file()}
+        # A sharded checkpoint's shards, which its index names: a shard replaced in place is a new model.
+        for shard in _shards(folder, [name for name in files if name.endswith(".index.json")]):
+            if (folder / shard).is_file():
+                files[shard] = file_fingerprint(folder / shard)
         return {"location": str(folder), "files": files}
     import huggingface_hub as hf
 
@@ -190,11 +194,29 @@ def _source_fingerprint(spec, names) -> dict:
         path = hf.try_to_load_from_cache(spec.hub_id, name, revision=spec.revision)
         if isinstance(path, str):
             cached[name] = Path(path)
+    for index in [name for name in cached if name.endswith(".index.json")]:
+        for shard in _shards(cached[index].parent, [index]):
+            path = hf.try_to_load_from_cache(spec.hub_id, shard, revision=spec.revision)
+            if isinstance(path, str):
+                cached[shard] = Path(path)
     # Cached files live in snapshots/COMMIT/NAME: the folder names the commit the revision points to.
     commits = sorted({path.parent.name for path in cached.values()})
     commit: Optional[str] = commits[0] if len(commits) == 1 else spec.revision or "main"
     return {"location": f"hf-hub:{spec.hub_id}@{commit}",
             "files": {name: file_fingerprint(path, mtime=False) for name, path in cached.items()}}
+
+
+def _shards(folder: Path, indexes) -> list:
+    """The shard names the indexes in ``folder`` list (each index was checked by loading the model)."""
+    from .hub import read_index
+
+    names = []
+    for index in indexes:
+        try:
+            names.extend(read_index(folder / index))
+        except ValueError:  # not a valid index: loading refuses it, naming the file
+            continue
+    return names
 
 
 def _digest(fp: dict) -> str:

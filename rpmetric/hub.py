@@ -16,29 +16,46 @@ import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from ._version import __version__
 from .errors import ModelNotAvailableError
 from .spec import Family, ModelSpec, get_spec
 
-__all__ = ["ModelFiles", "resolve", "fetch", "fetch_head", "HUB_PREFIX", "MODEL_FILES"]
+__all__ = ["ModelFiles", "resolve", "fetch", "fetch_head", "read_index", "wanted", "HUB_PREFIX", "MODEL_FILES",
+           "VISION_PREFIXES"]
 
 HUB_PREFIX = "hf-hub:"
 
-# (config file, weight files in order of preference) for each layout; safetensors first.
+# (config file, weight files in order of preference) for each layout: safetensors first, one file
+# before a sharded one (an index, ``*.index.json``, naming its shards; see :func:`read_index`).
 _LAYOUTS = {
-    Family.OPEN_CLIP: ("open_clip_config.json", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")),
-    Family.TIMM: ("config.json", ("model.safetensors", "pytorch_model.bin")),
-    Family.HF_VIT: ("config.json", ("model.safetensors", "pytorch_model.bin")),
+    Family.OPEN_CLIP: ("open_clip_config.json", ("open_clip_model.safetensors", "open_clip_model.safetensors.index.json",
+                                                 "open_clip_pytorch_model.bin",
+                                                 "open_clip_pytorch_model.bin.index.json")),
+    Family.TIMM: ("config.json", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                  "pytorch_model.bin.index.json")),
+    Family.HF_VIT: ("config.json", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                    "pytorch_model.bin.index.json")),
+    Family.HF_CLIP: ("config.json", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                     "pytorch_model.bin.index.json")),
 }
-_OPTIONAL_FILES = {Family.HF_VIT: ("preprocessor_config.json",)}
-# Every file a checkpoint may be read from, whatever its layout (rpmetric.fingerprint fingerprints them).
+_OPTIONAL_FILES = {Family.HF_VIT: ("preprocessor_config.json",), Family.HF_CLIP: ("preprocessor_config.json",)}
+# The tensors the metric reads, by key prefix (None: all): only the vision tower of a CLIP checkpoint,
+# so that no text-tower tensor is read, and no shard holding only text-tower tensors is fetched.
+VISION_PREFIXES = {Family.OPEN_CLIP: ("visual.",), Family.HF_CLIP: ("vision_model.", "visual_projection.")}
+# Every file a checkpoint may be read from, whatever its layout (rpmetric.fingerprint fingerprints them;
+# an index's shards are fingerprinted through it, since the index names them).
 MODEL_FILES = tuple(dict.fromkeys([name for config, weights in _LAYOUTS.values() for name in (config, *weights)]
                                   + [name for names in _OPTIONAL_FILES.values() for name in names]))
+INDEX_SUFFIX = ".index.json"
+# A shard is a plain file name beside its index: no folder, no "..", nothing hidden.
+_SHARD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # A config is kilobytes; a bigger "config" is not one, and is not read into memory.
 MAX_CONFIG_BYTES = 16 * 2 ** 20
+# config.json model types of transformers' CLIP: a whole CLIPModel, or its vision tower alone.
+CLIP_MODEL_TYPES = ("clip", "clip_vision_model")
 
 
 @dataclass(frozen=True)
@@ -47,13 +64,66 @@ class ModelFiles:
 
     family: Family
     config: dict
-    weights: Path
+    weights: Path  # the weight file, or a sharded checkpoint's index
     extras: dict  # optional files by name -> parsed JSON
-    config_path: Optional[Path] = None  # where `config` was read, for messages
+    config_path: "Optional[Path | str]" = None  # where `config` was read (or the zoo entry's), for messages
+    shards: Tuple[Path, ...] = ()  # a sharded checkpoint's shards that hold tensors the metric reads
+    prefixes: Optional[Tuple[str, ...]] = None  # the key prefixes of the tensors read; None: all
 
     def path_of(self, name: str) -> Path:
         """The path of the config or an extra file by name, for messages (they sit side by side)."""
-        return (self.config_path or self.weights).parent / name
+        return self.weights.parent / name
+
+    def keeps(self, key: str) -> bool:
+        """Whether the metric reads the tensor ``key`` (after an optional ``module.`` prefix)."""
+        return wanted(key, self.prefixes)
+
+
+def wanted(key: str, prefixes: Optional[Tuple[str, ...]]) -> bool:
+    """Whether ``key`` (``module.`` stripped, as DataParallel saves it) starts with one of ``prefixes``.
+
+    Example:
+        >>> wanted("module.visual.proj", ("visual.",)), wanted("text.proj", ("visual.",))
+        (True, False)
+    """
+    if prefixes is None:
+        return True
+    return (key[len("module."):] if key.startswith("module.") else key).startswith(prefixes)
+
+
+def read_index(path, prefixes: Optional[Tuple[str, ...]] = None) -> Tuple[str, ...]:
+    """The shards of a sharded checkpoint's index that hold tensors with ``prefixes``, in index order.
+
+    An index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) is data:
+    ``{"weight_map": {tensor key: shard file name}}``. Each shard must be a plain file name in the
+    index's folder, of the index's own kind (``.safetensors`` or ``.bin``), so that an index can
+    neither point outside its folder nor switch a safetensors checkpoint to a pickle.
+
+    Example:
+        >>> import json, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "model.safetensors.index.json"
+        >>> _ = path.write_text(json.dumps({"weight_map": {"text.w": "a.safetensors", "visual.w": "b.safetensors"}}))
+        >>> read_index(path, ("visual.",))
+        ('b.safetensors',)
+    """
+    path = Path(path)
+    index = read_json(path)
+    kind = path.name[:-len(INDEX_SUFFIX)].rsplit(".", 1)[-1]  # "safetensors" or "bin"
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{path} has no 'weight_map' object of tensor names and shard files; it is not a "
+                         "sharded checkpoint's index.")
+    shards = {}
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not _SHARD_NAME.match(shard) or not shard.endswith("." + kind):
+            raise ValueError(f"{path}: the shard of {key!r} is {shard!r}; a shard must be a plain .{kind} file "
+                             "name in the index's folder (no folder, no '..').")
+        if wanted(key, prefixes):
+            shards.setdefault(shard, None)
+    if not shards:
+        raise ValueError(f"{path} names no tensor starting with {' or '.join(map(repr, prefixes or ()))}; "
+                         "it is not the index of a checkpoint of this layout.")
+    return tuple(shards)
 
 
 def resolve(model) -> ModelSpec:
@@ -101,6 +171,10 @@ def resolve(model) -> ModelSpec:
 def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     """Get a checkpoint's files, from a folder or the Hugging Face cache or Hub.
 
+    Of a sharded checkpoint, only the index and the shards that hold tensors the metric reads (the
+    vision tower of a CLIP checkpoint, see ``VISION_PREFIXES``) are fetched. A repo without its config
+    file is built from the zoo entry's ``config`` when it states one (ΔCLIP ships weights only).
+
     Args:
         spec: a resolved spec (see :func:`resolve`).
         force_check: ask the Hub even when the files are cached (``rpmetric download``).
@@ -115,23 +189,31 @@ def fetch(spec: ModelSpec, *, force_check: bool = False) -> ModelFiles:
     family = spec.family or _detect_family(source)
     config_name, weight_names = _LAYOUTS[family]
     config_path = source.get(config_name)
-    if config_path is None:
+    if config_path is not None:
+        config = read_json(config_path)
+    elif spec.config is not None:  # a zoo entry states the config its repo lacks (ΔCLIP ships weights only)
+        config, config_path = spec.checkpoint_config(), f"zoo.json[{spec.name}].config"
+    else:
         raise source.missing([config_name])
-    config = read_json(config_path)
-    weights = None
-    for name in weight_names:
-        weights = source.get(name)
-        if weights is not None:
-            break
-    if weights is None:
-        raise source.missing(weight_names)
+    weights = next((path for path in map(source.get, weight_names) if path is not None), None)
+    if weights is None:  # named without their sharded forms, which the layout hint mentions
+        raise source.missing([name for name in weight_names if not name.endswith(INDEX_SUFFIX)])
+    weights = Path(weights)
+    prefixes = VISION_PREFIXES.get(family)
+    shards = []
+    if weights.name.endswith(INDEX_SUFFIX):
+        for shard in read_index(weights, prefixes):
+            path = source.get(shard)
+            if path is None:
+                raise source.missing([shard], hint=f"{weights.name} names it as a shard of the checkpoint")
+            shards.append(Path(path))
     extras = {}
     for name in _OPTIONAL_FILES.get(family, ()):
         path = source.get(name)
         if path is not None:
             extras[name] = read_json(path)
     return ModelFiles(family=family, config=config, weights=Path(weights), extras=extras,
-                      config_path=Path(config_path))
+                      config_path=config_path, shards=tuple(shards), prefixes=prefixes)
 
 
 def fetch_head(spec: ModelSpec, *, force_check: bool = False):
@@ -191,15 +273,19 @@ def _detect_family(source) -> Family:
         return Family.TIMM
     if config.get("model_type") == "vit":
         return Family.HF_VIT
+    if config.get("model_type") in CLIP_MODEL_TYPES:
+        return Family.HF_CLIP
     raise ValueError(
         f"{source.where}: config.json has model_type {config.get('model_type')!r} and no timm 'architecture'; "
-        "supported layouts are open_clip (open_clip_config.json), timm (config.json with 'architecture') "
-        "and transformers ViT (config.json with model_type 'vit')."
+        "supported layouts are open_clip (open_clip_config.json), timm (config.json with 'architecture'), "
+        "transformers ViT (config.json with model_type 'vit') and transformers CLIP (model_type 'clip' or "
+        "'clip_vision_model')."
     )
 
 
 _LAYOUT_HINT = ("a model folder holds open_clip_config.json with open_clip_model.safetensors (open_clip), "
-                "or config.json with model.safetensors (timm or transformers ViT)")
+                "or config.json with model.safetensors (timm, transformers ViT or CLIP); sharded weights come "
+                "as an index (*.safetensors.index.json) beside its shards")
 
 
 class _FolderSource:
@@ -317,7 +403,7 @@ class _HubSource:
         folder = repo_dir / "snapshots" / commit
         return folder if folder.is_dir() else None
 
-    def missing(self, names, hint: str = "is it an open_clip, timm or transformers ViT model?") -> Exception:
+    def missing(self, names, hint: str = "is it an open_clip, timm, transformers ViT or CLIP model?") -> Exception:
         if self.assumed_absent.intersection(names):  # not cached; the Hub was not asked
             return self.unavailable(names)
         end = "" if hint.endswith("?") else "."
@@ -397,9 +483,13 @@ def download(model, *, force_check: bool = True) -> list:
     spec = resolve(model)
     head = fetch_head(spec, force_check=force_check)
     if head is None:
-        return [fetch(spec, force_check=force_check).weights]
+        return _weight_paths(fetch(spec, force_check=force_check))
     base, _ = read_head_config(spec, head[0], force_check=force_check)  # a plain checkpoint: heads do not stack
-    return [head[1], fetch(base, force_check=force_check).weights]
+    return [head[1], *_weight_paths(fetch(base, force_check=force_check))]
+
+
+def _weight_paths(files: ModelFiles) -> list:
+    return [files.weights, *files.shards]
 
 
 def with_family(spec: ModelSpec, files: ModelFiles) -> ModelSpec:

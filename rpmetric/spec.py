@@ -86,6 +86,7 @@ class Family(str, enum.Enum):
     OPEN_CLIP = "open_clip"  # open_clip_config.json + open_clip_model.safetensors
     TIMM = "timm"  # timm's config.json ("architecture") + model.safetensors
     HF_VIT = "hf_vit"  # transformers ViTModel folder, remapped into timm's ViT
+    HF_CLIP = "hf_clip"  # transformers CLIPModel / CLIPVisionModelWithProjection, remapped into open_clip's ViT
 
     @classmethod
     def parse(cls, value: "str | Family") -> "Family":
@@ -199,10 +200,41 @@ class ModelSpec:
     revision: Optional[str] = None
     # input
     preprocessing: Optional[Preprocessing] = None  # None: read from the checkpoint's own config
+    # architecture: the checkpoint's config in its own format (open_clip_config.json's content, or
+    # an open_clip model config name; transformers' or timm's config.json), for repos without one and
+    # for the zoo-wide test, which builds every entry from it
+    config: "Optional[dict | str]" = None
     # provenance
     training: Optional[dict] = None  # {"method": "FARE" | "TeCoA", "eps": "4/255"}
     published: Tuple[PublishedResult, ...] = ()
+    licence: str = ""
+    paper: str = ""
+    format: str = ""  # the repo's files, as a reader would look for them
+    inferred: str = ""  # which of these facts were inferred rather than checked against the Hub page
     notes: str = ""
+
+    @property
+    def robust(self) -> bool:
+        """Whether the encoder was trained to be adversarially robust (not a clean baseline)."""
+        return self.training is not None
+
+    def checkpoint_config(self) -> Optional[dict]:
+        """``config`` as its checkpoint's config file would hold it: an open_clip model config
+        name becomes ``{"model_cfg": ...}`` from open_clip's own registry.
+
+        Example:
+            >>> get_spec("clip-vitb32").checkpoint_config()["model_cfg"]["vision_cfg"]["patch_size"]
+            32
+        """
+        if not isinstance(self.config, str):
+            return self.config
+        import open_clip
+
+        model_cfg = open_clip.get_model_config(self.config)
+        if model_cfg is None:
+            raise ValueError(f"Model {self.name!r} names open_clip model config {self.config!r}, which open_clip "
+                             f"{open_clip.__version__} does not have (see open_clip.list_models()).")
+        return {"model_cfg": model_cfg}
 
     @property
     def source(self) -> str:

@@ -52,6 +52,25 @@ def hf_vit(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def hf_clip(tmp_path_factory):
+    """(folder, transformers CLIPModel) for a tiny LEAF-layout checkpoint (config.json + model.safetensors)."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-hf-clip"
+    return folder, tinymodels.save_hf_clip(folder)
+
+
+@pytest.fixture(scope="session")
+def hf_clip_sharded(tmp_path_factory):
+    """(folder, transformers CLIPModel) saved in safetensors shards with model.safetensors.index.json,
+    as LEAF's ViT-g/14 is; small shards, so some hold only text-tower tensors."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-hf-clip-sharded"
+    model = tinymodels.save_hf_clip(folder, seed=1)
+    # huggingface_hub's sharding (which transformers' save_pretrained calls) keeps the file's key order,
+    # so the text tower's tensors (text_model.*) fill shards of their own, as in LEAF's ViT-g/14.
+    tinymodels.shard_safetensors(folder, "model.safetensors", max_shard_size=8000)
+    return folder, model
+
+
+@pytest.fixture(scope="session")
 def tiny_metric(vit_folder):
     """A RobustDistance on the tiny ViT, on the CPU (shared: treat as read-only)."""
     import rpmetric

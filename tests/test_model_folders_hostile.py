@@ -23,13 +23,20 @@ OC, OC_W = "open_clip_config.json", "open_clip_model.safetensors"
 CFG, W = "config.json", "model.safetensors"
 HEAD, HEAD_W = "rpmetric_config.json", "head.safetensors"
 PRE = "preprocessor_config.json"
+INDEX, BIN_INDEX = "model.safetensors.index.json", "pytorch_model.bin.index.json"
 
 
 @pytest.fixture(scope="module")
-def valid(tmp_path_factory, vit_folder, convnext_folder, timm_folder, hf_vit):
+def valid(tmp_path_factory, vit_folder, convnext_folder, timm_folder, hf_vit, hf_clip, hf_clip_sharded):
     """Valid folders by kind, and two images."""
+    import tinymodels
+
     root = tmp_path_factory.mktemp("hostile-valid")
-    folders = {"vit": vit_folder, "convnext": convnext_folder, "timm": timm_folder, "hf": hf_vit[0]}
+    folders = {"vit": vit_folder, "convnext": convnext_folder, "timm": timm_folder, "hf": hf_vit[0],
+               "clip": hf_clip[0], "clip-shards": hf_clip_sharded[0]}
+    folders["clip-bin-shards"] = root / "clip-bin-shards"
+    shutil.copytree(hf_clip[0], folders["clip-bin-shards"])
+    tinymodels.shard_to_bin(folders["clip-bin-shards"], W, BIN_INDEX)
     from rpmetric.encoder import load_encoder
 
     encoder = load_encoder(str(vit_folder))
@@ -125,6 +132,30 @@ def mlp_weights(folder, dim, hidden):
               str(folder / HEAD_W))
 
 
+def drop_tensor(name, key):
+    """Rewrite the safetensors file `name` without tensor `key`."""
+    def mutate(folder):
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(folder / name))
+        del state[key]
+        save_file(state, str(folder / name))
+    return mutate
+
+
+def set_shard(index, value, key_prefix="vision_model."):
+    """Point the first tensor under `key_prefix` in `index` at the shard `value`."""
+    def change(data):
+        key = next(k for k in data["weight_map"] if k.startswith(key_prefix))
+        data["weight_map"][key] = value
+    return edit(index, change)
+
+
+def first_vision_shard(folder):
+    data = json.loads((folder / BIN_INDEX).read_text())["weight_map"]
+    return folder / next(v for k, v in data.items() if k.startswith("vision_model."))
+
+
 NESTED = "[" * 100000 + "]" * 100000
 HUGE = 10 ** 9
 
@@ -213,6 +244,53 @@ ROWS = [
     ("hf-preprocessor-std-zero", "hf", write(PRE, json.dumps({"image_std": [0, 0, 0]})), PRE, "std"),
     ("hf-preprocessor-mean-length-2", "hf", write(PRE, json.dumps({"image_mean": [0.5, 0.5]})), PRE, "mean"),
     ("hf-weights-garbage", "hf", write(W, b"\x00" * 7), W, ""),
+    # transformers CLIP (LEAF's layout): config.json of model_type clip + model.safetensors (+ preprocessor)
+    ("clip-act-relu", "clip", setkey(CFG, ["vision_config", "hidden_act"], "relu"), CFG, "hidden_act"),
+    ("clip-vision-config-list", "clip", setkey(CFG, ["vision_config"], [1]), CFG, "vision_config"),
+    ("clip-hidden-huge", "clip", setkey(CFG, ["vision_config", "hidden_size"], HUGE), CFG, "hidden_size"),
+    ("clip-heads-not-dividing", "clip", setkey(CFG, ["vision_config", "num_attention_heads"], 5), CFG,
+     "num_attention_heads"),
+    ("clip-layers-huge", "clip", setkey(CFG, ["vision_config", "num_hidden_layers"], HUGE), CFG, "num_hidden_layers"),
+    ("clip-intermediate-huge", "clip", setkey(CFG, ["vision_config", "intermediate_size"], HUGE), CFG,
+     "intermediate_size"),
+    ("clip-image-size-huge", "clip", setkey(CFG, ["vision_config", "image_size"], HUGE), CFG, "image_size"),
+    ("clip-patch-zero", "clip", setkey(CFG, ["vision_config", "patch_size"], 0), CFG, "patch_size"),
+    ("clip-eps-zero", "clip", setkey(CFG, ["vision_config", "layer_norm_eps"], 0), CFG, "layer_norm_eps"),
+    ("clip-channels-one", "clip", setkey(CFG, ["vision_config", "num_channels"], 1), CFG, "num_channels"),
+    ("clip-projection-huge", "clip", setkey(CFG, ["projection_dim"], 10 ** 12), CFG, "projection_dim"),
+    ("clip-projection-not-the-weights", "clip", setkey(CFG, ["projection_dim"], 16), W, "wrong shape"),
+    ("clip-width-not-the-weights", "clip", setkey(CFG, ["vision_config", "hidden_size"], 4096), W, "wrong shape"),
+    ("clip-no-projection", "clip", drop_tensor(W, "visual_projection.weight"), W, "visual_projection"),
+    ("clip-no-q-proj", "clip", drop_tensor(W, "vision_model.encoder.layers.0.self_attn.q_proj.bias"), W, "k/v"),
+    ("clip-pre-resample-lanczos", "clip", write(PRE, json.dumps({"resample": 1})), PRE, "resample"),
+    ("clip-pre-crop-not-the-model", "clip", write(PRE, json.dumps({"crop_size": 64, "size": 64})), PRE, "crop_size"),
+    ("clip-pre-size-huge", "clip", write(PRE, json.dumps({"size": {"shortest_edge": HUGE}})), PRE, "shortest_edge"),
+    ("clip-pre-size-unknown", "clip", write(PRE, json.dumps({"size": {"longest_edge": 32}})), PRE, "size"),
+    ("clip-pre-crop-not-square", "clip", write(PRE, json.dumps({"crop_size": {"height": 32, "width": 16}})), PRE,
+     "square"),
+    ("clip-pre-no-resize", "clip", write(PRE, json.dumps({"do_resize": False})), PRE, "do_resize"),
+    ("clip-pre-std-zero", "clip", write(PRE, json.dumps({"image_std": [0, 0, 0]})), PRE, "std"),
+    # sharded checkpoints: the index is data, and its shard names must stay in the folder
+    ("shards-index-not-json", "clip-shards", write(INDEX, "{"), INDEX, "JSON"),
+    ("shards-no-weight-map", "clip-shards", write(INDEX, json.dumps({"metadata": {}})), INDEX, "weight_map"),
+    ("shards-parent-folder", "clip-shards", set_shard(INDEX, "../model-00001-of-00007.safetensors"), INDEX,
+     "no folder"),
+    ("shards-absolute", "clip-shards", set_shard(INDEX, "/etc/hostname.safetensors"), INDEX, "no folder"),
+    ("shards-subfolder", "clip-shards", set_shard(INDEX, "sub/x.safetensors"), INDEX, "no folder"),
+    ("shards-hidden", "clip-shards", set_shard(INDEX, ".x.safetensors"), INDEX, "no folder"),
+    ("shards-pickle-in-safetensors-index", "clip-shards", set_shard(INDEX, "x.bin"), INDEX, ".safetensors"),
+    ("shards-not-a-string", "clip-shards", set_shard(INDEX, 7), INDEX, "shard"),
+    ("shards-missing", "clip-shards", set_shard(INDEX, "model-00009-of-00009.safetensors"),
+     "model-00009-of-00009.safetensors", "index"),
+    ("shards-text-only", "clip-shards", edit(INDEX, lambda d: d.update(weight_map={
+        k: v for k, v in d["weight_map"].items() if k.startswith("text_model.")})), INDEX, "vision_model."),
+    ("shards-garbage", "clip-shards", lambda f: [p.write_bytes(b"\x07" * 64) for p in f.glob("model-0000*")],
+     ".safetensors", ""),
+    ("bin-shards-pickle-payload", "clip-bin-shards",
+     lambda f: first_vision_shard(f).write_bytes(pickle.dumps({"vision_model.x": _Payload()})), "pytorch_model-",
+     "weights_only"),
+    ("bin-shards-safetensors-in-bin-index", "clip-bin-shards", set_shard(BIN_INDEX, "x.safetensors"), BIN_INDEX,
+     ".bin"),
     # head folders: rpmetric_config.json + head.safetensors
     ("head-not-json", "head", write(HEAD, "{"), HEAD, "JSON"),
     ("head-nested", "head", write(HEAD, NESTED), HEAD, "nest"),

@@ -13,7 +13,15 @@ REQUIRED_HUB_IDS = {
     "chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg", "chs20/tecoa2-clip", "chs20/tecoa4-clip",
     "chs20/dino-vitb16-fare4", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
     "laion/CLIP-convnext_base_w-laion2B-s13B-b82K-augreg", "timm/vit_base_patch16_224.dino",
+    # issue 15: the newer robust encoders and their clean baselines
+    "LEAF-CLIP/CLIP-ViT-L-FARE2", "LEAF-CLIP/CLIP-ViT-L-rho50-k1-constrained-FARE2", "LEAF-CLIP/OpenCLIP-ViT-H-FARE2",
+    "LEAF-CLIP/OpenCLIP-ViT-g-FARE2", "zw123/delta_clip_l14_224", "zw123/delta_clip_l14_336", "zw123/delta_clip_h14_336",
+    "openai/clip-vit-large-patch14", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "laion/CLIP-ViT-g-14-laion2B-s12B-b42K",
+    "timm/vit_base_patch14_dinov2.lvd142m",
 }
+# Entries from before issue 15, whose notes do not repeat that no NIGHTS figure is published.
+_OLDER_ENTRIES = {"r-clip-f-vitb32", "r-clip-f-vitl14-eps2", "r-clip-f-vitl14-eps4", "r-clip-t-vitl14-eps2",
+                  "r-clip-t-vitl14-eps4", "r-dino-vitb16", "clip-vitb32", "dino-vitb16"}
 PUBLISHED = Path(__file__).resolve().parent / "fixtures" / "published_nights.csv"
 
 
@@ -32,9 +40,16 @@ def test_every_spec_is_complete(name):
     assert spec.name == name and spec.hub_id and spec.architecture and spec.role
     assert isinstance(spec.family, Family)
     pp = spec.preprocessing
-    assert pp.image_size == 224 and pp.interpolation == "bicubic" and len(pp.mean) == len(pp.std) == 3
+    # 336 px: ΔCLIP's 336 models; 518 px: DINOv2 (timm's pretrained_cfg); bilinear: ΔCLIP's CLIPA preprocessing
+    assert pp.image_size in (224, 336, 518) and pp.interpolation in ("bicubic", "bilinear")
+    assert len(pp.mean) == len(pp.std) == 3
+    assert ("336" in name) == (pp.image_size == 336)
     if spec.training is not None:
-        assert spec.training["method"] in ("FARE", "TeCoA") and spec.training["eps"] in ("2/255", "4/255")
+        assert spec.training["method"] in ("FARE", "TeCoA", "adversarial pre-training")
+        assert spec.training["eps"] in ("2/255", "4/255")
+    assert spec.licence and spec.paper and spec.format
+    if not spec.published:
+        assert "not published" in spec.notes or spec.name in _OLDER_ENTRIES
 
 
 @pytest.mark.parametrize("name,family,resize,mean0", [

@@ -109,3 +109,67 @@ def fill_hf_cache(hf_home: Path, repo_id: str, folder: Path, commit: str = "0" *
     (repo_dir / "refs").mkdir(exist_ok=True)
     (repo_dir / "refs" / "main").write_text(commit)
     return snapshot
+
+
+def hf_clip_config(hidden_act: str = "quick_gelu", image_size: int = IMAGE_SIZE):
+    """A tiny transformers CLIPConfig (vision 32 wide, 2 layers; text 16 wide, 1 layer)."""
+    from transformers import CLIPConfig
+
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
+                max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(hidden_size=32, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=image_size, patch_size=8, hidden_act=hidden_act, layer_norm_eps=1e-5)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+
+
+def save_hf_clip(folder: Path, seed: int = 0, hidden_act: str = "quick_gelu", vision_only: bool = False,
+                 max_shard_size=None, preprocessor: dict = None):
+    """A random transformers CLIPModel (or CLIPVisionModelWithProjection) saved with save_pretrained,
+    as LEAF's and OpenAI's repos are; sharded (model-0000K-of-0000N.safetensors + index) with
+    ``max_shard_size``. Returns the transformers model."""
+    from transformers import CLIPModel, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = hf_clip_config(hidden_act)
+    if vision_only:
+        vision_config = config.vision_config
+        vision_config.projection_dim = config.projection_dim
+        model = CLIPVisionModelWithProjection(vision_config).eval()
+    else:
+        model = CLIPModel(config).eval()
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(folder, **kwargs)
+    if preprocessor is not None:
+        (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    return model
+
+
+def shard_to_bin(folder: Path, weights: str, index: str, max_shard_size: int = 4000) -> Path:
+    """Replace ``folder/weights`` (safetensors) by pickled shards and their index, as transformers 4
+    (``save_pretrained(safe_serialization=False)``) writes them: ``pytorch_model-0000K-of-0000N.bin``
+    with ``pytorch_model.bin.index.json``; ``index`` names the index (its stem names the shards)."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / weights))
+    stem = index[:-len(".bin.index.json")]
+    split = split_torch_state_dict_into_shards(state, filename_pattern=stem + "{suffix}.bin",
+                                               max_shard_size=max_shard_size)
+    for shard, keys in split.filename_to_tensors.items():
+        torch.save({k: state[k].clone() for k in keys}, folder / shard)
+    (folder / index).write_text(json.dumps({"metadata": split.metadata, "weight_map": split.tensor_to_filename}))
+    (folder / weights).unlink()
+    return folder
+
+
+def shard_safetensors(folder: Path, weights: str, max_shard_size: int = 4000) -> Path:
+    """Replace ``folder/weights`` by safetensors shards and ``{weights}.index.json`` (huggingface_hub's
+    ``save_torch_state_dict``, as open_clip and transformers shard)."""
+    from huggingface_hub import save_torch_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / weights))
+    (folder / weights).unlink()
+    save_torch_state_dict(state, folder, filename_pattern=weights[:-len(".safetensors")] + "{suffix}.safetensors",
+                          max_shard_size=max_shard_size)
+    return folder

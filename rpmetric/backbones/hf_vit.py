@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..spec import MAX_HIDDEN, MAX_IMAGE_SIZE, MAX_LAYERS, Preprocessing, config_int, config_real
-from .weights import build_checked, read_state_dict
+from .remap import remap_keys
+from .weights import build_checked, read_weights
 
 __all__ = ["build_hf_vit", "hf_vit_preprocessing", "convert_hf_vit", "check_hf_vit_config"]
 
@@ -40,25 +41,9 @@ def convert_hf_vit(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Rename a transformers ViT state dict into timm's VisionTransformer keys."""
     if any(k.startswith("vit.") for k in state):  # saved from ViTFor... task models
         state = {k[4:]: v for k, v in state.items() if k.startswith("vit.")}
-    out, qkv = {}, {}
-    for key, value in state.items():
-        if _DROPPED.match(key):
-            continue
-        m = _QKV.fullmatch(key)
-        if m:
-            qkv.setdefault((int(m.group(1)), m.group(3)), {})[m.group(2)] = value
-            continue
-        for pattern, target in _KEY_SWAPS:
-            if re.fullmatch(pattern, key):
-                out[re.sub(pattern, target, key)] = value
-                break
-        else:
-            out[key] = value  # left as is, so the strict load names it
-    for (block, kind), parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            raise ValueError(f"Block {block} has only {sorted(parts)} of query/key/value {kind}.")
-        out[f"blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
-    return out
+    # _DROPPED is a prefix pattern (pooler.*, classifier.*), so it is matched with a trailing ".*".
+    return remap_keys(state, _KEY_SWAPS, re.compile(_DROPPED.pattern + ".*"), _QKV, ("query", "key", "value"),
+                      lambda block, kind: f"blocks.{block}.attn.qkv.{kind}")
 
 
 def check_hf_vit_config(config: dict) -> None:
@@ -104,7 +89,7 @@ def build_hf_vit(files) -> nn.Module:
             norm_layer=partial(nn.LayerNorm, eps=cfg.get("layer_norm_eps", 1e-12)),
         )
 
-    state = read_state_dict(files.weights)
+    state = read_weights(files)
     try:
         state = convert_hf_vit(state)
     except ValueError as err:

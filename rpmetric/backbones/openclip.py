@@ -5,12 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from ..spec import MAX_IMAGE_SIZE, MAX_LAYERS, Preprocessing, config_int, config_real
-from .weights import build_checked, read_state_dict, split_prefix
+from .weights import build_checked, read_weights, split_prefix
 
-__all__ = ["build_open_clip", "open_clip_preprocessing", "check_open_clip_config"]
+__all__ = ["build_open_clip", "open_clip_preprocessing", "check_open_clip_config", "with_custom_block", "OPENAI_MEAN",
+           "OPENAI_STD"]
 
-_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def check_open_clip_config(config: dict) -> None:
@@ -67,16 +68,16 @@ def build_open_clip(files) -> nn.Module:
     from open_clip.model import _build_vision_tower
 
     model_cfg = files.config["model_cfg"]
-    state, found = split_prefix(read_state_dict(files.weights), "visual.")
+    state, found = split_prefix(read_weights(files), "visual.")
     if not found:
         raise ValueError(f"{files.weights} has no 'visual.*' tensors; it is not an open_clip CLIP checkpoint.")
     return build_checked(
-        lambda: _build_vision_tower(model_cfg["embed_dim"], _with_custom_block(model_cfg["vision_cfg"]),
+        lambda: _build_vision_tower(model_cfg["embed_dim"], with_custom_block(model_cfg["vision_cfg"]),
                                     quick_gelu=bool(model_cfg.get("quick_gelu", False))),
         state, config=str(files.config_path), weights=str(files.weights))
 
 
-def _with_custom_block(vision_cfg: dict) -> dict:
+def with_custom_block(vision_cfg: dict) -> dict:
     """``vision_cfg`` asking for open_clip's own ViT attention block, when open_clip has one.
 
     Why: open_clip's default ViT block calls ``nn.MultiheadAttention``, which in grad mode takes a
@@ -105,6 +106,6 @@ def open_clip_preprocessing(config: dict) -> Preprocessing:
         resize_size=size,
         interpolation=pp.get("interpolation", "bicubic"),
         resize_mode="squash" if pp.get("resize_mode") == "squash" else "shortest",
-        mean=pp.get("mean", _OPENAI_MEAN),
-        std=pp.get("std", _OPENAI_STD),
+        mean=pp.get("mean", OPENAI_MEAN),
+        std=pp.get("std", OPENAI_STD),
     )

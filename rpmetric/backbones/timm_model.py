@@ -8,7 +8,7 @@ import numbers
 from torch import nn
 
 from ..spec import MAX_HIDDEN, MAX_IMAGE_SIZE, Preprocessing, config_int, config_real
-from .weights import build_checked, read_state_dict
+from .weights import build_checked, read_weights
 
 __all__ = ["build_timm", "timm_preprocessing", "check_timm_config", "check_timm_name"]
 
@@ -72,7 +72,7 @@ def build_timm(files) -> nn.Module:
     args = files.config.get("model_args", {})
     # Classifier weights are irrelevant to an embedding: num_classes=0 made the classifier Identity.
     return build_checked(lambda: timm.create_model(arch, pretrained=False, num_classes=0, **args),
-                         read_state_dict(files.weights), config=str(files.config_path), weights=str(files.weights),
+                         read_weights(files), config=str(files.config_path), weights=str(files.weights),
                          ignore=lambda model: ((model.pretrained_cfg.get("classifier") or "head") + ".",))
 
 

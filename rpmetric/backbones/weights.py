@@ -12,53 +12,83 @@ from torch import nn
 
 from ..errors import CheckpointError
 
-__all__ = ["read_state_dict", "read_safetensors", "build_checked", "check_fit"]
+__all__ = ["read_weights", "read_state_dict", "read_safetensors", "build_checked", "check_fit"]
 
 
-def read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, or a :class:`CheckpointError` naming it.
+def read_weights(files) -> Dict[str, torch.Tensor]:
+    """The tensors of fetched files (see :func:`rpmetric.hub.fetch`) that the metric reads.
+
+    Only keys that ``files.keeps`` (the vision tower of a CLIP checkpoint): a safetensors file is
+    read by key, so other tensors are never read; a ``.bin`` is memory-mapped where torch can (zip
+    files), so the pages of other tensors are never touched, and otherwise read once, filtered and
+    dropped. A sharded checkpoint reads only ``files.shards``, the shards that hold such tensors.
+    """
+    paths = files.shards or (files.weights,)
+    state: Dict[str, torch.Tensor] = {}
+    for path in paths:
+        part = read_state_dict(path, keep=files.keeps)
+        clash = next((k for k in part if k in state), None)
+        if clash is not None:
+            raise CheckpointError(f"{path} holds {clash!r}, which an earlier shard of {files.weights} holds too; "
+                                  "a tensor belongs to one shard.")
+        state.update(part)
+    return state
+
+
+def read_safetensors(path: Path, keep: Callable[[str], bool] = lambda key: True) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file whose keys ``keep`` accepts, or a :class:`CheckpointError` naming it.
 
     safetensors checks the header before it allocates (a header over 100 MB, offsets outside the
-    file or a size that does not match the shape are refused), so no file costs more than its size.
+    file or a size that does not match the shape are refused), so no file costs more than its size;
+    tensors are read by key, so those left out are never read.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     try:
-        return load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {key: f.get_tensor(key) for key in f.keys() if keep(key)}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); download or save it "
                               "again.") from None
 
 
-def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, unwrapped from common containers.
+def read_state_dict(path: Path, keep: Callable[[str], bool] = lambda key: True) -> Dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file whose keys ``keep`` accepts, unwrapped from common containers.
 
-    Pickled files are opened with ``weights_only=True``, which refuses arbitrary objects.
+    Pickled files are opened with ``weights_only=True``, which refuses arbitrary objects, and
+    memory-mapped when they are zip files (torch's format since 1.6), so that tensors left out are
+    not read.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        state = read_safetensors(path)
+        state = read_safetensors(path, keep)
     else:
-        try:
-            with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says it all
-                warnings.simplefilter("ignore")
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # pickle errors come in many types; all mean the same here
-            raise CheckpointError(
-                f"{path} could not be read with torch.load(weights_only=True); rpmetric never unpickles "
-                f"arbitrary objects, so convert the checkpoint to safetensors. ({_load_failure(err)})"
-            ) from None
+        state = _torch_load(path)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a dictionary of tensors.")
+    state = {k: v for k, v in state.items() if not isinstance(k, str) or keep(k)}
     bad = next(((k, v) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
     if bad is not None:
         raise CheckpointError(f"{path} is not a dictionary of tensors: its entry {bad[0]!r} is a "
                               f"{type(bad[1]).__name__}.")
     return {_strip(k, "module."): v for k, v in state.items()}
+
+
+def _torch_load(path: Path):
+    import zipfile
+
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # pickle errors come in many types; all mean the same here
+        raise CheckpointError(
+            f"{path} could not be read with torch.load(weights_only=True); rpmetric never unpickles "
+            f"arbitrary objects, so convert the checkpoint to safetensors. ({_load_failure(err)})"
+        ) from None
 
 
 def _load_failure(err: Exception) -> str:
