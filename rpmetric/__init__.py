@@ -9,9 +9,9 @@ Example:
 from ._version import __version__
 from .counterattack import Counterattack, CounterattackResult
 from .errors import CheckpointError, ModelNotAvailableError
-from .functional import cosine_distance, distance
+from .functional import cosine_distance
 from .images import load_image
-from .metric import RobustDistance
+from .metric import RobustDistance, distance
 from .spec import ModelSpec, Preprocessing, get_spec, list_models
 
 __all__ = [

@@ -1,14 +1,12 @@
-"""The metric's maths in one place, and the functional API that shares it with RobustDistance."""
+"""The metric's maths in one place: RobustDistance and the cached :func:`rpmetric.distance`
+(both in :mod:`rpmetric.metric`) call it, and this module imports neither."""
 
 from __future__ import annotations
-
-import threading
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cosine_distance", "distance", "rgb_to_lab", "DISTANCE_TOLERANCE"]
+__all__ = ["cosine_distance", "rgb_to_lab", "DISTANCE_TOLERANCE"]
 
 # How far apart the distances of the same images may lie when they were embedded in different
 # batches, positions or thread counts (BLAS rounding is about 1e-7 per embedding element, which
@@ -58,39 +56,3 @@ def rgb_to_lab(x: torch.Tensor) -> torch.Tensor:
     f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856).pow(1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
     fx, fy, fz = f.unbind(dim=1)
     return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
-
-
-_CACHE: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
-_CACHE_SIZE = 4
-_CACHE_LOCK = threading.Lock()
-
-
-def distance(x: torch.Tensor, y: torch.Tensor, model=None, *, device=None, value_range=(0.0, 1.0),
-             clamp: bool = False) -> torch.Tensor:
-    """Perceptual distance ``[N]`` between image batches, loading (once) and caching the model.
-
-    Args:
-        x, y: ``[N, 3, H, W]`` float images in ``value_range``; a batch of 1 broadcasts.
-        model: zoo name, ``hf-hub:ORG/NAME`` or local folder; None for the default model.
-        device: where to run; defaults to the device of ``x``.
-        value_range: the range the images are in.
-        clamp: clamp inputs into ``value_range`` rather than refuse values outside it, with
-            gradients passed straight through (see :class:`~rpmetric.RobustDistance`).
-
-    Example:
-        >>> import rpmetric, torch
-        >>> d = rpmetric.distance(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))  # doctest: +SKIP
-    """
-    from .metric import RobustDistance
-
-    device = torch.device(device) if device is not None else x.device if isinstance(x, torch.Tensor) else None
-    key = (str(model), str(device), tuple(float(v) for v in value_range), clamp)
-    with _CACHE_LOCK:
-        metric = _CACHE.get(key)
-        if metric is None:
-            metric = RobustDistance(model, device=device, value_range=value_range, clamp=clamp)
-            _CACHE[key] = metric
-            while len(_CACHE) > _CACHE_SIZE:
-                _CACHE.popitem(last=False)
-        _CACHE.move_to_end(key)
-    return metric(x, y)

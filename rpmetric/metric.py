@@ -1,7 +1,10 @@
-"""RobustDistance: the perceptual metric as an nn.Module."""
+"""RobustDistance: the perceptual metric as an nn.Module; distance: the same, called as a function
+(the model loaded once and cached)."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Optional
 
 import torch
@@ -11,7 +14,7 @@ from .encoder import Encoder, load_encoder
 from .functional import cosine_distance
 from .validation import check_batches, check_images, check_value_range
 
-__all__ = ["RobustDistance", "check_device"]
+__all__ = ["RobustDistance", "distance", "check_device"]
 
 
 def _zero_where_identical(d: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -184,3 +187,37 @@ class RobustDistance(nn.Module):
             # only removes the rounding overshoot that validation tolerates.
             x = x + (clamped - x).detach() if self.clamp else clamped
         return x
+
+
+_CACHE: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
+_CACHE_SIZE = 4
+_CACHE_LOCK = threading.Lock()
+
+
+def distance(x: torch.Tensor, y: torch.Tensor, model=None, *, device=None, value_range=(0.0, 1.0),
+             clamp: bool = False) -> torch.Tensor:
+    """Perceptual distance ``[N]`` between image batches, loading (once) and caching the model.
+
+    Args:
+        x, y: ``[N, 3, H, W]`` float images in ``value_range``; a batch of 1 broadcasts.
+        model: zoo name, ``hf-hub:ORG/NAME`` or local folder; None for the default model.
+        device: where to run; defaults to the device of ``x``.
+        value_range: the range the images are in.
+        clamp: clamp inputs into ``value_range`` rather than refuse values outside it, with
+            gradients passed straight through (see :class:`~rpmetric.RobustDistance`).
+
+    Example:
+        >>> import rpmetric, torch
+        >>> d = rpmetric.distance(torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64))  # doctest: +SKIP
+    """
+    device = torch.device(device) if device is not None else x.device if isinstance(x, torch.Tensor) else None
+    key = (str(model), str(device), tuple(float(v) for v in value_range), clamp)
+    with _CACHE_LOCK:
+        metric = _CACHE.get(key)
+        if metric is None:
+            metric = RobustDistance(model, device=device, value_range=value_range, clamp=clamp)
+            _CACHE[key] = metric
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        _CACHE.move_to_end(key)
+    return metric(x, y)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import rpmetric
-from rpmetric import functional
+from rpmetric import metric as metric_module
 
 
 def test_forward_shape_and_range(tiny_metric):
@@ -118,12 +118,12 @@ def test_cuda_matches_cpu(vit_folder, tiny_metric):
 
 
 def test_functional_distance_caches_the_model(vit_folder, tiny_metric):
-    functional._CACHE.clear()
+    metric_module._CACHE.clear()
     x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     d1 = rpmetric.distance(x, y, model=str(vit_folder))
-    cached = list(functional._CACHE.values())
+    cached = list(metric_module._CACHE.values())
     d2 = rpmetric.distance(x, y, model=str(vit_folder))
-    assert len(functional._CACHE) == 1 and list(functional._CACHE.values())[0] is cached[0]
+    assert len(metric_module._CACHE) == 1 and list(metric_module._CACHE.values())[0] is cached[0]
     torch.testing.assert_close(d1, tiny_metric(x, y))
     torch.testing.assert_close(d1, d2)
 
