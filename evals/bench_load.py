@@ -3,7 +3,7 @@
 A transformers CLIPModel with a small vision tower and a large text tower (random weights) is saved
 in four layouts: one model.safetensors, safetensors shards with model.safetensors.index.json, one
 pytorch_model.bin, and .bin shards with pytorch_model.bin.index.json. Each is loaded by
-``rpmetric.encoder.load_encoder`` in a fresh process, whose peak RSS (VmHWM, Linux) is compared with
+``rpmetric.models.load_encoder`` in a fresh process, whose peak RSS (VmHWM, Linux) is compared with
 the same process after its imports only. Baselines in the same run: loading a checkpoint of the
 vision tower alone (what the metric needs), and reading the whole checkpoint
 (safetensors.torch.load_file with every tensor touched, or torch.load), what a loader that does
@@ -29,7 +29,7 @@ from _common import tinymodels  # noqa: F401  (puts tests/ on sys.path for the c
 _CHILD = r"""
 import re, sys, torch
 sys.path.insert(0, {tests!r})
-from rpmetric.encoder import load_encoder
+from rpmetric.models import load_encoder
 from safetensors.torch import load_file
 def hwm_kib():
     return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1))

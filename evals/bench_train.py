@@ -56,8 +56,9 @@ def main() -> None:
         return
 
     from rpmetric.datasets import Triplet
-    from rpmetric.encoder import Encoder, load_encoder
-    from rpmetric.heads import HeadConfig, attach_head, head_dropouts, head_parameters
+    from rpmetric.models import load_encoder
+    from rpmetric.models.encoder import Encoder
+    from rpmetric.models.heads import HeadConfig, attach_head, head_dropouts, head_parameters
     from rpmetric.training import TrainConfig, _head_training, _Run
 
     with tempfile.TemporaryDirectory(prefix="rpmetric-bench-train-") as tmp:
@@ -143,7 +144,7 @@ def adversarial_study(args) -> None:
     import rpmetric
     from rpmetric.attacks.evaluate import evaluate_attack
     from rpmetric.datasets import read_nights
-    from rpmetric.heads import HeadConfig
+    from rpmetric.models.heads import HeadConfig
     from rpmetric.training import TrainConfig, train_nights
 
     rows = []

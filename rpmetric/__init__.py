@@ -12,7 +12,7 @@ from .errors import CheckpointError, ModelNotAvailableError
 from .functional import cosine_distance
 from .images import load_image
 from .metric import RobustDistance, distance
-from .spec import ModelSpec, Preprocessing, get_spec, list_models
+from .models.spec import ModelSpec, Preprocessing, get_spec, list_models
 
 __all__ = [
     "__version__",

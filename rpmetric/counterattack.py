@@ -82,7 +82,7 @@ class Counterattack:
     - a :class:`~rpmetric.RobustDistance`: its ``.encoder`` is used, and inputs are checked against
       (and mapped from) its ``value_range``;
     - any object with an ``embed(x, normalize=False)`` method (such as
-      :class:`rpmetric.encoder.Encoder`), or else any callable, mapping ``[N, 3, H, W]`` images in
+      :class:`rpmetric.models.encoder.Encoder`), or else any callable, mapping ``[N, 3, H, W]`` images in
       [0, 1] to raw ``[N, D]`` embeddings. Its ``prepare(x)`` method, when present, brings images to
       the model's input size first; without one, images are used at the size given.
 

@@ -36,7 +36,7 @@ from .distributed import broadcast_object, gather_records, rank_and_world, shard
 from .fingerprint import model_identity, records_fingerprint
 from .functional import cosine_distance, rgb_to_lab
 from .images import unit_float
-from .preprocess import resize_and_crop
+from .models.preprocess import resize_and_crop
 from .runlog import RunLog, record_check
 from .scoring import jnd_map, twoafc_score
 from .unique import embed_unique
@@ -47,7 +47,7 @@ __all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evalu
 DATASETS = ("nights", "bapps", "jnd")
 # The pixel baselines, by --model name: their colorspace. lpips' own L2 baseline is the Lab one.
 PIXEL_BASELINES = {"l2": "rgb", "l2-lab": "lab"}
-# The resize convention (rpmetric.spec.PREPROCESS_CONVENTIONS) that reproduces each dataset's
+# The resize convention (rpmetric.models.spec.PREPROCESS_CONVENTIONS) that reproduces each dataset's
 # published protocol: fra31/perceptual-metrics resizes BAPPS patches with a bilinear Resize(224),
 # and gives NIGHTS images the model's own open_clip preprocessing (ConvNeXt: 256, crop 224).
 DEFAULT_PREPROCESS = {"nights": "model", "bapps": "paper", "jnd": "paper"}
@@ -167,7 +167,7 @@ def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool]
     ``counterattack``, see :class:`rpmetric.Counterattack`).
 
     Args:
-        preprocess: a resize convention of :data:`rpmetric.spec.PREPROCESS_CONVENTIONS`
+        preprocess: a resize convention of :data:`rpmetric.models.spec.PREPROCESS_CONVENTIONS`
             (``"model"``, ``"paper"``, ``"dreamsim"``) the encoder sees images through; None keeps
             the model's own. :data:`DEFAULT_PREPROCESS` names each dataset's published one.
             Pixel baselines compare the images as loaded and take none.
@@ -183,9 +183,10 @@ def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool]
             raise ValueError(f"Argument `preprocess` applies to a model with an encoder, but model={model!r} is a "
                              "pixel baseline, which compares the images as loaded; pass preprocess=None.")
         return PixelL2(PIXEL_BASELINES[model])
-    from .encoder import Encoder, load_encoder
     from .metric import RobustDistance
-    from .spec import with_convention
+    from .models import load_encoder
+    from .models.encoder import Encoder
+    from .models.spec import with_convention
 
     encoder = load_encoder(model)
     if preprocess is not None:  # the same backbone, seeing images resized by the convention

@@ -63,7 +63,7 @@ def model_fingerprint(model) -> dict:
 
     Args:
         model: a model argument (zoo name, ``hf-hub:ORG/NAME[@REV]``, folder) or a
-            :class:`~rpmetric.spec.ModelSpec` whose files are in a folder or the Hub cache.
+            :class:`~rpmetric.models.spec.ModelSpec` whose files are in a folder or the Hub cache.
 
     Returns:
         ``{"location": ..., "files": {name: file_fingerprint}}``, plus ``"base"`` (the base
@@ -79,16 +79,16 @@ def model_fingerprint(model) -> dict:
         {'location': '/abs/heads/mlp', 'files': {'rpmetric_config.json': {...}, 'head.safetensors': {...}},
          'base': {'location': 'hf-hub:chs20/FARE4-ViT-B-32-laion2B-s34B-b79K@2f1c...', 'files': {...}}}
     """
-    from . import hub
-    from .heads import CONFIG_NAME, WEIGHTS_NAME, read_head_config
+    from .models import hub
+    from .models.spec import CONFIG_NAME, WEIGHTS_NAME
 
-    spec = hub.resolve(model)
+    spec = hub.parse(model)
     if not (spec.local_path or spec.hub_id):
         raise ValueError(f"Model {spec.name!r} has no files to fingerprint (it names no folder and no Hub repo).")
     head = hub.fetch_head(spec)
     out = _source_fingerprint(spec, (CONFIG_NAME, WEIGHTS_NAME) if head is not None else hub.MODEL_FILES)
     if head is not None:
-        base, _ = read_head_config(spec, head[0])
+        base, _ = hub.read_head_config(spec, head[0])
         out["base"] = model_fingerprint(base)
     return out
 
@@ -104,9 +104,9 @@ def model_identity(model) -> dict:
         >>> model_identity("./model") == model_identity("model/")  # doctest: +SKIP
         True
     """
-    from . import hub
+    from .models import hub
 
-    spec = hub.resolve(model)
+    spec = hub.parse(model)
     if not (spec.local_path or spec.hub_id):
         return {"model": spec.name, "model_files": None}
     found = model_fingerprint(spec)
@@ -208,7 +208,7 @@ def _source_fingerprint(spec, names) -> dict:
 
 def _shards(folder: Path, indexes) -> list:
     """The shard names the indexes in ``folder`` list (each index was checked by loading the model)."""
-    from .hub import read_index
+    from .models.hub import read_index
 
     names = []
     for index in indexes:

@@ -9,7 +9,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .preprocess import shorter_side_size
+from .models.preprocess import shorter_side_size
 from .validation import check_int
 
 __all__ = ["load_image", "read_rgb", "read_rgb_bytes", "read_pixels", "read_pixels_bytes", "unit_float", "pixel_limit", "DECODE_ERRORS", "decode_failure"]

@@ -10,8 +10,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .encoder import Encoder, load_encoder
 from .functional import cosine_distance
+from .models import load_encoder
+from .models.encoder import Encoder
 from .validation import check_batches, check_images, check_value_range
 
 __all__ = ["RobustDistance", "distance", "check_device"]
@@ -66,13 +67,13 @@ class RobustDistance(nn.Module):
 
     Args:
         model: zoo name (see ``rpmetric.list_models()``), ``"hf-hub:ORG/NAME[@REV]"``, a local
-            folder in the Hub's file layout, or an :class:`~rpmetric.encoder.Encoder`. None picks
+            folder in the Hub's file layout, or an :class:`~rpmetric.models.encoder.Encoder`. None picks
             the default, ``r-clip-f-convnext``.
         device: where to run; None picks CUDA when available, else the CPU. Inputs are moved here.
         value_range: the range of input pixel values, e.g. ``(0, 1)`` or ``(-1, 1)``.
         resize: resize inputs of any size as the model's preprocessing prescribes (differentiably).
             If False, inputs must already be at the model's input size. None keeps an
-            :class:`~rpmetric.encoder.Encoder`'s own setting, and means True when the metric
+            :class:`~rpmetric.models.encoder.Encoder`'s own setting, and means True when the metric
             loads the model itself. An Encoder passed in is shared, not copied: ``resize`` sets it
             for every metric that uses it.
         counterattack: an optional test-time defence applied to every image before embedding
@@ -117,7 +118,7 @@ class RobustDistance(nn.Module):
     # -- properties ------------------------------------------------------------------------
     @property
     def spec(self):
-        """The model's :class:`~rpmetric.spec.ModelSpec`."""
+        """The model's :class:`~rpmetric.models.spec.ModelSpec`."""
         return self.encoder.spec
 
     @property

@@ -34,16 +34,17 @@ from tqdm.auto import tqdm
 from .attacks.logits import TwoAFCLogits, human_labels
 from .datasets import TripletImages, collate_images, read_nights
 from .datasets.loading import data_loader
-from .encoder import Encoder, load_encoder
 from .evaluation import nights_total
 from .files import atomic_write, check_writable
 from .fingerprint import model_identity, records_fingerprint
 from .functional import cosine_distance
 from .images import unit_float
 from .metric import check_device
-from .heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, attach_head, base_model_reference, head_dropouts,
-                    head_parameters, head_state_dict, load_head_state, save_head_folder)
-from .preprocess import resize_and_crop
+from .models import load_encoder
+from .models.encoder import Encoder
+from .models.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, attach_head, base_model_reference,
+                           head_dropouts, head_parameters, head_state_dict, load_head_state, save_head_folder)
+from .models.preprocess import resize_and_crop
 from .scoring import twoafc_score
 from .unique import embed_unique
 from .validation import check_int

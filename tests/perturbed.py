@@ -55,18 +55,18 @@ def wrap(metric, per_call: bool = False):
 
 def install(monkeypatch, per_call: bool = False) -> None:
     """Every backbone that rpmetric builds from now on (in this process) is wrapped."""
-    import rpmetric.encoder
+    import rpmetric.models.encoder
 
-    build = rpmetric.encoder.build_backbone
-    monkeypatch.setattr(rpmetric.encoder, "build_backbone", lambda files: PositionNoise(build(files), per_call))
+    build = rpmetric.models.encoder.build_backbone
+    monkeypatch.setattr(rpmetric.models.encoder, "build_backbone", lambda files: PositionNoise(build(files), per_call))
 
 
 def _main(argv) -> int:
-    import rpmetric.encoder
+    import rpmetric.models.encoder
     from rpmetric.cli import main
 
-    build = rpmetric.encoder.build_backbone
-    rpmetric.encoder.build_backbone = lambda files: PositionNoise(build(files))
+    build = rpmetric.models.encoder.build_backbone
+    rpmetric.models.encoder.build_backbone = lambda files: PositionNoise(build(files))
     return main(argv)
 
 

@@ -13,7 +13,7 @@ from rpmetric.attacks import evaluate as evaluate_module
 from rpmetric.cli import main
 from rpmetric.datasets import read_nights
 from rpmetric.images import load_image, read_pixels, unit_float
-from rpmetric.preprocess import resize_and_crop
+from rpmetric.models.preprocess import resize_and_crop
 # fooled_data and the autouse one_thread are fixtures: importing them makes them this module's too
 from test_attacks import CountingEncoder, NoDefence, SpyApgd, fooled_data, one_thread, random_triplets  # noqa: F401
 

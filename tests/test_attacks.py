@@ -17,7 +17,7 @@ from rpmetric.attacks import evaluate as evaluate_module
 from rpmetric.datasets import Triplet, TripletImages, read_bapps_2afc, read_nights
 from rpmetric.errors import MissingDependencyError
 from rpmetric.images import load_image, read_pixels, unit_float
-from rpmetric.preprocess import resize_and_crop
+from rpmetric.models.preprocess import resize_and_crop
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ import torch
 
 import rpmetric
 import tinymodels
-from rpmetric.backbones.hf_vit import convert_hf_vit
+from rpmetric.models.backbones.hf_vit import convert_hf_vit
 
 
 def _clip_normalize(x):

@@ -260,9 +260,9 @@ def _backbone_inputs(monkeypatch):
     """Record, as 8-bit [0, 255] pixels, every batch reaching a loaded encoder's backbone (mean/std undone)."""
     import torch
 
-    import rpmetric.encoder
+    import rpmetric.models
 
-    real, seen = rpmetric.encoder.load_encoder, []
+    real, seen = rpmetric.models.load_encoder, []
 
     def recording(*args, **kwargs):
         encoder = real(*args, **kwargs)
@@ -275,7 +275,7 @@ def _backbone_inputs(monkeypatch):
         encoder.backbone.register_forward_pre_hook(hook)
         return encoder
 
-    monkeypatch.setattr(rpmetric.encoder, "load_encoder", recording)
+    monkeypatch.setattr(rpmetric.models, "load_encoder", recording)
     return seen
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 import datagen
 from rpmetric.datasets import (BadItem, JNDPair, PairImages, Triplet, TripletImages, collate_images, read_bapps_2afc,
                                read_bapps_jnd, read_nights)
-from rpmetric.preprocess import resize_and_crop
-from rpmetric.spec import Preprocessing
+from rpmetric.models.preprocess import resize_and_crop
+from rpmetric.models.spec import Preprocessing
 
 
 def _rewrite_csv(root, edit):

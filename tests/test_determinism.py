@@ -173,7 +173,7 @@ def test_dedup_groups_the_same_image_embedded_in_different_batches(perturbed_met
 def test_training_scores_keep_ties_and_copies_exact(nights_known, vit_folder, perturbed_backbones, tmp_path, head):
     """val holds a tie (0.5 whatever people said) and a right-is-the-reference copy that people
     judged wrong (0): any head scores exactly 25 %, before and after training."""
-    from rpmetric.heads import HeadConfig
+    from rpmetric.models.heads import HeadConfig
     from rpmetric.training import TrainConfig, train_nights
 
     root, expected = nights_known

@@ -84,8 +84,8 @@ def test_hub_models_are_known_by_repo_and_commit(tmp_path, monkeypatch):
 
 
 def test_a_head_folder_includes_its_base_model(model, tmp_path):
-    from rpmetric.encoder import load_encoder
-    from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+    from rpmetric.models import load_encoder
+    from rpmetric.models.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
 
     module, config = attach_head(load_encoder(str(model)).backbone, HeadConfig("mlp", hidden=8), dim=24)
     head = save_head_folder(tmp_path / "head", str(model), config, head_state_dict(module))
@@ -138,7 +138,7 @@ def test_records_of_other_kinds(tmp_path):
 
 
 def test_a_model_without_files_is_known_by_its_name():
-    from rpmetric.spec import ModelSpec
+    from rpmetric.models.spec import ModelSpec
 
     assert model_identity(ModelSpec(name="in-memory")) == {"model": "in-memory", "model_files": None}
     with pytest.raises(ValueError, match="'in-memory' has no files to fingerprint"):

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import tinymodels
-from rpmetric import hub
-from rpmetric.encoder import load_encoder
+from rpmetric.models import hub, load_encoder
 
 MEAN = torch.tensor(tinymodels.CLIP_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(tinymodels.CLIP_STD).view(1, 3, 1, 1)
@@ -68,11 +67,11 @@ def test_a_zoo_entry_takes_the_repos_preprocessor_config(tmp_path):
     """A zoo spec's preprocessing is the fallback for a CLIP repo without preprocessor_config.json."""
     from dataclasses import replace
 
-    from rpmetric.spec import Family, Preprocessing
+    from rpmetric.models.spec import Family, Preprocessing
 
     tinymodels.save_hf_clip(tmp_path / "clip", preprocessor={"size": 36, "crop_size": 32})
     zoo_pp = Preprocessing(image_size=32, resize_size=32, interpolation="nearest")
-    spec = replace(hub.resolve(str(tmp_path / "clip")), family=Family.HF_CLIP, preprocessing=zoo_pp)
+    spec = replace(hub.parse(str(tmp_path / "clip")), family=Family.HF_CLIP, preprocessing=zoo_pp)
     assert load_encoder(spec).spec.preprocessing.resize_size == 36
     (tmp_path / "clip" / "preprocessor_config.json").unlink()
     assert load_encoder(spec).spec.preprocessing == zoo_pp
@@ -89,7 +88,7 @@ def test_sharded_safetensors_read_only_vision_shards(hf_clip_sharded, tmp_path):
     assert text_only, "the fixture's shards must separate the towers for this test to mean anything"
     for name in text_only:
         (copy / name).unlink()
-    files = hub.fetch(hub.resolve(str(copy)))
+    files = hub.fetch(hub.parse(str(copy)))
     assert {p.name for p in files.shards} == vision
     with torch.no_grad():
         ours = load_encoder(str(copy))(_images())
@@ -100,7 +99,7 @@ def test_reading_a_whole_checkpoint_reads_no_text_tensor(hf_clip, monkeypatch):
     """One safetensors file holding both towers: only vision-tower keys are asked of safetensors."""
     import safetensors
 
-    from rpmetric.backbones.weights import read_weights
+    from rpmetric.models.backbones.weights import read_weights
 
     asked = []
     real_open = safetensors.safe_open
@@ -124,7 +123,7 @@ def test_reading_a_whole_checkpoint_reads_no_text_tensor(hf_clip, monkeypatch):
             return self.f.get_tensor(key)
 
     monkeypatch.setattr(safetensors, "safe_open", Recording)
-    state = read_weights(hub.fetch(hub.resolve(str(hf_clip[0]))))
+    state = read_weights(hub.fetch(hub.parse(str(hf_clip[0]))))
     assert asked and sorted(asked) == sorted(state)
     assert all(k.startswith(("vision_model.", "visual_projection.")) for k in asked)
 
@@ -204,7 +203,7 @@ def test_weights_only_repo_builds_from_the_zoo_config_offline(tmp_path, monkeypa
 
     import huggingface_hub
 
-    from rpmetric.spec import Preprocessing, get_spec
+    from rpmetric.models.spec import Preprocessing, get_spec
 
     folder = tinymodels.save_open_clip(tmp_path / "delta", tinymodels.TINY_VIT_CFG, seed=5, safetensors=False)
     reference = tinymodels.load_reference_open_clip(folder)
@@ -242,7 +241,7 @@ def test_fingerprint_covers_the_shards(hf_clip_sharded, tmp_path):
 
 def test_lora_attaches_to_a_transformers_clip_backbone(hf_clip):
     """The remapped tower is open_clip's ViT, so heads find their targets as on open_clip's own."""
-    from rpmetric.heads import HeadConfig, attach_head, lora_targets
+    from rpmetric.models.heads import HeadConfig, attach_head, lora_targets
 
     encoder = load_encoder(str(hf_clip[0]))
     assert len(lora_targets(encoder.backbone)) == 2  # the tiny model's two attention blocks

@@ -12,8 +12,9 @@ from torch import nn
 
 import rpmetric
 import tinymodels
-from rpmetric.encoder import Encoder, load_encoder
-from rpmetric.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, LoRAAttention, MLPHead, attach_head,
+from rpmetric.models import load_encoder
+from rpmetric.models.encoder import Encoder
+from rpmetric.models.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, LoRAAttention, MLPHead, attach_head,
                             head_parameters, head_state_dict, load_head, load_head_state, lora_targets,
                             save_head_folder)
 

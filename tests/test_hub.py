@@ -6,21 +6,21 @@ import torch
 
 import rpmetric
 import tinymodels
-from rpmetric import hub
 from rpmetric.errors import CheckpointError
-from rpmetric.spec import Family
+from rpmetric.models import hub
+from rpmetric.models.spec import Family
 from subproc import run_cli
 
 
 def test_resolve_hub_reference_with_revision():
-    spec = hub.resolve("hf-hub:org/model-1.0@v2")
+    spec = hub.parse("hf-hub:org/model-1.0@v2")
     assert (spec.hub_id, spec.revision, spec.family) == ("org/model-1.0", "v2", None)
     assert spec.source == "hf-hub:org/model-1.0@v2"
 
 
 def test_resolve_zoo_name_and_folder(vit_folder):
-    assert hub.resolve("r-clip-t-convnext").hub_id == "chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg"
-    spec = hub.resolve(vit_folder)  # os.PathLike accepted
+    assert hub.parse("r-clip-t-convnext").hub_id == "chs20/TeCoA4-convnext_base_w-laion2B-s13B-b82K-augreg"
+    spec = hub.parse(vit_folder)  # os.PathLike accepted
     assert spec.local_path == str(vit_folder.resolve())
 
 
@@ -32,39 +32,39 @@ def test_resolve_zoo_name_and_folder(vit_folder):
 ])
 def test_resolve_errors(arg, exc, match):
     with pytest.raises(exc, match=match):
-        hub.resolve(arg)
+        hub.parse(arg)
 
 
 def test_resolve_rejects_a_file(tmp_path):
     f = tmp_path / "weights.safetensors"
     f.write_bytes(b"x")
     with pytest.raises(ValueError, match="is a file; a local model must be a folder"):
-        hub.resolve(str(f))
+        hub.parse(str(f))
 
 
 @pytest.mark.parametrize("fixture,family", [
     ("vit_folder", Family.OPEN_CLIP), ("convnext_folder", Family.OPEN_CLIP), ("timm_folder", Family.TIMM),
 ])
 def test_fetch_detects_layout(request, fixture, family):
-    files = hub.fetch(hub.resolve(str(request.getfixturevalue(fixture))))
+    files = hub.fetch(hub.parse(str(request.getfixturevalue(fixture))))
     assert files.family is family and files.weights.suffix == ".safetensors"
 
 
 def test_fetch_detects_transformers_vit(hf_vit):
-    files = hub.fetch(hub.resolve(str(hf_vit[0])))
+    files = hub.fetch(hub.parse(str(hf_vit[0])))
     assert files.family is Family.HF_VIT and files.config["model_type"] == "vit"
 
 
 def test_folder_without_weights_names_what_it_holds(tmp_path, vit_folder):
     (tmp_path / "open_clip_config.json").write_text((vit_folder / "open_clip_config.json").read_text())
     with pytest.raises(FileNotFoundError, match=r"has no open_clip_model.safetensors or open_clip_pytorch_model.bin.*open_clip_config.json"):
-        hub.fetch(hub.resolve(str(tmp_path)))
+        hub.fetch(hub.parse(str(tmp_path)))
 
 
 def test_unknown_config_layout(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match=r"model_type 'bert'.*supported layouts"):
-        hub.fetch(hub.resolve(str(tmp_path)))
+        hub.fetch(hub.parse(str(tmp_path)))
 
 
 def test_pickled_bin_loads_with_weights_only(tmp_path, vit_folder):
@@ -146,7 +146,7 @@ def test_download_reports_cached_files(zoo_cache):
 
 
 def test_download_head_repo_brings_its_base(zoo_cache, tmp_path):
-    from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+    from rpmetric.models.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
 
     hf_home, base_folder = zoo_cache
     encoder = rpmetric.RobustDistance(str(base_folder), device="cpu").encoder
@@ -165,7 +165,7 @@ def _cache_with_a_head_on_a_hub_base(vit_folder, tmp_path, monkeypatch):
     first load (a 404 on the base's rpmetric_config.json is recorded under .no_exist/COMMIT/)."""
     import huggingface_hub
 
-    from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+    from rpmetric.models.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
 
     encoder = rpmetric.RobustDistance(str(vit_folder), device="cpu").encoder
     module, config = attach_head(encoder.backbone, HeadConfig("mlp", dim=24, hidden=8))
@@ -320,7 +320,7 @@ def test_r_dino_zoo_entry_loads_offline_without_a_preprocessor_record(hf_vit, tm
 
 
 def test_head_on_a_files_only_cached_base_loads_offline(timm_folder, tmp_path, monkeypatch):
-    from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+    from rpmetric.models.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
 
     encoder = rpmetric.RobustDistance(str(timm_folder), device="cpu").encoder
     module, config = attach_head(encoder.backbone, HeadConfig("mlp", dim=64, hidden=8))

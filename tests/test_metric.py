@@ -83,7 +83,7 @@ def test_resize_false_requires_model_size(vit_folder):
 
 
 def test_an_encoder_keeps_its_own_resize_setting(vit_folder):
-    from rpmetric.encoder import load_encoder
+    from rpmetric.models import load_encoder
 
     encoder = load_encoder(str(vit_folder), resize=False)
     metric = rpmetric.RobustDistance(encoder, device="cpu")

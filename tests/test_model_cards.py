@@ -32,6 +32,6 @@ def test_cards_describe_each_family_s_embedding_and_geometry():
         assert "CLS token after the final layer norm (no projection)" in cards.card(name)
     assert "projected image embedding" not in cards.card("r-dino-vitb16")
     assert "projected image embedding (open_clip's `encode_image`)" in cards.card("r-clip-f-vitb16")
-    from rpmetric.spec import Preprocessing
+    from rpmetric.models.spec import Preprocessing
 
     assert cards._geometry(Preprocessing(resize_mode="squash")) == "resize to 224x224 (bicubic, no crop)"

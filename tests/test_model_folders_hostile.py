@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from rpmetric.cli import main
-from rpmetric.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
+from rpmetric.models.heads import HeadConfig, attach_head, head_state_dict, save_head_folder
 
 OC, OC_W = "open_clip_config.json", "open_clip_model.safetensors"
 CFG, W = "config.json", "model.safetensors"
@@ -37,7 +37,7 @@ def valid(tmp_path_factory, vit_folder, convnext_folder, timm_folder, hf_vit, hf
     folders["clip-bin-shards"] = root / "clip-bin-shards"
     shutil.copytree(hf_clip[0], folders["clip-bin-shards"])
     tinymodels.shard_to_bin(folders["clip-bin-shards"], W, BIN_INDEX)
-    from rpmetric.encoder import load_encoder
+    from rpmetric.models import load_encoder
 
     encoder = load_encoder(str(vit_folder))
     module, config = attach_head(encoder.backbone, HeadConfig("mlp", hidden=8), dim=24)

@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from rpmetric.preprocess import resize_and_crop, target_size
-from rpmetric.spec import Preprocessing
+from rpmetric.models.preprocess import resize_and_crop, target_size
+from rpmetric.models.spec import Preprocessing
 
 
 @pytest.mark.parametrize("shape", [(300, 400), (400, 300), (256, 256), (225, 1000), (100, 150)])
@@ -61,7 +61,7 @@ def test_uint8_images_are_resized_in_8_bits_like_pil(shape, mode):
 # -- published conventions (rpmetric eval --preprocess), against the peers' own PIL transforms --------
 from torchvision import transforms as PT  # noqa: E402  (v1 on PIL images, as fra31's and DreamSim's code)
 
-from rpmetric.spec import PREPROCESS_CONVENTIONS, with_convention  # noqa: E402
+from rpmetric.models.spec import PREPROCESS_CONVENTIONS, with_convention  # noqa: E402
 
 BICUBIC = PT.InterpolationMode.BICUBIC
 PEER_TRANSFORMS = {

@@ -20,7 +20,7 @@ from PIL import Image
 import rpmetric
 import rpmetric.scale
 from rpmetric.cli import main
-from rpmetric.preprocess import resize_and_crop
+from rpmetric.models.preprocess import resize_and_crop
 from rpmetric.stores import ray as engine  # imports without ray: ray is imported when a pipeline runs
 from rpmetric.stores.store import EmbeddingStore, build_store, embed_images
 from storecheck import records

@@ -22,8 +22,8 @@ import datagen
 from subproc import run_cli
 
 import rpmetric
-from rpmetric.preprocess import resize_and_crop, target_size
-from rpmetric.spec import Preprocessing
+from rpmetric.models.preprocess import resize_and_crop, target_size
+from rpmetric.models.spec import Preprocessing
 
 WIDE, TALL = (1, 20000), (20000, 1)  # (height, width): the issue's 118-byte PNG, and the same on its side
 
@@ -147,8 +147,8 @@ def test_resize_costs_what_its_output_costs(shape, resize_mode):
     x = torch.randint(0, 256, (1, 3, *shape), dtype=torch.uint8)
     script = textwrap.dedent(f"""
         import resource, time, torch
-        from rpmetric.preprocess import resize_and_crop
-        from rpmetric.spec import Preprocessing
+        from rpmetric.models.preprocess import resize_and_crop
+        from rpmetric.models.spec import Preprocessing
         x = torch.load({str(_save(x))!r})
         pp = Preprocessing(**{pp.__dict__!r})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

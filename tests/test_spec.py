@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 import rpmetric
-from rpmetric.spec import Family, Preprocessing, default_model
+from rpmetric.models.spec import Family, Preprocessing, default_model
 
 REQUIRED_HUB_IDS = {
     "chs20/FARE4-ViT-B-32-laion2B-s34B-b79K", "chs20/FARE4-ViT-B-16-laion2B-s34B-b88K",

@@ -203,7 +203,7 @@ def test_atomic_write_gives_the_umask_mode(tmp_path, umask):
 
 
 def test_head_weights_are_written_atomically_with_the_umask_mode(tmp_path, monkeypatch, vit_folder):
-    from rpmetric.heads import WEIGHTS_NAME, HeadConfig, save_head_folder
+    from rpmetric.models.heads import WEIGHTS_NAME, HeadConfig, save_head_folder
 
     state = {"w": torch.arange(4.0)}
     old = os.umask(0o022)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 import datagen
 import rpmetric
 from rpmetric import training
-from rpmetric.heads import CONFIG_NAME, WEIGHTS_NAME, HeadConfig
+from rpmetric.models.heads import CONFIG_NAME, WEIGHTS_NAME, HeadConfig
 from rpmetric.training import CHECKPOINT_NAME, DREAMSIM_BETAS, TrainConfig, hinge_loss, train_nights
 
 SIZES = {"train": 32, "val": 12, "test": 8}

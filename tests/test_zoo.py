@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rpmetric import backbones, hub
-from rpmetric.backbones import hf_clip, hf_vit, openclip, timm_model, weights
-from rpmetric.spec import Family, get_spec, list_models
+from rpmetric.models import backbones, hub
+from rpmetric.models.backbones import hf_clip, hf_vit, openclip, timm_model, weights
+from rpmetric.models.spec import Family, get_spec, list_models
 
 _MODULES = {Family.OPEN_CLIP: openclip, Family.HF_CLIP: hf_clip, Family.HF_VIT: hf_vit, Family.TIMM: timm_model}
 # One real forward pass per distinct architecture up to ViT-B (the zoo repeats some); those that take

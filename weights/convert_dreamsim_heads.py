@@ -51,8 +51,8 @@ from typing import Dict, Tuple
 
 import torch
 
-from rpmetric.heads import HeadConfig, save_head_folder
-from rpmetric.spec import PREPROCESS_CONVENTIONS
+from rpmetric.models.heads import HeadConfig, save_head_folder
+from rpmetric.models.spec import PREPROCESS_CONVENTIONS
 
 DREAMSIM_PREPROCESSING = dict(PREPROCESS_CONVENTIONS["dreamsim"])  # bicubic squash to the model size, no crop
 

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 import rpmetric
-from rpmetric.spec import Family
+from rpmetric.models.spec import Family
 
 
 def _geometry(pp) -> str:

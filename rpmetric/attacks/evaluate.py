@@ -14,7 +14,7 @@ from ..datasets import Triplet, TripletImages, collate_images
 from ..fingerprint import model_identity, records_fingerprint
 from ..datasets.loading import data_loader
 from ..images import unit_float
-from ..preprocess import resize_and_crop
+from ..models.preprocess import resize_and_crop
 from ..runlog import RunLog, record_check
 from ..scoring import binary_agreements
 from ..unique import embed_unique
@@ -128,7 +128,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     Args:
         metric: a :class:`~rpmetric.RobustDistance`, or any module with ``embed(x, normalize=False)``
             mapping ``[N, 3, H, W]`` images in [0, 1] to raw ``[N, D]`` embeddings differentiably
-            (such as :class:`rpmetric.encoder.Encoder`); an optional ``prepare(x)`` method resizes
+            (such as :class:`rpmetric.models.encoder.Encoder`); an optional ``prepare(x)`` method resizes
             images to the model's input size. A RobustDistance is attacked through its encoder, on
             [0, 1] images whatever its ``value_range``.
         data: :class:`~rpmetric.datasets.Triplet` records (e.g. from ``read_nights``), or a dataset

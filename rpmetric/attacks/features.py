@@ -1,6 +1,6 @@
 """What the attack differentiates: the embedding of the reference, plain or through a defence.
 
-The attacked object may be a :class:`~rpmetric.RobustDistance`, an :class:`rpmetric.encoder.Encoder`,
+The attacked object may be a :class:`~rpmetric.RobustDistance`, an :class:`rpmetric.models.encoder.Encoder`,
 or any module with the same ``embed`` interface (see :func:`as_embedder`).
 """
 
@@ -41,20 +41,20 @@ def as_embedder(model) -> Embedder:
     - A :class:`~rpmetric.RobustDistance`: its ``.encoder`` (images in [0, 1], whatever the metric's
       ``value_range``; its counterattack hook, if any, is reported separately, not applied).
     - Anything else with a callable ``embed(x, normalize=False)``, such as an
-      :class:`rpmetric.encoder.Encoder`; an optional ``prepare(x)`` method resizes to its input size.
+      :class:`rpmetric.models.encoder.Encoder`; an optional ``prepare(x)`` method resizes to its input size.
 
     Example:
         >>> as_embedder(torch.nn.Linear(2, 2))
         Traceback (most recent call last):
         ...
-        TypeError: Argument `metric` must be a RobustDistance or a module with an `embed(x, normalize=False)` method (like rpmetric.encoder.Encoder), but got Linear.
+        TypeError: Argument `metric` must be a RobustDistance or a module with an `embed(x, normalize=False)` method (like rpmetric.models.encoder.Encoder), but got Linear.
     """
     from ..counterattack import encoder_parts
 
     model, prepare, counterattack = encoder_parts(model)
     if not callable(getattr(model, "embed", None)):
         raise TypeError("Argument `metric` must be a RobustDistance or a module with an `embed(x, normalize=False)` "
-                        f"method (like rpmetric.encoder.Encoder), but got {type(model).__name__}.")
+                        f"method (like rpmetric.models.encoder.Encoder), but got {type(model).__name__}.")
     return Embedder(model, prepare, counterattack, _device_of(model))
 
 

@@ -21,7 +21,7 @@ class TwoAFCLogits(nn.Module):
 
     Args:
         features: maps reference images ``[N, 3, S, S]`` in [0, 1] to embeddings ``[N, D]``
-            (differentiably), e.g. an :class:`rpmetric.encoder.Encoder`.
+            (differentiably), e.g. an :class:`rpmetric.models.encoder.Encoder`.
         e_left, e_right: ``[N, D]`` embeddings of the clean left and right images (``[1, D]``
             broadcasts to every row).
 

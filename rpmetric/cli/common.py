@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..spec import default_model
+from ..models.spec import default_model
 
 
 def add_model_option(parser: argparse.ArgumentParser, *, required: bool = False, extra_help: str = "") -> None:

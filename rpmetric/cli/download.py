@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..hub import download
+from ..models.hub import download
 
 
 def register(sub) -> None:

@@ -106,7 +106,7 @@ def _add_run_options(q) -> None:
 
 def _add_preprocess_option(q, dataset: str) -> None:
     from ..evaluation import DEFAULT_PREPROCESS
-    from ..spec import PREPROCESS_CONVENTIONS
+    from ..models.spec import PREPROCESS_CONVENTIONS
 
     q.add_argument("--preprocess", default=None, choices=list(PREPROCESS_CONVENTIONS),
                    help="how images are resized for the model, in the clean pass and under --attack: `model`, the "

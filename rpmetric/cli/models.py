@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..spec import Family, default_model, get_spec, list_models
+from ..models.spec import Family, default_model, get_spec, list_models
 from .common import format_table
 
 

@@ -9,7 +9,7 @@ from .common import add_device_option, add_model_option, at_least, finite, forma
 
 
 def register(sub) -> None:
-    from ..heads import HEAD_TYPES, HeadConfig
+    from ..models.heads import HEAD_TYPES, HeadConfig
     from ..training import ADVERSARIAL_NORMS, DEFAULT_BATCH, TrainConfig
 
     p = sub.add_parser("train", help="fine-tune an MLP or LoRA head on human judgements (NIGHTS)",
@@ -73,7 +73,7 @@ def _defaults(cls) -> dict:
 
 def config_from_args(args):
     """The :class:`~rpmetric.training.TrainConfig` the parsed options describe."""
-    from ..heads import HeadConfig
+    from ..models.heads import HeadConfig
     from ..training import TrainConfig
 
     attack = {"eps": args.eps, "attack_steps": args.attack_steps}
@@ -92,7 +92,7 @@ def config_from_args(args):
 def run(args) -> int:
     import sys
 
-    from ..heads import CONFIG_NAME, WEIGHTS_NAME
+    from ..models.heads import CONFIG_NAME, WEIGHTS_NAME
     from ..training import CHECKPOINT_NAME, train_nights
 
     config = config_from_args(args)

@@ -102,7 +102,7 @@ class TripletImages(_ImageRecords):
     Args:
         triplets: :class:`Triplet` records, e.g. from :func:`read_nights`.
         transform: picklable callable on a ``[1, 3, H, W]`` uint8 tensor (it runs in the
-            DataLoader workers), e.g. ``functools.partial(rpmetric.preprocess.resize_and_crop,
+            DataLoader workers), e.g. ``functools.partial(rpmetric.models.preprocess.resize_and_crop,
             pp=metric.spec.preprocessing)``, which resizes in 8 bits; None keeps the images as loaded.
 
     A missing or unreadable image gives ``{"index": i, "error": message}`` instead.

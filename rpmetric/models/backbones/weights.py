@@ -10,13 +10,13 @@ from typing import Callable, Dict, Iterable, Tuple
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ...errors import CheckpointError
 
 __all__ = ["read_weights", "read_state_dict", "read_safetensors", "build_checked", "check_fit"]
 
 
 def read_weights(files) -> Dict[str, torch.Tensor]:
-    """The tensors of fetched files (see :func:`rpmetric.hub.fetch`) that the metric reads.
+    """The tensors of fetched files (see :func:`rpmetric.models.hub.fetch`) that the metric reads.
 
     Only keys that ``files.keeps`` (the vision tower of a CLIP checkpoint): a safetensors file is
     read by key, so other tensors are never read; a ``.bin`` is memory-mapped where torch can (zip

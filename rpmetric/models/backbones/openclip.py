@@ -16,7 +16,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def check_open_clip_config(config: dict) -> None:
     """Raise ValueError unless ``open_clip_config.json`` describes a vision tower within bounds
-    (see :mod:`rpmetric.spec`) that is built from the folder alone.
+    (see :mod:`rpmetric.models.spec`) that is built from the folder alone.
 
     ``timm_model_pretrained`` is refused: it makes timm download ImageNet weights from the Hub, and a
     model folder carries its own weights.

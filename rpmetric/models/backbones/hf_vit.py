@@ -47,7 +47,7 @@ def convert_hf_vit(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def check_hf_vit_config(config: dict) -> None:
-    """Raise ValueError unless a transformers ViTConfig's sizes are within bounds (see :mod:`rpmetric.spec`)."""
+    """Raise ValueError unless a transformers ViTConfig's sizes are within bounds (see :mod:`rpmetric.models.spec`)."""
     act = config.get("hidden_act", "gelu")
     if act not in _SUPPORTED_ACT:
         raise ValueError(f"hidden_act {act!r} is not supported for the ViT remap; supported: {_SUPPORTED_ACT}.")

@@ -80,7 +80,7 @@ def vision_config(config: dict) -> Tuple[dict, int]:
 
 def check_hf_clip_config(config: dict) -> None:
     """Raise ValueError unless a transformers CLIP config's vision tower is within bounds (see
-    :mod:`rpmetric.spec`) and has an activation open_clip's ViT has.
+    :mod:`rpmetric.models.spec`) and has an activation open_clip's ViT has.
 
     Example:
         >>> check_hf_clip_config({"model_type": "clip", "vision_config": {"num_hidden_layers": 10 ** 6}})

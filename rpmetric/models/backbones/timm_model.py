@@ -30,7 +30,7 @@ def check_timm_name(key: str, name) -> None:
 
 def check_timm_config(config: dict) -> None:
     """Raise ValueError unless timm's ``config.json`` names a known architecture, with ``model_args``
-    that fetch and open nothing and sizes within bounds (see :mod:`rpmetric.spec`)."""
+    that fetch and open nothing and sizes within bounds (see :mod:`rpmetric.models.spec`)."""
     check_timm_name("architecture", config.get("architecture"))
     args = config.get("model_args", {})
     if not isinstance(args, dict):
