@@ -1,5 +1,9 @@
 """Where a model's files come from: a zoo name, ``hf-hub:ORG/NAME[@REV]`` or a local folder.
 
+:func:`resolve` is the one step between a model argument and building: it finds, once, the base
+checkpoint's files and, for a trained head folder, the head's (:class:`Resolved`). :func:`parse`
+only turns an argument into a spec, reading nothing.
+
 Everything Hub-related goes through huggingface_hub, so its cache, ``HF_HOME``,
 ``HF_HUB_OFFLINE`` and revisions behave as users of transformers and open_clip expect.
 Files already in the cache are used without touching the network (weights of a commit
