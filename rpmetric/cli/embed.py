@@ -301,7 +301,8 @@ def run_dedup(args) -> int:
         table = [(store.file(i), other.file(j), format_distance(d)) for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
         summary = f"{len(table)} of {len(store)} images are within {args.threshold} of an image of {other.path}"
     else:
-        groups = group_duplicates(store, args.threshold, method=args.method, clusters=args.clusters, probes=args.nprobe)
+        groups = group_duplicates(store, args.threshold, method=args.method, clusters=args.clusters, probes=args.nprobe,
+                                  progress=True)  # bars on a terminal only
         header = ["group", "keep", "path", "distance_to_first"]
         firsts = torch.tensor([members[0] for members in groups for _ in members], dtype=torch.long)
         flat = torch.tensor([m for members in groups for m in members], dtype=torch.long)

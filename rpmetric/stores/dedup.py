@@ -91,7 +91,7 @@ def _check_threshold(threshold: float) -> float:
 
 
 def near_pairs(embeddings, threshold: float, *, method: str = "exact", clusters: Optional[int] = None,
-               probes: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               probes: Optional[int] = None, progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All pairs ``i < j`` with ``1 - cos <= threshold`` (plus ``DISTANCE_TOLERANCE``, for rounding):
     ``(i, j, distance)`` tensors, each pair once.
 
@@ -111,6 +111,7 @@ def near_pairs(embeddings, threshold: float, *, method: str = "exact", clusters:
             N/39, FAISS's minimum of training points per cell).
         probes: cells each vector visits, at least 1 (more: slower, higher recall); None picks
             ``DEFAULT_PROBES``.
+        progress: show progress bars of the cluster method's passes on stderr (on a terminal).
 
     Example:
         >>> e = torch.tensor([[1.0, 0.0], [1.0, 0.01], [0.0, 1.0]])
@@ -130,7 +131,7 @@ def near_pairs(embeddings, threshold: float, *, method: str = "exact", clusters:
     nlist = _nlist(len(rows), clusters)
     probes = min(DEFAULT_PROBES if probes is None else probes, nlist)
     if method == "cluster":
-        return _cluster_pairs(rows, rows, threshold, nlist, probes, self_pairs=True)
+        return _cluster_pairs(rows, rows, threshold, nlist, probes, self_pairs=True, progress=progress)
     i, j = _ivf_candidates(rows, rows, threshold, nlist, probes, self_pairs=True)
     return _confirm(rows, rows, i, j, threshold)
 
@@ -207,12 +208,14 @@ def _cat(parts: List[torch.Tensor]) -> torch.Tensor:
 
 
 # -- cluster: k-means cells, scanned in groups --------------------------------------------------
-def _assign(index, centroids: np.ndarray, rows, probes: int) -> np.ndarray:
+def _assign(index, centroids: np.ndarray, rows, probes: int, bar=None) -> np.ndarray:
     """``[len(rows), probes]`` int32: the nearest cells of every row, nearest first (one pass)."""
     out = np.zeros((len(rows), probes), dtype=np.int32)
     dtype = _scan_dtype(torch.zeros(0))
     cells = torch.from_numpy(centroids).to(dtype)
     for start, block in rows.blocks(_ASSIGN_BLOCK):
+        if bar is not None:
+            bar.update(len(block))
         if dtype == torch.float32:
             out[start:start + len(block)] = index.search(_unit32(block), probes)[1]
         else:  # bfloat16 products: any fixed choice of cells is valid, the scan confirms exactly
@@ -222,11 +225,14 @@ def _assign(index, centroids: np.ndarray, rows, probes: int) -> np.ndarray:
     return out
 
 
-def _cluster_pairs(queries, db, threshold: float, nlist: int, probes: int, self_pairs: bool
+def _cluster_pairs(queries, db, threshold: float, nlist: int, probes: int, self_pairs: bool, progress: bool = False
                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Confirmed pairs (query row, db row) among the db members of each query's ``probes`` nearest
     k-means cells; with ``self_pairs`` (queries is db), pairs i < j."""
+    from tqdm.auto import tqdm
+
     faiss = _faiss()
+    quiet = None if progress else True  # None: bars on a terminal only
     if nlist == 1:  # one cell: every pair (k-means would only warn about too few points)
         home, visits = np.zeros(len(db), dtype=np.int32), np.zeros((len(queries), 1), dtype=np.int32)
         centroids = np.zeros((1, db.dim), dtype=np.float32)
@@ -234,11 +240,15 @@ def _cluster_pairs(queries, db, threshold: float, nlist: int, probes: int, self_
         kmeans = faiss.Kmeans(db.dim, nlist, niter=10, spherical=True, seed=1234, verbose=False)
         kmeans.train(_train_rows(db, nlist))
         centroids = kmeans.centroids
-        visits = _assign(kmeans.index, centroids, queries, probes)
-        home = visits[:, 0] if self_pairs else _assign(kmeans.index, centroids, db, 1)[:, 0]
+        total = len(queries) + (0 if self_pairs else len(db))
+        with tqdm(total=total, unit="row", desc="dedup: nearest cells", disable=quiet) as bar:
+            visits = _assign(kmeans.index, centroids, queries, probes, bar)
+            home = visits[:, 0] if self_pairs else _assign(kmeans.index, centroids, db, 1, bar)[:, 0]
     found: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for cells, q_x, q_ids, d_x, d_ids in _groups(queries, db, home, visits, centroids, self_pairs):
-        _scan_cells(found, cells, q_x, q_ids, d_x, d_ids, visits, home, nlist, threshold, self_pairs)
+    with tqdm(total=nlist, unit="cell", desc="dedup: scan cells", disable=quiet) as bar:
+        for cells, q_x, q_ids, d_x, d_ids in _groups(queries, db, home, visits, centroids, self_pairs):
+            _scan_cells(found, cells, q_x, q_ids, d_x, d_ids, visits, home, nlist, threshold, self_pairs)
+            bar.update(nlist if cells is None else int(cells.sum()))
     return _sorted_pairs(found, len(db))
 
 
@@ -455,9 +465,9 @@ def _connected_groups(n: int, i: Sequence[int], j: Sequence[int]) -> List[List[i
 
 
 def group_duplicates(embeddings, threshold: float, *, method: str = "exact", clusters: Optional[int] = None,
-                     probes: Optional[int] = None) -> List[List[int]]:
+                     probes: Optional[int] = None, progress: bool = False) -> List[List[int]]:
     """Groups of near-duplicates: connected components of the pairs with ``1 - cos <= threshold``
-    (``method``, ``clusters``, ``probes``: see :func:`near_pairs`).
+    (``method``, ``clusters``, ``probes``, ``progress``: see :func:`near_pairs`).
 
     Groups chain (a~b and b~c put a, b, c together even if a and c are further apart). Each group
     is sorted, and groups are ordered by their first member.
@@ -468,7 +478,7 @@ def group_duplicates(embeddings, threshold: float, *, method: str = "exact", clu
         [[0, 2], [1, 3]]
     """
     n = len(as_rows(embeddings, "embeddings"))
-    i, j, _ = near_pairs(embeddings, threshold, method=method, clusters=clusters, probes=probes)
+    i, j, _ = near_pairs(embeddings, threshold, method=method, clusters=clusters, probes=probes, progress=progress)
     return _connected_groups(n, i.numpy(), j.numpy())
 
 
