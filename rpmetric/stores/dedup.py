@@ -249,6 +249,7 @@ def _cluster_pairs(queries, db, threshold: float, nlist: int, probes: int, self_
         for cells, q_x, q_ids, d_x, d_ids in _groups(queries, db, home, visits, centroids, self_pairs):
             _scan_cells(found, cells, q_x, q_ids, d_x, d_ids, visits, home, nlist, threshold, self_pairs)
             bar.update(nlist if cells is None else int(cells.sum()))
+            del q_x, d_x  # before the next group is gathered
     return _sorted_pairs(found, len(db))
 
 
@@ -323,6 +324,25 @@ def _groups(queries, db, home: np.ndarray, visits: np.ndarray, centroids: np.nda
         d_x = q_x if self_pairs else db.take(d_ids)
         yield cell_group == g, q_x, q_ids, d_x, d_ids
         del q_x, d_x
+        _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim). The scans' blocks vary in
+    size around glibc's mmap threshold, so without it freed blocks stay resident group after group."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None
 
 
 def _gather(rows) -> torch.Tensor:
