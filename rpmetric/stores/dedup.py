@@ -44,7 +44,6 @@ AUTO_APPROX_MIN = 20_000  # vectors
 # with 1 in 1.8 s) against 156 s for exact (evals/bench_scale.py --part dedup).
 DEFAULT_PROBES = 3
 _SIM_ELEMENTS = 1 << 24  # entries of one similarity block (64 MB of float32)
-_PAIR_BLOCK = 1 << 20  # candidate pairs confirmed per cosine_distance call
 _FP16_SLACK = 1e-3  # extra candidate margin where FAISS holds the vectors as float16 (rounding ~1e-5)
 _ASSIGN_BLOCK = 65536  # rows per k-means assignment search
 # The cluster method's similarities (cell assignment and the per-cell scans, nearly all its time)
@@ -288,8 +287,9 @@ def _scan_cells(found, cells: Optional[np.ndarray], q_x, q_ids, d_x, d_ids, visi
     if self_pairs:  # q_x is d_x: a row meets itself in its home cell
         keep = qi != dj
         qi, dj = qi[keep], dj[keep]
-    for a in range(0, len(qi), _PAIR_BLOCK):
-        qa, da = qi[a:a + _PAIR_BLOCK], dj[a:a + _PAIR_BLOCK]
+    block = _rows.pair_block(q_x.shape[1])
+    for a in range(0, len(qi), block):
+        qa, da = qi[a:a + block], dj[a:a + block]
         d = cosine_distance(q_x[qa], d_x[da])
         gi = qa if q_glob is None else q_glob[qa]
         gj = da if d_glob is None else d_glob[da]

@@ -31,7 +31,13 @@ __all__ = ["STREAM_BYTES", "TensorRows", "StreamRows", "as_rows", "unit32", "pai
 # rows), a batch of pairs. Tests lower it to make small stores take the paths of large ones.
 STREAM_BYTES = 2 << 30
 _BLOCK = 16384  # rows per block of an in-memory tensor
-_PAIR_BLOCK = 1 << 20  # pairs per cosine_distance call
+_PAIR_BYTES = 64 << 20  # float32 bytes of one side of one cosine_distance call (it makes a few copies)
+
+
+def pair_block(dim: int) -> int:
+    """Pairs per :func:`~rpmetric.functional.cosine_distance` call: about 64 MB a side in float32
+    (a million 512-d pairs would take 2 GB a side, and the call makes several temporaries)."""
+    return max(1, _PAIR_BYTES // (4 * max(1, dim)))
 
 
 class TensorRows:
@@ -130,8 +136,9 @@ def pair_distances(a: Rows, b: Rows, i: torch.Tensor, j: torch.Tensor) -> torch.
     """``cosine_distance(a[i], b[j])`` per pair, the metric's own ``1 - cos``. Streamed sources
     are read in batches of pairs whose rows fit ``STREAM_BYTES``, each batch one pass over the
     shards that hold them."""
+    block = pair_block(a.dim)
     if a.in_memory and b.in_memory:
-        parts = [cosine_distance(a.x[i[s:s + _PAIR_BLOCK]], b.x[j[s:s + _PAIR_BLOCK]]) for s in range(0, len(i), _PAIR_BLOCK)]
+        parts = [cosine_distance(a.x[i[s:s + block]], b.x[j[s:s + block]]) for s in range(0, len(i), block)]
         return torch.cat(parts) if parts else torch.zeros(0)
     step = max(1, chunk_rows(a) // 2)
     parts = []
@@ -139,11 +146,12 @@ def pair_distances(a: Rows, b: Rows, i: torch.Tensor, j: torch.Tensor) -> torch.
         ii, jj = i[s:s + step].numpy(), j[s:s + step].numpy()
         if a is b:  # one read of the rows both sides need
             rows, where = np.unique(np.concatenate([ii, jj]), return_inverse=True)
-            got = a.take(rows)
-            ra, rb = got[torch.from_numpy(where[:len(ii)])], got[torch.from_numpy(where[len(ii):])]
+            got_a = got_b = a.take(rows)
+            wa, wb = torch.from_numpy(where[:len(ii)]), torch.from_numpy(where[len(ii):])
         else:
             ua, wa = np.unique(ii, return_inverse=True)
             ub, wb = np.unique(jj, return_inverse=True)
-            ra, rb = a.take(ua)[torch.from_numpy(wa)], b.take(ub)[torch.from_numpy(wb)]
-        parts.append(cosine_distance(ra, rb))
+            got_a, got_b, wa, wb = a.take(ua), b.take(ub), torch.from_numpy(wa), torch.from_numpy(wb)
+        parts.extend(cosine_distance(got_a[wa[p:p + block]], got_b[wb[p:p + block]]) for p in range(0, len(wa), block))
+        del got_a, got_b
     return torch.cat(parts) if parts else torch.zeros(0)
