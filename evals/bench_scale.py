@@ -11,6 +11,15 @@
     true pair that touches a sampled row. Recall is then measured on those pairs, and the exact
     scan's time is *estimated* as the sample's time x (N / 2) / R, since the scan's cost is linear
     in the rows it compares (N^2 / 2 row pairs in all). The output says "estimated".
+(store) the whole ``rpmetric dedup STORE --threshold T`` command on a real store on disk: N x D
+    float16 planted vectors (tests/planted.py's ``planted_shards``) written shard by shard through
+    the store's own writer (tests/synthstore.py), rows named ``img/000000123.jpg``. Reports the
+    command's wall time and peak RSS (``wait4`` of that process) and the recall of the planted
+    pairs: the pairs of the groups planted within T whose exact distance (float64, from the stored
+    values) is within T, found when the CSV puts both rows in one group. An exact scan of all
+    pairs is infeasible at 10 M, so pairs that occur by chance are not counted (at T = 0.05 on this
+    set there are next to none: at 300 k the exact scan found 37,684 pairs, all planted).
+    Targets at 10 M x 512: under 30 minutes and under 8 GB.
 (ray) ``rpmetric embed`` of one folder of JPEGs (ViT-B/32, random weights) by one process and by
     the Ray engine on a local cluster of ``--ray-cpus`` CPUs with ``--num-workers`` actors, in
     alternating rounds: whether the stores are the same (records, paths, row order; the largest
@@ -29,6 +38,8 @@ Usage::
     python evals/bench_scale.py --part dedup --n 200000 --dim 512
     python evals/bench_scale.py --part dedup --n 1000000 --dim 512 --exact-sample 20000
     python evals/bench_scale.py --part dedup --n 200000 --methods cluster --probes 1,2,3 --clusters 447
+    python evals/bench_scale.py --part store --n 1000000 --dim 512
+    python evals/bench_scale.py --part store --n 10000000 --dim 512 --work /big/disk
     python evals/bench_scale.py --part ray --images 256 --rounds 2
     python evals/bench_scale.py --part webdataset              # 256 JPEGs in 8 shards, 5 rounds
 """
@@ -36,9 +47,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 import _common  # noqa: F401  (puts tests/ on sys.path)
-from planted import planted_vectors
+from planted import planted_shards, planted_vectors
 
 
 def run_method(vectors: Path, pairs_out: Path, method: str, threshold: float, clusters, probes) -> dict:
@@ -157,6 +171,87 @@ def bench_dedup(args) -> None:
                 line += (f"  recall {found / max(1, len(exact['keys'])):.4f}  extra {len(r['keys'] - exact['keys'])}"
                          f"  speed-up {exact['seconds'] / r['seconds']:.1f}x")
             print(line, flush=True)
+
+
+def bench_store(args) -> None:
+    import torch
+
+    from synthstore import write_store
+
+    work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.work))
+    try:
+        start = time.perf_counter()
+        shards, inside, inside_values = planted_shards(args.n, args.dim, args.threshold, centres=args.centres,
+                                                       seed=args.seed, shard_size=args.store_shard_size)
+        store = write_store(work / "store", shards, shard_size=args.store_shard_size)
+        built = time.perf_counter() - start
+        a, b = np.triu_indices(inside.shape[1], 1)
+        d = np.concatenate([planted_distances(inside_values()[g:g + 65536], a, b)
+                            for g in range(0, len(inside), 65536)])  # [groups, pairs] exact distances
+        del shards, inside_values  # the generator's planted values: a GB or more at 10 M
+        true = d <= args.threshold
+        pi, pj = inside[:, a][true], inside[:, b][true]
+        size = sum(f.stat().st_size for f in store.iterdir())
+        print(f"(store) {args.n:,} x {args.dim} float16 clustered unit vectors ({args.centres} centres) in "
+              f"{args.n // args.store_shard_size + (args.n % args.store_shard_size > 0):,} shards of {args.store_shard_size}, "
+              f"{size / 2**30:.2f} GiB on disk (built in {built:.0f} s); {len(inside):,} planted groups of "
+              f"{inside.shape[1]} within T = {args.threshold} ({len(pi):,} planted pairs within T) and as many just "
+              f"outside; torch threads {torch.get_num_threads()}", flush=True)
+        out = work / "groups.csv"
+        cmd = [sys.executable, "-m", "rpmetric", "dedup", str(store), "--threshold", str(args.threshold), "--out", str(out)]
+        cmd += args.extra
+        start = time.perf_counter()
+        log = work / "stderr.txt"
+        with open(log, "w") as err_file:
+            proc = subprocess.Popen(cmd, stderr=err_file)
+        while True:  # progress every minute: a 10 M run takes a while
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            elapsed = time.perf_counter() - start
+            if pid:
+                break
+            if elapsed > args.timeout:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                raise SystemExit(f"    rpmetric dedup did not finish in {args.timeout} s (killed); peak RSS "
+                                 f"{usage.ru_maxrss / 2**20:.2f} GiB so far")
+            time.sleep(min(60.0, 1.0 + elapsed / 10))
+            if elapsed > 60:
+                print(f"    ... {elapsed:.0f} s, resident {proc_rss(proc.pid)}", flush=True)
+        err = log.read_text()
+        if status != 0:
+            raise SystemExit(f"rpmetric dedup failed ({status}): {err}")
+        group = np.full(args.n, -1, dtype=np.int64)
+        with open(out, newline="") as f:
+            for row in csv.DictReader(f):
+                group[int(Path(row["path"]).stem)] = int(row["group"])
+        found = (group[pi] >= 0) & (group[pi] == group[pj])
+        planted_rows = np.zeros(args.n, dtype=bool)
+        planted_rows[inside.ravel()] = True
+        extra = int(((group >= 0) & ~planted_rows).sum())
+        print(f"    {' '.join(['rpmetric', 'dedup', 'STORE', '--threshold', str(args.threshold)] + args.extra)}: "
+              f"{elapsed:.0f} s ({usage.ru_utime + usage.ru_stime:.0f} CPU s), peak RSS {usage.ru_maxrss / 2**20:.2f} GiB; "
+              f"planted-pair recall "
+              f"{found.mean() if len(found) else 1.0:.4f} ({int(found.sum()):,} of {len(found):,}); {extra} rows "
+              f"grouped outside the planted groups; {err.strip()}", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def planted_distances(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``1 - cos`` in float64 between positions ``a`` and ``b`` of each planted group."""
+    v = values.astype(np.float64)
+    v /= np.linalg.norm(v, axis=2, keepdims=True)
+    return 1.0 - np.einsum("gpd,gpd->gp", v[:, a], v[:, b])
+
+
+def proc_rss(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = {line.split(":")[0]: line.split()[1] for line in f if line.startswith(("VmRSS", "VmHWM"))}
+        return f"{int(fields['VmRSS']) / 2**20:.2f} GiB (peak {int(fields['VmHWM']) / 2**20:.2f} GiB)"
+    except (OSError, KeyError):
+        return "?"
 
 
 def bench_ray(args) -> None:
@@ -330,7 +425,7 @@ def parse_list(text: str):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["dedup", "ray", "webdataset"], default="dedup")
+    p.add_argument("--part", choices=["dedup", "store", "ray", "webdataset"], default="dedup")
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--centres", type=int, default=1000, help="centres of the clustered vectors")
@@ -353,6 +448,12 @@ def main() -> None:
     wds.add_argument("--wds-batch-size", type=int, default=32)
     wds.add_argument("--wds-rounds", type=int, default=5)
     wds.add_argument("--wds-workers", type=int, default=None, help="DataLoader workers (default: build_store's)")
+    p.add_argument("--store-shard-size", type=int, default=1024, help="(store) rows per store shard")
+    p.add_argument("--work", type=Path, default=None, help="(store) folder for the store (default: TMPDIR); deleted after")
+    p.add_argument("--keep", action="store_true", help="(store) keep the store and the CSV")
+    p.add_argument("--timeout", type=float, default=3000, help="(store) seconds before the dedup run is killed")
+    p.add_argument("--extra", type=lambda t: t.split(), default=[],
+                   help="(store) more `rpmetric dedup` options, e.g. '--method cluster --nprobe 2'")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--pairs-out", type=Path, help=argparse.SUPPRESS)
@@ -364,7 +465,7 @@ def main() -> None:
         print(json.dumps(run_method(args.vectors, args.pairs_out, args.child, args.threshold, args.clusters,
                                     args.probes[0] if isinstance(args.probes, list) else args.probes)))
         return
-    {"dedup": bench_dedup, "ray": bench_ray, "webdataset": bench_webdataset}[args.part](args)
+    {"dedup": bench_dedup, "store": bench_store, "ray": bench_ray, "webdataset": bench_webdataset}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ def _queries(args, store):
     if args.query_store is not None:
         other = EmbeddingStore(args.query_store)
         store.check_same_model(other)
-        return other.embeddings(), other.files
+        return other, other.files  # streamed by the search
     files, named = [], set()
     for q in args.queries:
         if q.is_dir():
@@ -312,10 +312,9 @@ def run_search(args) -> int:
     check_html_option(args)
     store = EmbeddingStore(args.store)
     queries, names = _queries(args, store)
-    hits = search(store.embeddings(), queries, args.k, index=args.index, nprobe=args.nprobe)
-    files = store.files
+    hits = search(store, queries, args.k, index=args.index, nprobe=args.nprobe)  # streams the store
     results = [
-        {"query": name, "neighbours": [{"rank": r + 1, "path": files[i], "distance": d, **_metadata(store, i)}
+        {"query": name, "neighbours": [{"rank": r + 1, "path": store.file(i), "distance": d, **_metadata(store, i)}
                                        for r, (i, d) in enumerate(zip(idx, dist)) if i >= 0]}
         for name, idx, dist in zip(names, hits.indices.tolist(), hits.distances.tolist())
     ]
@@ -329,9 +328,11 @@ def run_search(args) -> int:
 
 
 def run_dedup(args) -> int:
+    import torch
+
     from ..files import write_csv
-    from ..functional import cosine_distance
     from ..stores.dedup import find_near, group_duplicates
+    from ..stores.rows import as_rows, pair_distances
     from ..stores.store import EmbeddingStore
 
     by_index = args.index != "auto"
@@ -345,24 +346,28 @@ def run_dedup(args) -> int:
         raise ValueError("--clusters and --nprobe tune --method cluster|ivf|auto; --method exact scans every pair, "
                          "so drop them")
     check_html_option(args)
-    store = EmbeddingStore(args.store)
-    emb, files = store.embeddings(), store.files
+    store = EmbeddingStore(args.store)  # streamed, never materialised: stores may exceed memory
     if args.against is not None:
         other = EmbeddingStore(args.against)
         store.check_same_model(other)
         how = dict(index=args.index) if by_index else dict(method=args.method, clusters=args.clusters)
-        rows, ref, dist = find_near(emb, other.embeddings(), args.threshold, nprobe=args.nprobe, **how)
+        rows, ref, dist = find_near(store, other, args.threshold, nprobe=args.nprobe, **how)
         header = ["path", "match", "distance"]
-        table = [(files[i], other.files[j], format_distance(d)) for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
+        table = [(store.file(i), other.file(j), format_distance(d)) for i, j, d in zip(rows.tolist(), ref.tolist(), dist.tolist())]
         summary = f"{len(table)} of {len(store)} images are within {args.threshold} of an image of {other.path}"
     else:
-        groups = group_duplicates(emb, args.threshold, method=args.method, clusters=args.clusters, probes=args.nprobe)
+        groups = group_duplicates(store, args.threshold, method=args.method, clusters=args.clusters, probes=args.nprobe,
+                                  progress=True)  # bars on a terminal only
         header = ["group", "keep", "path", "distance_to_first"]
-        table = []
+        firsts = torch.tensor([members[0] for members in groups for _ in members], dtype=torch.long)
+        flat = torch.tensor([m for members in groups for m in members], dtype=torch.long)
+        stored = as_rows(store, "store")
+        d = pair_distances(stored, stored, firsts, flat).tolist()
+        table, at = [], 0
         for g, members in enumerate(groups, start=1):
-            d = cosine_distance(emb[members[:1]], emb[members]).tolist()
-            table.extend((g, int(m == members[0]), files[m], format_distance(dm), *_metadata(store, m).values())
-                         for m, dm in zip(members, d))
+            table.extend((g, int(m == members[0]), store.file(m), format_distance(d[at + k]), *_metadata(store, m).values())
+                         for k, m in enumerate(members))
+            at += len(members)
         header += list(_metadata(store, 0)) if len(store) else []
         summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
     write_csv(args.out, header, table)
@@ -380,12 +385,12 @@ def run_classify(args) -> int:
     store = EmbeddingStore(args.store)
     labelled, labels = store.labelled(args.labels)
     queries, names = _queries(args, store)
-    predictions = knn_classify(store.embeddings()[labelled], labels, queries, args.k, vote=args.vote,
-                               index=args.index, nprobe=args.nprobe)
-    files = store.files
+    predictions = knn_classify(store.select(labelled), labels, queries, args.k, vote=args.vote,
+                               index=args.index, nprobe=args.nprobe)  # streams the labelled rows
     results = [
         {"query": name, "label": p.label, "score": p.score,
-         "neighbours": [{"path": files[labelled[i]], "label": labels[i], "distance": d, **_metadata(store, labelled[i])}
+         "neighbours": [{"path": store.file(labelled[i]), "label": labels[i], "distance": d,
+                         **_metadata(store, labelled[i])}
                         for i, d in zip(p.neighbours, p.distances)]}
         for name, p in zip(names, predictions)
     ]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..errors import MissingDependencyError
 from ..functional import cosine_distance
 from ..validation import check_int
+from .rows import StreamRows, TensorRows, as_rows, chunk_rows, unit32
 
 __all__ = ["INDEXES", "Neighbours", "search"]
 
@@ -44,20 +45,10 @@ class Neighbours:
     index: str
 
 
-def _as_matrix(x, name: str) -> torch.Tensor:
-    if hasattr(x, "embeddings") and callable(x.embeddings):
-        x = x.embeddings()
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor) or x.ndim != 2:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"Argument `{name}` must be an [N, D] tensor of embeddings or an EmbeddingStore, but got {shape}.")
-    return x
-
-
-def _check_dims(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"Embedding sizes differ ({a.shape[1]} vs {b.shape[1]}); both sides must come from the same model.")
+def _check_dims(a, b) -> None:
+    da, db = (x.dim if isinstance(x, (TensorRows, StreamRows)) else x.shape[1] for x in (a, b))
+    if da != db:
+        raise ValueError(f"Embedding sizes differ ({da} vs {db}); both sides must come from the same model.")
 
 
 def _check_k(k: int) -> None:
@@ -82,7 +73,27 @@ def _faiss():
 
 
 def _unit32(x: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(F.normalize(x.float(), dim=-1).numpy())
+    return np.ascontiguousarray(unit32(x).numpy())
+
+
+def _sample_rows(n: int, nlist: int) -> Optional[np.ndarray]:
+    """The rows that train k-means: at most 64 per cell (FAISS would subsample too, printing a
+    warning), None for all; a fixed seed keeps the cells, and so the candidates, the same from run
+    to run, and the same whether the vectors are in memory or streamed from a store."""
+    if n <= 64 * nlist:
+        return None
+    return np.sort(np.random.default_rng(0).choice(n, 64 * nlist, replace=False))
+
+
+def _train_rows(rows, nlist: int) -> np.ndarray:
+    """:func:`_sample_rows` of a row source as float32 unit vectors (streamed: one pass over the
+    shards that hold them)."""
+    pick = _sample_rows(len(rows), nlist)
+    if rows.in_memory:
+        x = rows.x if pick is None else rows.x[torch.from_numpy(pick)]
+    else:
+        x = rows.take(np.arange(len(rows)) if pick is None else pick)
+    return _unit32(x)
 
 
 # -- search ------------------------------------------------------------------------------------
@@ -90,8 +101,10 @@ def search(database, queries, k: int = 10, *, index: str = "auto", nprobe: Optio
     """The ``k`` nearest database rows of every query, by cosine.
 
     Args:
-        database: ``[N, D]`` embeddings (or an EmbeddingStore).
-        queries: ``[Q, D]`` embeddings from the same model.
+        database: ``[N, D]`` embeddings, or an EmbeddingStore (or a selection of its rows), which
+            is streamed shard by shard: ``"exact"`` and ``"faiss"`` merge each block's best rows,
+            ``"ivf"`` builds an IndexIVFScalarQuantizer that holds the vectors as float16.
+        queries: ``[Q, D]`` embeddings from the same model, or a store (searched in chunks).
         k: neighbours per query (at most N are returned).
         index: ``"exact"`` (torch, matrix products in blocks), ``"faiss"`` (FAISS IndexFlatIP,
             also exact), ``"ivf"`` (FAISS IndexIVFFlat with sqrt(N) cells: approximate, built
@@ -106,18 +119,21 @@ def search(database, queries, k: int = 10, *, index: str = "auto", nprobe: Optio
         >>> hits.indices.tolist(), [round(d, 4) for d in hits.distances[0].tolist()]
         ([[0, 2]], [0.005, 0.226])
     """
-    database, queries = _as_matrix(database, "database"), _as_matrix(queries, "queries")
-    _check_dims(database, queries)
+    db_rows, q_rows = as_rows(database, "database"), as_rows(queries, "queries")
+    _check_dims(db_rows, q_rows)
     _check_k(k)
     _check_choice("index", index, INDEXES)
     if nprobe is not None:  # FAISS itself fails on 0 with a C++ error and on negatives with OverflowError
         nprobe = check_int("nprobe", nprobe, low=1)
-    if len(database) == 0:
+    if len(db_rows) == 0:
         raise ValueError("Argument `database` holds no embeddings; there is nothing to search.")
     if index == "auto":
-        large = len(database) >= AUTO_IVF_MIN and len(queries) >= AUTO_IVF_MIN_QUERIES
+        large = len(db_rows) >= AUTO_IVF_MIN and len(q_rows) >= AUTO_IVF_MIN_QUERIES
         index = "ivf" if large and _faiss_available() else "exact"
-    k = min(k, len(database))
+    k = min(k, len(db_rows))
+    if not (db_rows.in_memory and q_rows.in_memory):
+        return _stream_search(db_rows, q_rows, k, index, nprobe)
+    database, queries = db_rows.x, q_rows.x
     if index == "exact":
         idx = _exact_topk(database, queries, k)
     else:
@@ -175,3 +191,62 @@ def _with_distances(database: torch.Tensor, queries: torch.Tensor, idx: torch.Te
     # Re-sort by the reported distance so the order and the numbers always agree.
     d, order = d.sort(dim=1, stable=True)
     return Neighbours(d, idx.gather(1, order).masked_fill(d.isinf(), -1), index)
+
+
+def _nlist(n: int) -> int:
+    return max(1, min(int(n ** 0.5), n // 39))  # FAISS wants ~39 training points per cell
+
+
+def _merge_topk(best, sim: torch.Tensor, idx: torch.Tensor, k: int):
+    """The running best ``(sim, idx)`` of each query merged with a block's."""
+    if best is not None:
+        sim, idx = torch.cat([best[0], sim], 1), torch.cat([best[1], idx], 1)
+        sim, pick = sim.topk(min(k, sim.shape[1]), dim=1)
+        idx = idx.gather(1, pick)
+    return sim, idx
+
+
+def _stream_search(db, q, k: int, index: str, nprobe: Optional[int]) -> Neighbours:
+    """:func:`search` where either side is a store: queries in chunks of ``STREAM_BYTES``, the
+    database streamed past each chunk (exact, faiss) or added to one float16 IVF index."""
+    faiss = _faiss() if index != "exact" else None
+    ivf = None
+    if index == "ivf":
+        nlist = _nlist(len(db))
+        if nlist == 1:
+            ivf = faiss.IndexScalarQuantizer(db.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        else:
+            ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(db.dim), db.dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+                                                faiss.METRIC_INNER_PRODUCT)
+            ivf.train(_train_rows(db, nlist))
+            ivf.nprobe = max(1, nlist // 8) if nprobe is None else nprobe
+        for _, block in db.blocks(_DB_BLOCK):
+            ivf.add(_unit32(block))
+    step = max(1, min(chunk_rows(q, 4), chunk_rows(db) // (2 * k)))  # a chunk's neighbour rows fit too
+    chunks = [(0, q.x)] if q.in_memory and len(q) <= step else q.blocks(step)
+    distances, indices = [], []
+    for _, queries in chunks:
+        qn = unit32(queries)
+        if ivf is not None:
+            idx = torch.from_numpy(ivf.search(qn.numpy(), k)[1]).long()
+        else:
+            best = None
+            for start, block in db.blocks(_DB_BLOCK):
+                bn = unit32(block)
+                if faiss is None:
+                    sim, idx = (qn @ bn.T).topk(min(k, len(bn)), dim=1)
+                else:
+                    flat = faiss.IndexFlatIP(db.dim)
+                    flat.add(bn.numpy())
+                    sim, idx = (torch.from_numpy(a) for a in flat.search(qn.numpy(), min(k, len(bn))))
+                    idx = idx.long()
+                best = _merge_topk(best, sim, idx + start, k)
+            idx = best[1]
+        missing = idx < 0
+        rows, where = np.unique(idx.clamp(min=0).numpy(), return_inverse=True)
+        near = db.take(rows)[torch.from_numpy(where.reshape(idx.shape))]  # [Q, k, D]
+        d = cosine_distance(queries.unsqueeze(1), near).masked_fill(missing, float("inf"))
+        d, order = d.sort(dim=1, stable=True)
+        distances.append(d)
+        indices.append(idx.gather(1, order).masked_fill(d.isinf(), -1))
+    return Neighbours(torch.cat(distances), torch.cat(indices), index)

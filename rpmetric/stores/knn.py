@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from .index import _as_matrix, _check_choice, search
+from .index import _check_choice, search
+from .rows import as_rows
 
 __all__ = ["VOTES", "Prediction", "knn_vote", "knn_classify"]
 
@@ -52,7 +53,8 @@ def knn_classify(reference, labels: Sequence[str], queries, k: int = 5, *, vote:
     """Label queries by their ``k`` nearest labelled reference embeddings.
 
     Args:
-        reference: ``[N, D]`` embeddings of the labelled set (or an EmbeddingStore).
+        reference: ``[N, D]`` embeddings of the labelled set, or an EmbeddingStore (streamed; its
+            labelled rows: ``store.select(rows)``).
         labels: N labels, one per reference row.
         queries: ``[Q, D]`` embeddings.
         k, vote, index, nprobe: see :func:`knn_vote` and :func:`search`.
@@ -63,9 +65,9 @@ def knn_classify(reference, labels: Sequence[str], queries, k: int = 5, *, vote:
         >>> [p.label for p in knn_classify(ref, ["safe", "safe", "nsfw"], torch.tensor([[0.1, 1.0]]), k=1)]
         ['nsfw']
     """
-    reference = _as_matrix(reference, "reference")
-    if len(labels) != len(reference):
-        raise ValueError(f"Argument `labels` must give one label per reference row ({len(reference)}), but got {len(labels)}.")
+    n = len(as_rows(reference, "reference"))
+    if len(labels) != n:
+        raise ValueError(f"Argument `labels` must give one label per reference row ({n}), but got {len(labels)}.")
     _check_choice("vote", vote, VOTES)
     hits = search(reference, queries, k, index=index, nprobe=nprobe)
     predictions = []

@@ -65,7 +65,8 @@ from ..preprocess import resize_and_crop
 from ..spec import default_model
 from ..unique import embed_unique
 
-__all__ = ["EmbeddingStore", "build_store", "embed_images", "list_files", "model_input", "DTYPES"]
+__all__ = ["EmbeddingStore", "StoreSelection", "build_store", "embed_images", "list_files", "model_input", "DTYPES",
+           "EMBEDDINGS_LIMIT"]
 
 FORMAT = "rpmetric-embeddings"
 FORMAT_VERSION = 3  # 2: file sizes and mtimes ("stats"), shard records name their plan; 3: shard
@@ -73,6 +74,10 @@ FORMAT_VERSION = 3  # 2: file sizes and mtimes ("stats"), shard records name the
 MANIFEST = "manifest.json"
 REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
+# Largest store that EmbeddingStore.embeddings() materialises (bytes of the float32 result). Above
+# it, read the store with blocks() / take(), or pass the store itself to search, near_pairs,
+# group_duplicates, find_near and knn_classify, which stream it shard by shard.
+EMBEDDINGS_LIMIT = 2 << 30
 DEFAULT_DTYPE, DEFAULT_SHARD_SIZE = "float16", 1024
 # Settings that must match for a rerun to resume an existing store rather than start a new one.
 _PLAN_KEYS = ("model", "dtype", "shard_size", "source", "kind", "image_column", "key_column")
@@ -565,10 +570,12 @@ def _read_shard(path: Path, count: int, dim: Optional[int], dtype: str, digest: 
         if not read:
             return None
         f.seek(0)
-        data = f.read()
+        data = bytearray(size)  # an explicit read, not a mapping: nothing of the file stays resident
+        if f.readinto(data) != size:
+            raise _BadShard("changed while it was read")
     if digest is not None and _digest(data) != digest:
         raise _BadShard("does not match the checksum written with it (its values were changed)")
-    return np.frombuffer(data, dtype=found, count=count * want[1], offset=offset).reshape(want)
+    return np.frombuffer(data, dtype=found, count=count * want[1], offset=offset).reshape(want)  # writable
 
 
 def _drop_bad_shards(out: Path, dtype: str, expected: int = 0) -> int:
@@ -1073,11 +1080,20 @@ class EmbeddingStore:
         self.kind: Optional[str] = manifest.get("kind")
         self.urls: List[Optional[str]] = list(manifest.get("urls") or [None] * len(self.paths))
         self.captions: List[Optional[str]] = list(manifest.get("captions") or [None] * len(self.paths))
-        for shard in manifest["shards"]:  # the headers only (cheap); embeddings() checks the values
+        manifest.pop("stats", None)  # only builds need every file's size and mtime (10 M entries: GBs)
+        for shard in manifest["shards"]:  # the headers only (cheap); reading a shard checks its values
             self._shard_rows(shard, read=False)
+        counts = [int(shard["count"]) for shard in manifest["shards"]]
+        self.shard_starts: np.ndarray = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        if self.shard_starts[-1] != len(self.paths):
+            raise ValueError(f"Store {self.path} is inconsistent: its shards hold {self.shard_starts[-1]} rows, the "
+                             f"manifest names {len(self.paths)}; rebuild it with `rpmetric embed ... --overwrite`.")
+        self._verified: Dict[int, Tuple[int, int]] = {}  # shard -> (size, mtime_ns) when its checksum passed
 
-    def _shard_rows(self, shard: dict, read: bool = True) -> Optional[np.ndarray]:
-        """One shard's rows, checked against the manifest (see :func:`_read_shard`).
+    def _shard_rows(self, shard: dict, read: bool = True, number: Optional[int] = None) -> Optional[np.ndarray]:
+        """One shard's rows, checked against the manifest (see :func:`_read_shard`). The checksum is
+        computed the first time shard ``number`` is read; later reads of the unchanged file (same
+        size and mtime) skip it, so a streaming pass over a store does not hash it again.
 
         Raises:
             ValueError: the shard is damaged; the message names it and the command that repairs it.
@@ -1086,10 +1102,91 @@ class EmbeddingStore:
         try:
             if Path(name).name != name:  # a store's own file, never a path elsewhere
                 raise _BadShard("is not a file name in the store folder")
-            return _read_shard(self.path / name, shard["count"], self.dim, self.dtype, shard.get("blake2b"), read)
-        except _BadShard as err:
-            raise ValueError(f"{name} of store {self.path} {err}; rerun `{self._repair_command()}` to re-embed "
+            path = self.path / name
+            stamp = None
+            if read and number is not None:
+                st = path.stat()
+                stamp = (st.st_size, st.st_mtime_ns)
+            digest = None if stamp is not None and self._verified.get(number) == stamp else shard.get("blake2b")
+            rows = _read_shard(path, shard["count"], self.dim, self.dtype, digest, read)
+            if stamp is not None:
+                self._verified[number] = stamp
+            return rows
+        except (_BadShard, FileNotFoundError) as err:
+            reason = err if isinstance(err, _BadShard) else "is missing"
+            raise ValueError(f"{name} of store {self.path} {reason}; rerun `{self._repair_command()}` to re-embed "
                              "it.") from None
+
+    def blocks(self, shards: Optional[Sequence[int]] = None) -> Iterator[Tuple[int, np.ndarray]]:
+        """The stored rows shard by shard: ``(first row, [n, dim] array of the store's dtype)``.
+
+        Each shard is read with one explicit read (no memory mapping, so nothing of it stays
+        resident once the caller drops the array) and checked against its checksum, so at most one
+        shard is held at a time however large the store.
+
+        Args:
+            shards: read only these shard numbers, in this order (default: all, in store order).
+
+        Raises:
+            ValueError: a shard is damaged (the message names it and the command that repairs it).
+
+        Example:
+            >>> for start, rows in EmbeddingStore("store/").blocks():  # doctest: +SKIP
+            ...     print(start, rows.shape, rows.dtype)
+            0 (1024, 512) float16
+        """
+        numbers = range(len(self.manifest["shards"])) if shards is None else shards
+        for k in numbers:
+            yield int(self.shard_starts[k]), self._shard_rows(self.manifest["shards"][k], number=k)
+
+    def take(self, rows) -> np.ndarray:
+        """The stored rows ``rows`` (any order, repeats allowed) as a ``[len(rows), dim]`` array of
+        the store's dtype, reading only the shards that hold them, one at a time.
+
+        Example:
+            >>> EmbeddingStore("store/").take([5, 0]).shape  # doctest: +SKIP
+            (2, 512)
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"Rows must lie in [0, {len(self)}), but got {rows.min()}..{rows.max()}.")
+        out = np.empty((len(rows), self.dim), dtype=self.dtype)
+        shard_of = np.searchsorted(self.shard_starts, rows, side="right") - 1
+        order = np.argsort(shard_of, kind="stable")
+        bounds = np.searchsorted(shard_of[order], np.arange(len(self.shard_starts)))
+        for k in range(len(self.shard_starts) - 1):
+            if bounds[k + 1] > bounds[k]:
+                pick = order[bounds[k]:bounds[k + 1]]
+                out[pick] = self._shard_subset(k, rows[pick] - self.shard_starts[k])
+        return out
+
+    def _shard_subset(self, k: int, local: np.ndarray) -> np.ndarray:
+        """Rows ``local`` of shard ``k``. A shard whose checksum passed in this process (and whose
+        file is unchanged) is mapped only for this read, so only the pages of those rows are
+        touched and none stay resident; any other is read whole and checked first."""
+        shard = self.manifest["shards"][k]
+        path = self.path / shard["embeddings"]
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is not None and self._verified.get(k) == (st.st_size, st.st_mtime_ns):
+            mapped = np.load(path, mmap_mode="r")
+            if mapped.shape == (shard["count"], self.dim):
+                try:
+                    return np.array(mapped[local])  # a copy in memory
+                finally:
+                    del mapped  # unmapped here: touched pages leave this process's resident set
+        return self._shard_rows(shard, number=k)[local]
+
+    def select(self, rows: Sequence[int]) -> "StoreSelection":
+        """A read-only view of some rows (e.g. the labelled ones), streamed like the store itself:
+        pass it to :func:`~rpmetric.stores.knn.knn_classify` or :func:`~rpmetric.stores.index.search`."""
+        return StoreSelection(self, rows)
+
+    def file(self, i: int) -> str:
+        """``files[i]`` without building the whole list (10 M absolute paths take about a GB)."""
+        return self.paths[i] if self.kind else str(self.root / self.paths[i])
 
     def _repair_command(self) -> str:
         """The ``rpmetric embed`` command that resumes this store (options only where not the default)."""
@@ -1119,8 +1216,23 @@ class EmbeddingStore:
         return [str(self.root / p) for p in self.paths]
 
     def embeddings(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """All embeddings ``[len(store), dim]`` as one CPU tensor (unit vectors, store order)."""
-        parts = [self._shard_rows(s) for s in self.manifest["shards"]]
+        """All embeddings ``[len(store), dim]`` as one CPU tensor (unit vectors, store order).
+
+        For stores up to :data:`EMBEDDINGS_LIMIT` bytes in ``dtype``; larger ones are read with
+        :meth:`blocks` or :meth:`take`, or passed as they are to the search, dedup and kNN
+        functions, which stream them.
+
+        Raises:
+            ValueError: the result would exceed :data:`EMBEDDINGS_LIMIT`.
+        """
+        size = len(self) * self.dim * torch.empty((), dtype=dtype).element_size()
+        if size > EMBEDDINGS_LIMIT:
+            raise ValueError(
+                f"Store {self.path} holds {len(self):,} x {self.dim} embeddings, {size / 2**30:.1f} GiB as {dtype}, "
+                f"above rpmetric.stores.store.EMBEDDINGS_LIMIT ({EMBEDDINGS_LIMIT / 2**30:.1f} GiB); stream it "
+                "instead: pass the store itself to search/near_pairs/group_duplicates/find_near/knn_classify, or "
+                "read it with store.blocks() or store.take(rows).")
+        parts = [self._shard_rows(s, number=k) for k, s in enumerate(self.manifest["shards"])]
         emb = np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)  # a copy: writable
         if emb.shape != (len(self), self.dim):
             raise ValueError(f"Store {self.path} is inconsistent: shards hold {emb.shape}, the manifest says "
@@ -1204,3 +1316,38 @@ class EmbeddingStore:
                 f"Stores {self.path} ({self.model_ref!r}) and {other.path} ({other.model_ref!r}) were built with "
                 "different models, so their embeddings do not compare; embed both with the same model."
             )
+
+
+class StoreSelection:
+    """Some rows of an :class:`EmbeddingStore`, in store order, read as the store is (see
+    :meth:`EmbeddingStore.select`): row ``i`` of the selection is store row ``rows[i]``.
+
+    Example:
+        >>> labelled = EmbeddingStore("store/").select([0, 2, 7])  # doctest: +SKIP
+        >>> len(labelled), labelled.take([1]).shape  # doctest: +SKIP
+        (3, (1, 512))
+    """
+
+    def __init__(self, store: EmbeddingStore, rows: Sequence[int]):
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= len(store)):
+            raise ValueError(f"The rows of a selection must be increasing store rows in [0, {len(store)}).")
+        self.store, self.rows = store, rows
+        self.dim, self.dtype, self.path = store.dim, store.dtype, store.path
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return f"StoreSelection({str(self.path)!r}, n={len(self)} of {len(self.store)})"
+
+    def blocks(self) -> Iterator[Tuple[int, np.ndarray]]:
+        """``(first selected row, [n, dim] array)`` per shard that holds selected rows."""
+        starts = self.store.shard_starts
+        cut = np.searchsorted(self.rows, starts)  # selection rows of each shard
+        wanted = [k for k in range(len(starts) - 1) if cut[k + 1] > cut[k]]
+        for k, (start, block) in zip(wanted, self.store.blocks(wanted)):
+            yield int(cut[k]), block[self.rows[cut[k]:cut[k + 1]] - start]
+
+    def take(self, rows) -> np.ndarray:
+        return self.store.take(self.rows[np.asarray(rows, dtype=np.int64)])
