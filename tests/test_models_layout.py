@@ -35,6 +35,13 @@ def test_old_from_imports_give_the_same_objects():
     assert read_weights is weights.read_weights and ModelFiles is moved_files and HeadConfig is moved_config
 
 
+def test_load_encoder_still_imports_from_its_old_module():
+    from rpmetric.encoder import load_encoder
+    from rpmetric.models import load_encoder as moved
+
+    assert load_encoder is moved
+
+
 def test_the_zoo_ships_in_the_models_package():
     from importlib import resources
 
