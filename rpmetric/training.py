@@ -12,8 +12,8 @@ head: its parameters get ``requires_grad`` and its own dropout modules (LoRA's) 
 
 A checkpoint (head, optimiser, RNG state, history) is written after every epoch into the output
 folder's ``checkpoint/`` sub-folder, so ``resume=True`` continues exactly: the final weights equal
-an uninterrupted run's. The folder itself keeps only what a head repo needs (``rpmetric_config.json``
-and ``head.safetensors``); ``checkpoint/`` is left out when sharing the head.
+an uninterrupted run's. The folder itself keeps only what a head repo needs (``rpmetric_config.json``,
+``head.safetensors`` and the model card ``README.md``); ``checkpoint/`` is left out when sharing the head.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from .functional import cosine_distance
 from .images import unit_float
 from .metric import check_device
 from .models import load_encoder
+from .models.cards import write_head_card
 from .models.encoder import Encoder
 from .models.heads import (CONFIG_NAME, WEIGHTS_NAME, HeadConfig, attach_head, base_model_reference,
                            head_dropouts, head_parameters, head_state_dict, load_head_state, save_head_folder)
@@ -167,7 +168,8 @@ def hinge_loss(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor, margin: floa
 
 # -- the training run -------------------------------------------------------------------------
 def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 allow_outside_root: bool = False, device=None, progress: bool = True) -> TrainResult:
+                 allow_outside_root: bool = False, device=None, progress: bool = True,
+                 command: Optional[str] = None) -> TrainResult:
     """Train a head on NIGHTS' train split, keep the best on val, score it on test, save it.
 
     Args:
@@ -182,6 +184,8 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
         overwrite: start afresh in an ``out`` that holds a head or a training run, replacing it.
         allow_outside_root: accept data.csv paths that lead out of ``root`` (see :func:`read_nights`).
         device: None picks CUDA when available.
+        command: how this run was started (``rpmetric train`` passes its command line), shown in
+            the head's model card (``README.md``, see :mod:`rpmetric.models.cards`).
 
     Raises:
         ValueError: ``out`` holds a checkpoint and neither ``resume`` nor ``overwrite`` is given, or a
@@ -271,9 +275,10 @@ def train_nights(root, base_model: str, out, config: TrainConfig, *, resume: boo
     test["total"] = nights_total(test)
     training = {"dataset": "nights", "root": str(Path(root).resolve()), **config.describe(),
                 "loss": "hinge on d0 - d1", "best_epoch": best_epoch, "val_history": history,
-                "val_2afc": history[best_epoch], "test": test}
+                "val_2afc": history[best_epoch], "val_n": len(splits["val"]), "test": test}
     training.pop("head")
     save_head_folder(out, base_model, config.head, best_state, training)
+    write_head_card(out, command)
     return TrainResult(out=out, val_history=history, best_epoch=best_epoch, test=test)
 
 

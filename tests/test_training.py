@@ -333,10 +333,10 @@ def test_head_folder_top_level_is_what_to_upload(nights, vit_folder, tmp_path, c
     out = tmp_path / "head"
     assert main(["train", "nights", str(nights), "--model", str(vit_folder), "--head", "mlp", "--out", str(out),
                  "--epochs", "1", "--hidden", "8", "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, "checkpoint"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", CONFIG_NAME, WEIGHTS_NAME, "checkpoint"])
     assert (out / "checkpoint" / "checkpoint.pt").is_file()
     printed = capsys.readouterr().out
-    assert f"upload {CONFIG_NAME} and {WEIGHTS_NAME}, not checkpoint/" in printed
+    assert f"upload README.md (its model card), {CONFIG_NAME} and {WEIGHTS_NAME}, not checkpoint/" in printed
     assert "--exclude 'checkpoint/*'" in printed
 
 

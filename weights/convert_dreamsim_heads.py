@@ -45,12 +45,14 @@ import argparse
 import json
 import pickle
 import re
+import shlex
 import sys
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
+from rpmetric.models.cards import write_head_card
 from rpmetric.models.heads import HeadConfig, save_head_folder
 from rpmetric.models.spec import PREPROCESS_CONVENTIONS
 
@@ -157,8 +159,14 @@ def _natural(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def convert(kind: str, source: Path, base_model: str, out: Path) -> Path:
-    """Convert one released head into the head folder ``out``."""
+def convert(kind: str, source: Path, base_model: str, out: Path, command: Optional[str] = None) -> Path:
+    """Convert one released head into the head folder ``out``, with its model card (``README.md``:
+    base model, licence, the command that converted it; no scores, since the converter measures
+    none).
+
+    Args:
+        command: the command line shown in the card; None leaves it out.
+    """
     if kind == "mlp":
         config, state = convert_mlp(read_tensors(source), str(source))
     elif kind == "lora":
@@ -173,8 +181,12 @@ def convert(kind: str, source: Path, base_model: str, out: Path) -> Path:
         config, state = convert_lora(read_tensors(weights), adapter_config, str(weights))
     else:
         raise ValueError(f"Argument `kind` must be one of ('mlp', 'lora'), but got {kind!r}.")
-    training = {"converted_from": str(source), "origin": "fra31/perceptual-metrics (DreamSim-style head)"}
-    return save_head_folder(out, base_model, config, state, training=training, preprocessing=DREAMSIM_PREPROCESSING)
+    # The authors trained their heads on NIGHTS (DreamSim's recipe); their scores are not in the files.
+    training = {"dataset": "nights", "converted_from": str(source),
+                "origin": "fra31/perceptual-metrics (DreamSim-style head)"}
+    save_head_folder(out, base_model, config, state, training=training, preprocessing=DREAMSIM_PREPROCESSING)
+    write_head_card(out, command)
+    return out
 
 
 def main(argv=None) -> int:
@@ -186,7 +198,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="head folder to write")
     args = parser.parse_args(argv)
     try:
-        out = convert(args.kind, args.source, args.base_model, args.out)
+        command = shlex.join(["python", "weights/convert_dreamsim_heads.py", *(sys.argv[1:] if argv is None else argv)])
+        out = convert(args.kind, args.source, args.base_model, args.out, command)
     except (ValueError, FileNotFoundError) as err:
         print(f"convert_dreamsim_heads: error: {err}", file=sys.stderr)
         return 2

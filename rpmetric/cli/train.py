@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .common import add_device_option, add_model_option, at_least, finite, format_table
+from .common import add_device_option, add_model_option, at_least, finite, format_table, rerun_command
 
 
 def register(sub) -> None:
@@ -92,13 +92,16 @@ def config_from_args(args):
 def run(args) -> int:
     import sys
 
+    from ..models.cards import CARD_NAME
     from ..models.heads import CONFIG_NAME, WEIGHTS_NAME
     from ..training import CHECKPOINT_NAME, train_nights
 
     config = config_from_args(args)
     args.progress = args.out / CHECKPOINT_NAME  # written after each epoch; --resume continues from it
+    # The card shows the command that trains this head from nothing: without --resume or --overwrite.
+    command = rerun_command(args.argv, drop=("--resume", "--overwrite"))
     result = train_nights(args.root, args.model, args.out, config, resume=args.resume, overwrite=args.overwrite,
-                          allow_outside_root=args.allow_outside_root, device=args.device)
+                          allow_outside_root=args.allow_outside_root, device=args.device, command=command)
     rows = [("val (untrained)", "", f"{100 * result.val_history[0]:.2f}"),
             (f"val (epoch {result.best_epoch}, kept)", "", f"{100 * result.val_history[result.best_epoch]:.2f}")]
     rows += [(name, r["n"], f"{100 * r['score']:.2f}") for name, r in result.test.items()]
@@ -107,7 +110,7 @@ def run(args) -> int:
         print(f"rpmetric train: warning: no epoch beat the untrained head on val ({100 * result.val_history[0]:.2f}%), "
               "so the head written is the untrained one; try another --lr or more --epochs.", file=sys.stderr)
     checkpoint = Path(CHECKPOINT_NAME).parent
-    print(f"head written to {result.out} (load it with --model {result.out}); to share it, upload {CONFIG_NAME} and "
-          f"{WEIGHTS_NAME}, not {checkpoint}/ (the resume state): "
+    print(f"head written to {result.out} (load it with --model {result.out}); to share it, upload {CARD_NAME} (its model "
+          f"card), {CONFIG_NAME} and {WEIGHTS_NAME}, not {checkpoint}/ (the resume state): "
           f"hf upload ORG/NAME {result.out} --exclude '{checkpoint}/*'")
     return 0
