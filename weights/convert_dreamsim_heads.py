@@ -36,7 +36,8 @@ Usage:
     python weights/convert_dreamsim_heads.py lora ADAPTER_DIR --base-model r-clip-t-convnext --out DIR
 
 then ``RobustDistance(model="DIR")`` or ``rpmetric eval nights ROOT --model DIR``. The converter
-does not load the base model; the first load checks every tensor's name and shape.
+does not load the base model; the first load checks every tensor's name and shape. It writes the
+head's model card (``README.md``) too, without scores: it measures none.
 """
 
 from __future__ import annotations

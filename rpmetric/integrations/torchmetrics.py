@@ -59,6 +59,13 @@ def _distance_module(model, value_range) -> RobustDistance:
     return RobustDistance(model, device="cpu", value_range=value_range)
 
 
+def _check_named(metric: RobustDistance, **images) -> None:
+    """Check each batch under its argument's name, so an error says ``img1`` or ``right``, not ``x``
+    (a pass over the pixels, next to the encoder's cost)."""
+    for name, x in images.items():
+        check_images(x, name, metric.value_range, clamp=metric.clamp)
+
+
 class _DetachedStates(Metric):
     """A Metric whose states are detached after ``forward``; most keep a float64 sum and a count."""
 
@@ -127,6 +134,7 @@ class RobustPerceptualSimilarity(_DetachedStates):
 
     def update(self, img1: torch.Tensor, img2: torch.Tensor) -> None:
         """Add the distances between ``img1`` and ``img2`` (``[N, 3, H, W]``, in ``value_range``)."""
+        _check_named(self.metric, img1=img1, img2=img2)
         d = self.metric(img1, img2)
         if self.reduction == "none":
             self.scores.append(d)
@@ -191,8 +199,7 @@ class TwoAFCAccuracy(_DetachedStates):
 
     def _distances(self, ref, left, right) -> Tuple[torch.Tensor, torch.Tensor]:
         m = self.metric
-        for name, x in (("ref", ref), ("left", left), ("right", right)):
-            check_images(x, name, m.value_range, clamp=m.clamp)  # errors name the argument
+        _check_named(m, ref=ref, left=left, right=right)
         images = [m.to_unit(x) for x in (ref, left, right)]
         if images[0].shape == images[1].shape == images[2].shape:
             # One pass, each distinct image once: a tie triplet (left == right) is an exact tie.
