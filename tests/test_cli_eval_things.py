@@ -214,15 +214,11 @@ def test_things_attack_on_the_tiny_model(tmp_path, vit_folder, capsys):
     attack = json.loads(out.read_text())["attack"]["things_valset"]
     # The attack's clean pass judges as the clean evaluation: identical images tie exactly.
     assert attack["n"] == 4 and attack["clean_accuracy"] == pytest.approx(expected)
-    assert 0.0 <= attack["robust_accuracy"] <= attack["clean_accuracy"]
+    # 8/255 on one image at a time flips the tiny random ViT's decisions (robust 0 on this data).
+    assert 0.0 <= attack["robust_accuracy"] < attack["clean_accuracy"]
     assert attack["attack"] == {"attack": "apgd-ce", "norm": "linf", "eps": pytest.approx(8 / 255), "steps": 2,
                                 "restarts": 1, "seed": 0}
     assert "any one of the three images" in attack["threat"]
-    # At radius 0 nothing can change: robust equals clean, triplet by triplet.
-    code, _, err = _run(capsys, *common, "--eps", "0", "--steps", "1", "--out", tmp_path / "zero.json")
-    assert code == 0, err
-    zero = json.loads((tmp_path / "zero.json").read_text())["attack"]["things_valset"]
-    assert zero["robust_accuracy"] == pytest.approx(zero["clean_accuracy"]) == pytest.approx(expected)
 
 
 def test_things_attack_resumes_from_its_log(tmp_path, vit_folder, capsys, monkeypatch):

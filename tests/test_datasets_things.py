@@ -187,3 +187,23 @@ def test_odd_one_out_records_are_fingerprinted_for_resume(tmp_path):
     changed = {"things_valset": [OddOneOut(t.id, t.im1, t.im2, t.im3, 1) for t in groups["things_valset"]]}
     with pytest.raises(ValueError, match="records"):
         evaluate(PixelL2(), "odd-one-out", changed, batch_size=1, log=log, resume=True)
+
+
+def test_the_attack_at_radius_zero_keeps_every_clean_judgement_ties_included(perturbed_metric, tmp_path,
+                                                                            monkeypatch):
+    """The backbone's output depends on the batch (tests/perturbed.py, here at 1e-3 so that it survives
+    the similarities' float32 rounding): an image left unchanged must keep its clean judgement, and the
+    three-way tie its 1/3, however it would embed again."""
+    import perturbed
+    from rpmetric.attacks.oddoneout import evaluate_odd_one_out_attack
+
+    monkeypatch.setattr(perturbed, "SCALE", 1e-3)
+
+    kinds, expected = datagen.THINGS_KNOWN_ANY_METRIC
+    root = datagen.write_things(tmp_path / "things", kinds)
+    result = evaluate_odd_one_out_attack(perturbed_metric, read_things(root), eps=0.0, steps=1, batch_size=4,
+                                         progress=False)
+    assert result.clean_accuracy == pytest.approx(expected)
+    assert [r["robust_correct"] for r in result.records] == [r["clean_correct"] for r in result.records]
+    assert [r["clean_correct"] for r in result.records] == pytest.approx([1, 0, 1 / 3, 1])
+    assert all(r["fooled_by"] is None and r["linf"] == 0 for r in result.records)

@@ -181,6 +181,10 @@ def _attack_batch(embedder, batch: dict, keys: List[str], config: AttackConfig) 
         sizes = _checked_norms(attacked, images[position], config)
         with torch.no_grad():
             credit = _credits(OddOneOutLogits(judge, position, fixed)(attacked), odd)
+        # An image the attack left as it was keeps its clean judgement: embedded again, in another
+        # batch, it could differ from its clean embedding by rounding and break an exact tie.
+        unchanged = (attacked == images[position]).flatten(1).all(dim=1).tolist()
+        credit = [c if not same else ok for c, same, ok in zip(credit, unchanged, clean_ok)]
         for j in range(len(keys)):
             if credit[j] < still[j] and fooled_by[j] is None:
                 fooled_by[j] = position + 1
