@@ -165,6 +165,8 @@ def test_triplets_duplicated_ids_and_missing_file(tmp_path, capsys):
     assert code == 2 and "ids.csv, line 3 (id 'row-0'): the id 'row-0' is also the id of line 2" in err
     code, _, err = _run(capsys, "triplets", tmp_path / "none.csv", "--model", "l2", "--workers", "0")
     assert code == 2 and "Triplet CSV file not found: " in err
+    code, _, err = _run(capsys, "triplets", tmp_path, "--model", "l2", "--workers", "0")
+    assert code == 2 and f"{tmp_path} is a folder; give the triplet CSV file (header ref,left,right,p)" in err
 
 
 def test_skip_bad_names_the_files(things, triplets, tmp_path, capsys):

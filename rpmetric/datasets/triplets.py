@@ -32,7 +32,7 @@ def read_triplets_csv(path: Union[str, Path], *, skipped: Optional[List[BadItem]
 
     Raises:
         FileNotFoundError: no such file; an image missing (unless ``skipped``).
-        ValueError: not UTF-8, wrong column names, no usable row, or a bad row (unless
+        ValueError: a folder, not UTF-8, wrong column names, no usable row, or a bad row (unless
             ``skipped``); the message names the file and the line.
 
     Example:
@@ -47,6 +47,8 @@ def read_triplets_csv(path: Union[str, Path], *, skipped: Optional[List[BadItem]
         ('2', 'b.png', 0.25)
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the triplet CSV file (header {','.join(TRIPLET_COLUMNS)}).")
     if not path.is_file():
         raise FileNotFoundError(f"Triplet CSV file not found: {path}")
     folder = path.parent
