@@ -31,6 +31,7 @@ import torch
 
 from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_bapps_2afc, read_bapps_jnd,
                        read_nights)
+from .datasets import OddOneOutImages, read_things, read_triplets_csv
 from .datasets.loading import data_loader
 from .distributed import broadcast_object, gather_records, rank_and_world, shard
 from .fingerprint import model_identity, records_fingerprint
@@ -39,10 +40,11 @@ from .images import unit_float
 from .models.preprocess import resize_and_crop
 from .runlog import RunLog, record_check
 from .scoring import jnd_map, twoafc_score
+from .scoring import odd_one_out_accuracy
 from .unique import embed_unique
 
 __all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evaluate", "load_groups", "nights_total",
-           "TASKS", "DATASETS", "PIXEL_BASELINES", "DEFAULT_PREPROCESS"]
+           "TASKS", "DATASETS", "PIXEL_BASELINES", "DEFAULT_PREPROCESS", "FILE_DATASETS", "load_file_groups"]
 
 DATASETS = ("nights", "bapps", "jnd")
 # The pixel baselines, by --model name: their colorspace. lpips' own L2 baseline is the Lab one.
@@ -98,6 +100,10 @@ class PixelL2:
 
     def triplet_distances(self, ref, left, right) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.pair_distances(ref, left), self.pair_distances(ref, right)
+
+    def pairwise_distances(self, im1, im2, im3) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(d12, d13, d23)`` of an odd-one-out triplet."""
+        return self.pair_distances(im1, im2), self.pair_distances(im1, im3), self.pair_distances(im2, im3)
 
 
 class EncoderDistances:
@@ -158,6 +164,11 @@ class EncoderDistances:
         # One pass embeds each image once: 3 images per triplet, not the 4 of two metric calls.
         f_ref, f_left, f_right = self._features(torch.cat([ref, left, right])).chunk(3)
         return cosine_distance(f_ref, f_left).cpu(), cosine_distance(f_ref, f_right).cpu()
+
+    def pairwise_distances(self, im1, im2, im3) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(d12, d13, d23)`` of an odd-one-out triplet, each image embedded once."""
+        f1, f2, f3 = self._features(torch.cat([im1, im2, im3])).chunk(3)
+        return cosine_distance(f1, f2).cpu(), cosine_distance(f1, f3).cpu(), cosine_distance(f2, f3).cpu()
 
 
 def load_distances(model: Optional[str] = None, device=None, amp: Optional[bool] = None, counterattack=None,
@@ -224,6 +235,18 @@ TASKS: Dict[str, Task] = {
     "jnd": Task("jnd", PairImages, ("p0", "p1"), "same", ("d",),
                 lambda dist, p0, p1: (dist.pair_distances(p0, p1),), _score_jnd, "pair"),
 }
+
+
+def _score_odd_one_out(records: List[dict]) -> float:
+    return odd_one_out_accuracy(*([r[k] for r in records] for k in ("d12", "d13", "d23", "odd")))
+
+
+# One kind per decision type: which of three images people set apart (THINGS), scored as accuracy.
+TASKS["odd-one-out"] = Task("odd-one-out", OddOneOutImages, ("im1", "im2", "im3"), "odd", ("d12", "d13", "d23"),
+                            lambda dist, im1, im2, im3: dist.pairwise_distances(im1, im2, im3), _score_odd_one_out,
+                            "triplet")
+# What the progress bar calls each task's running score.
+TASK_LABELS = {"2afc": "2AFC", "jnd": "mAP", "odd-one-out": "acc"}
 
 
 # -- the engine -------------------------------------------------------------------------------
@@ -463,7 +486,7 @@ class _RunningScore:
             score = self.spec.score(scored)
         except ValueError:  # e.g. no pair judged the same yet: mAP undefined so far
             return
-        self.bar.set_postfix_str(f"{'2AFC' if self.spec.name == '2afc' else 'mAP'} {100 * score:.2f}%")
+        self.bar.set_postfix_str(f"{TASK_LABELS.get(self.spec.name, self.spec.name)} {100 * score:.2f}%")
 
 
 # -- datasets ---------------------------------------------------------------------------------
@@ -520,3 +543,43 @@ def nights_total(results: Dict[str, Dict[str, float]]) -> Optional[Dict[str, flo
         return None
     n = sum(p["n"] for p in parts)
     return {"n": n, "score": sum(p["n"] * p["score"] for p in parts) / n}
+
+
+# -- datasets of one file ---------------------------------------------------------------------
+# Datasets read from one file (or one folder with its list), evaluated as one group.
+FILE_DATASETS = ("things", "triplets")
+DEFAULT_PREPROCESS.update({
+    "things": "dreamsim",  # DreamSim evaluates THINGS through its bicubic squash to 224x224
+    "triplets": "model",
+})
+
+
+def load_file_groups(dataset: str, root, *, triplets=None, skip_bad: bool = False
+                     ) -> Tuple[str, Dict[str, list], Dict[str, List[BadItem]]]:
+    """``(task, {group: records}, {group: skipped})`` for a dataset of :data:`FILE_DATASETS`: one group,
+    named by its file's stem.
+
+    - ``"things"``: ``root`` is THINGS' image folder, ``triplets`` the triplet file (None:
+      ``root/things_valset.txt``; see :func:`~rpmetric.datasets.read_things`); task ``odd-one-out``.
+    - ``"triplets"``: ``root`` is a ``ref,left,right,p`` CSV file (see
+      :func:`~rpmetric.datasets.read_triplets_csv`); task ``2afc``.
+
+    Example:
+        >>> task, groups, _ = load_file_groups("triplets", "/data/mine/triplets.csv")  # doctest: +SKIP
+        >>> task, list(groups)  # doctest: +SKIP
+        ('2afc', ['triplets'])
+    """
+    if dataset not in FILE_DATASETS:
+        raise ValueError(f"Argument `dataset` must be one of {FILE_DATASETS}, but got {dataset!r}.")
+    bad: Optional[List[BadItem]] = [] if skip_bad else None
+    if dataset == "things":
+        from .datasets import THINGS_TRIPLETS
+
+        name = Path(triplets).stem if triplets is not None else Path(THINGS_TRIPLETS).stem
+        task, records = "odd-one-out", read_things(root, triplets, skipped=bad)
+    else:
+        if triplets is not None:
+            raise ValueError("Argument `triplets` applies to THINGS only; a triplet CSV is its own list.")
+        name = Path(root).stem
+        task, records = "2afc", read_triplets_csv(root, skipped=bad)
+    return task, {name: records}, ({name: bad} if bad else {})

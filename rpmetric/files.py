@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 __all__ = ["atomic_path", "atomic_write", "write_json", "read_csv_columns", "write_csv", "read_csv", "extra_fields",
-           "check_writable"]
+           "check_writable", "read_utf8"]
 
 
 @contextlib.contextmanager
@@ -99,15 +99,22 @@ def read_csv(path: Union[str, Path]) -> csv.DictReader:
     Raises:
         ValueError: the file is not UTF-8; the message names it and the line.
     """
+    return csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+
+
+def read_utf8(path: Union[str, Path], fix: str = "save the file as UTF-8") -> str:
+    """The text of a UTF-8 file (a byte-order mark is dropped).
+
+    Raises:
+        ValueError: the file is not UTF-8; the message names it, the line and the byte, then ``fix``.
+    """
     path = Path(path)
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data[:err.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); save the file as "
-                         "UTF-8.") from None
-    return csv.DictReader(io.StringIO(text, newline=""))
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x}); {fix}.") from None
 
 
 def extra_fields(row: dict, reader: csv.DictReader) -> Optional[str]:

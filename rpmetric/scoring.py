@@ -130,3 +130,61 @@ def jnd_map(d, same) -> float:
     recall, _, envelope = jnd_precision_recall(d, same)
     steps = np.diff(np.concatenate([[0.0], recall]))
     return float(np.sum(steps * envelope))
+
+
+# -- odd-one-out (THINGS) -------------------------------------------------------------------------
+__all__ += ["odd_one_out_choices", "odd_one_out_credits", "odd_one_out_accuracy"]
+
+
+def odd_one_out_choices(d12, d13, d23) -> np.ndarray:
+    """``[N, 3]`` bool: per triplet, which images the metric picks as the odd one out.
+
+    The pair with the smallest distance stays together and the third image is odd: image 3 for
+    ``d12``, 2 for ``d13``, 1 for ``d23``. Pairs tied at the smallest distance each name their odd
+    image, so a tie marks two (or all three) candidates.
+
+    Example:
+        >>> odd_one_out_choices([0.1, 0.2], [0.5, 0.2], [0.4, 0.3]).astype(int).tolist()
+        [[0, 0, 1], [0, 1, 1]]
+    """
+    d12, d13, d23 = _flat("d12", d12), _flat("d13", d13), _flat("d23", d23)
+    _same_length(d12=d12, d13=d13, d23=d23)
+    by_odd = np.stack([d23, d13, d12], axis=1)  # column k: the distance of the pair without image k + 1
+    return by_odd == by_odd.min(axis=1, keepdims=True)
+
+
+def odd_one_out_credits(d12, d13, d23, odd) -> np.ndarray:
+    """Per triplet, the credit for matching the people's odd one out: 1 if the metric picks it alone,
+    ``1/k`` if it is one of ``k`` candidates tied at the smallest distance, 0 otherwise.
+
+    A tie splits the credit equally among the tied candidates, so a metric that cannot tell three
+    images apart (all distances equal) scores 1/3, chance, on any triplet: ties neither win (as
+    DreamSim's ``<=`` does, which counts an all-equal triplet right) nor lose outright.
+
+    Args:
+        d12, d13, d23: distances between images 1 and 2, 1 and 3, 2 and 3.
+        odd: the position (1, 2 or 3) of the image people chose as the odd one out.
+
+    Example:
+        >>> odd_one_out_credits([0.1, 0.2, 0.3, 0.5], [0.5, 0.2, 0.3, 0.1], [0.4, 0.3, 0.3, 0.4], [3, 3, 3, 3])
+        array([1.        , 0.5       , 0.33333333, 0.        ])
+    """
+    chosen = odd_one_out_choices(d12, d13, d23)
+    odd = _flat("odd", odd)
+    _same_length(d12=chosen[:, 0], odd=odd)
+    if not np.all(np.isin(odd, (1, 2, 3))):
+        bad = odd[~np.isin(odd, (1, 2, 3))][0]
+        raise ValueError(f"Argument `odd` must hold positions 1, 2 or 3, but holds {bad:g}.")
+    hit = chosen[np.arange(len(odd)), odd.astype(int) - 1]
+    return hit / chosen.sum(axis=1)
+
+
+def odd_one_out_accuracy(d12, d13, d23, odd) -> float:
+    """Mean of :func:`odd_one_out_credits`: the share of triplets where the metric picks the people's
+    odd one out (a tie between k candidates counts 1/k).
+
+    Example:
+        >>> odd_one_out_accuracy([0.1, 0.5], [0.5, 0.1], [0.4, 0.4], [3, 3])
+        0.5
+    """
+    return float(np.mean(odd_one_out_credits(d12, d13, d23, odd)))

@@ -182,3 +182,74 @@ JND_KNOWN: Tuple[List[Tuple[float, float]], float] = (
     [(0.2, 0.8), (0.0, 1.0), (0.25, 0.0), (0.1, 0.6), (0.15, 0.2)],
     2.13 / 2.6,
 )
+
+
+# -- THINGS odd-one-out ----------------------------------------------------------------------------
+# Each line's three images, by kind (the people's odd one out is always the third, as in DreamSim's file):
+# - "right": im1 = im2 = A, im3 = B  -> d12 = 0 is the smallest alone: the metric picks 3, credit 1
+# - "wrong": im1 = im3 = A, im2 = B  -> d13 = 0 alone: the metric picks 2, credit 0
+# - "tie3":  im1 = im2 = im3 = A     -> all three distances 0: three candidates, credit 1/3
+# - "tie2":  im1 black, im2 white on the left half, im3 white on the right half: pixel L2 gives
+#            d12 = d13 = 1/2 < d23 = 1, sums of 0s and 1s, so exact: 3 and 2 tie, credit 1/2. For pixel
+#            baselines only.
+# Identical images are embedded once, so the zero distances and the three-way tie are exact for any metric.
+def _odd_images(kind: str, seed: int, size: Tuple[int, int]):
+    a, b = _pair_images(seed, size)
+    if kind == "right":
+        return a, a, b
+    if kind == "wrong":
+        return a, b, a
+    if kind == "tie3":
+        return a, a, a
+    if kind == "tie2":
+        black, left = np.zeros((*size, 3)), np.zeros((*size, 3))
+        left[:, :size[1] // 2] = 1.0
+        return black, left, left[:, ::-1]
+    raise ValueError(f"kind must be one of ('right', 'wrong', 'tie3', 'tie2'), but got {kind!r}")
+
+
+def write_things(root: Path, kinds: Sequence[str], size: Tuple[int, int] = (32, 32), name: str = "things_valset.txt",
+                 suffix: str = ".png") -> Path:
+    """``root/{id}.png`` and ``root/things_valset.txt`` (three ids a line), one line per kind; line n's ids
+    are ``t{n}a``, ``t{n}b``, ``t{n}c``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n, kind in enumerate(kinds, start=1):
+        ids = [f"t{n}{c}" for c in "abc"]
+        for ident, img in zip(ids, _odd_images(kind, seed=3000 + n, size=size)):
+            save_png(root / f"{ident}{suffix}", img)
+        lines.append(" ".join(ids))
+    (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+# Hand-worked: 1 + 0 + 1/3 + 1/2 + 1 over 5 lines. DreamSim's rule (d12 <= d13 and d12 <= d23) would count
+# both ties right: 4/5.
+THINGS_KNOWN = (["right", "wrong", "tie3", "tie2", "right"], (1 + 0 + 1 / 3 + 1 / 2 + 1) / 5)
+# For any encoder (no tie2): 1 + 0 + 1/3 + 1 over 4 lines.
+THINGS_KNOWN_ANY_METRIC = (["right", "wrong", "tie3", "right"], (1 + 0 + 1 / 3 + 1) / 4)
+
+
+# -- triplet CSV files ---------------------------------------------------------------------------------
+def write_triplets_csv(path: Path, entries: Sequence[Tuple[str, float]], size: Tuple[int, int] = (32, 32),
+                       ids: bool = False) -> Path:
+    """``path`` (header ``[id,]ref,left,right,p``) and its images in ``img/`` beside it; entries are
+    ``(kind, p)`` with the kinds of NIGHTS (left, right, tie)."""
+    path = Path(path)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow((["id"] if ids else []) + ["ref", "left", "right", "p"])
+        for n, (kind, p) in enumerate(entries):
+            rel = [f"img/{n:03d}_{part}.png" for part in ("ref", "left", "right")]
+            for r, img in zip(rel, _triplet_images(kind, seed=4000 + n, size=size)):
+                save_png(folder / r, img)
+            writer.writerow(([f"row-{n}"] if ids else []) + rel + [p])
+    return path
+
+
+# Hand-worked 2AFC: 0.75 + 0.9 + 0.5 + 0 = 2.15 over 4; binary accuracy (label right when p > 0.5):
+# left p=0.25 right, right p=0.9 right, tie 0.5, left p=1 wrong: 2.5 over 4.
+TRIPLETS_KNOWN = ([("left", 0.25), ("right", 0.9), ("tie", 0.3), ("left", 1.0)], 2.15 / 4, 2.5 / 4)

@@ -147,7 +147,7 @@ BAD_FILES = {
     "list.json": ([1, 2], r"list\.json is not a result of `rpmetric eval`: it holds a JSON list, not an object"),
     "retrieval.json": ({"store": "S", "queries": "Q.csv", "n": 3}, r"retrieval\.json is not a result .* 'task' is "
                                                                    r"missing"),
-    "task.json": ({**_result(), "task": "knn"}, r"task\.json .* its 'task' is 'knn', not one of \('2afc', 'jnd'\)"),
+    "task.json": ({**_result(), "task": "knn"}, r"task\.json .* its 'task' is 'knn', not one of \('2afc', 'jnd'[^)]*\)"),
     "empty.json": ({**_result(), "results": {}}, r"empty\.json .* no 'results' of any split or category"),
     "noscore.json": ({**_result(), "results": {"cnn": {"n": 4}}}, r"noscore\.json .* results\['cnn'\] has no 'score'"),
     "nanscore.json": ({**_result(), "results": {"cnn": {"n": 4, "score": "NaN"}}},

@@ -1,4 +1,5 @@
-"""``rpmetric eval nights|bapps|jnd ROOT``: agreement with human judgements (2AFC score, JND mAP)."""
+"""``rpmetric eval nights|bapps|jnd|things ROOT`` and ``rpmetric eval triplets FILE.csv``: agreement with
+human judgements (2AFC score, JND mAP, odd-one-out accuracy)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def register(sub) -> None:
     from ..counterattack import add_counterattack_options
     from ..datasets import BAPPS_JND_CATEGORIES, BAPPS_SUBSETS, NIGHTS_SPLITS, bapps_2afc_categories
 
-    p = sub.add_parser("eval", help="score a metric against human judgements (NIGHTS, BAPPS 2AFC, BAPPS JND)",
+    p = sub.add_parser("eval", help="score a metric against human judgements (NIGHTS, BAPPS 2AFC, BAPPS JND, THINGS, triplet CSV)",
                        description="Score a metric against human judgements. Runs under torchrun too: "
                                    "`torchrun --nproc_per_node K -m rpmetric eval ...` shards the batches.")
     datasets = p.add_subparsers(dest="dataset", metavar="DATASET")
@@ -67,6 +68,7 @@ def register(sub) -> None:
         if name != "jnd":  # the robust protocol is a 2AFC decision
             add_attack_options(q, curves=True)
         q.set_defaults(func=run, rerun=(("--resume",), ()))
+    _register_file_datasets(datasets)
     from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
 
     register_eval_retrieval(datasets)
@@ -123,6 +125,7 @@ def run(args) -> int:
     from ..counterattack import counterattack_from_args
     from ..evaluation import (DEFAULT_PREPROCESS, PIXEL_BASELINES, TASKS, evaluate, load_distances, load_groups,
                               nights_total)
+    from ..evaluation import FILE_DATASETS, load_file_groups
 
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args) if hasattr(args, "attack") else None
@@ -147,11 +150,19 @@ def run(args) -> int:
     rank, world = distributed.init_from_env()
     if attack is not None and world > 1:
         raise ValueError("--attack runs in a single process; launch it without torchrun.")
+    if attack is not None and counterattack is not None and args.dataset == "things":
+        raise ValueError("--attack on things evaluates the plain metric; drop --counterattack (the adaptive "
+                         "evaluation of a counterattack is for 2AFC: nights, bapps, triplets).")
     try:
         subset = getattr(args, "subset", "val")
-        names = _selection(args)
-        task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad,
-                                            allow_outside_root=getattr(args, "allow_outside_root", False))
+        if args.dataset in FILE_DATASETS:  # one file, one group
+            task, groups, skipped = load_file_groups(args.dataset, args.root, triplets=getattr(args, "triplets", None),
+                                                     skip_bad=args.skip_bad)
+            names = list(groups)
+        else:
+            names = _selection(args)
+            task, groups, skipped = load_groups(args.dataset, args.root, names, subset, skip_bad=args.skip_bad,
+                                                allow_outside_root=getattr(args, "allow_outside_root", False))
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
                                    preprocess=args.preprocess)
         log, default_log = _log_path(args, distances, names, subset)
@@ -160,7 +171,8 @@ def run(args) -> int:
         # that the same folder spelled another way resumes and another folder of the same name does not.
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()),
                       **({"subset": subset} if args.dataset == "bapps" else {}),
-                      **({"preprocess": args.preprocess} if args.preprocess is not None else {})}
+                      **({"preprocess": args.preprocess} if args.preprocess is not None else {}),
+                      **_file_selection(args)}
         with _no_empty_logs([log], rank == 0):
             result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                               resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
@@ -180,13 +192,19 @@ def run(args) -> int:
     total = nights_total(results) if args.dataset == "nights" else None
     if total is not None:
         results["total"] = total
+    if args.dataset == "triplets":
+        _add_binary_accuracy(results, result.records)
     attacked, details = None, {}
     if attack is not None:
         with _no_empty_logs(_log_files(log, groups)[1:], True):
-            attacked = _attack(args, distances, groups, result, attack, log, details)
-    label = "split" if args.dataset == "nights" else "category"
-    headers = [label, "n", "mAP (%)" if task == "jnd" else "2AFC (%)"]
+            attacked = (_attack_odd_one_out(args, distances, groups, result, attack, log) if task == "odd-one-out"
+                        else _attack(args, distances, groups, result, attack, log, details))
+    label = "split" if args.dataset == "nights" else "set" if args.dataset in FILE_DATASETS else "category"
+    headers = [label, "n", _SCORE_HEADERS.get(task, "2AFC (%)")]
     rows = [[g, r["n"], f"{100 * r['score']:.2f}"] for g, r in results.items()]
+    if args.dataset == "triplets":
+        headers.append("binary acc (%)")
+        rows = [row + [f"{100 * results[row[0]]['accuracy']:.2f}"] for row in rows]
     if attacked is not None:
         from ..attacks.cli import attack_columns, attack_headers
 
@@ -349,8 +367,9 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "dataset": args.dataset,
         "root": str(args.root.resolve()),
         "task": task,
-        "score": "JND mean average precision" if task == "jnd" else "2AFC score",
-        "selection": {"splits" if args.dataset == "nights" else "categories": list(names),
+        "score": _SCORE_NAMES.get(task, "2AFC score"),
+        "selection": _file_selection(args, names) if args.dataset in _FILE_DATASETS else
+                     {"splits" if args.dataset == "nights" else "categories": list(names),
                       **({"subset": subset} if args.dataset == "bapps" else {})},
         "results": results,
         "skipped": {"n": len(result.skipped), "items": result.skipped},
@@ -369,3 +388,75 @@ def _preprocess_settings(name: str, pp) -> dict:
     """The resize convention and the geometry it gave the model (normalisation is the model's)."""
     geometry = {k: getattr(pp, k) for k in ("image_size", "resize_size", "interpolation", "resize_mode")}
     return {"preprocess": name, "preprocessing": geometry}
+
+
+# -- datasets of one file: THINGS odd-one-out and triplet CSV files ------------------------------
+_FILE_DATASETS = ("things", "triplets")  # rpmetric.evaluation.FILE_DATASETS, without importing torch here
+_SCORE_HEADERS = {"jnd": "mAP (%)", "2afc": "2AFC (%)", "odd-one-out": "accuracy (%)"}
+_SCORE_NAMES = {"jnd": "JND mean average precision", "2afc": "2AFC score", "odd-one-out": "odd-one-out accuracy"}
+FILE_DESCRIPTIONS = {
+    "things": ("THINGS odd-one-out accuracy (DreamSim's layout)",
+               "ROOT is the image folder, {id}.png (or .jpg), and holds the triplet file things_valset.txt "
+               "unless --triplets names another: three image ids a line, the third the people's odd one out. The "
+               "metric's odd one out is the image outside the closest pair; a tie between k candidates counts 1/k."),
+    "triplets": ("2AFC score and binary accuracy of a ref,left,right,p CSV file",
+                 "FILE.csv has the header ref,left,right,p (and optionally id); image paths are relative to its "
+                 "folder and stay inside it; p is the share of people who judged right closer to ref."),
+}
+
+
+def _register_file_datasets(datasets) -> None:
+    from ..attacks.cli import add_attack_options
+    from ..counterattack import add_counterattack_options
+
+    for name, (summary, layout) in FILE_DESCRIPTIONS.items():
+        q = datasets.add_parser(name, help=summary, description=f"{summary}. {layout}")
+        if name == "things":
+            q.add_argument("root", type=Path, metavar="ROOT", help="THINGS image folder")
+            q.add_argument("--triplets", type=Path, default=None, metavar="FILE",
+                           help="the triplet file, three image ids a line (default: ROOT/things_valset.txt, "
+                                "DreamSim's file from https://osf.io/b2a4j)")
+        else:
+            q.add_argument("root", type=Path, metavar="FILE.csv", help="the triplet CSV file")
+        _add_run_options(q)
+        _add_preprocess_option(q, name)
+        add_counterattack_options(q)
+        if name == "things":
+            add_attack_options(q, target="one image at a time: each of the three in turn, the others clean",
+                               samples="triplets", counterattack=False)
+        else:
+            add_attack_options(q, curves=True)
+        q.set_defaults(func=run, rerun=(("--resume",), ()))
+
+
+def _file_selection(args, names=None) -> dict:
+    """What a one-file dataset reads, for the run log (``names`` None) or the JSON's ``selection``."""
+    if args.dataset not in _FILE_DATASETS:
+        return {}
+    if args.dataset == "triplets":
+        chosen = {"file": str(args.root.resolve())}
+    else:
+        from ..datasets import THINGS_TRIPLETS
+
+        chosen = {"triplets": str((args.triplets or args.root / THINGS_TRIPLETS).resolve())}
+    return chosen if names is None else {**chosen, "sets": list(names)}
+
+
+def _add_binary_accuracy(results, records) -> None:
+    """Each group's binary accuracy beside its 2AFC score (see :func:`rpmetric.scoring.binary_accuracy`)."""
+    from ..scoring import binary_accuracy
+
+    for group, summary in results.items():
+        rows = [r for r in records if r["group"] == group]
+        summary["accuracy"] = binary_accuracy([r["d0"] for r in rows], [r["d1"] for r in rows], [r["p"] for r in rows])
+
+
+def _attack_odd_one_out(args, distances, groups, result, options, log):
+    """Robust odd-one-out accuracy per group (rpmetric.attacks.oddoneout), on the triplets the clean
+    run did not skip."""
+    from ..attacks.oddoneout import attack_odd_one_out_groups
+
+    bad = {(item["group"], item["id"]) for item in result.skipped}
+    kept = {g: [t for t in records if (g, t.id) not in bad] for g, records in groups.items()}
+    return attack_odd_one_out_groups(distances.metric, kept, options, batch_size=args.batch_size,
+                                     workers=args.workers, log=log, resume=args.resume, progress=True)

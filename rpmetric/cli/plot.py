@@ -10,7 +10,7 @@ def register(sub) -> None:
 
     p = sub.add_parser(
         "plot", help="draw results of `rpmetric eval --out` side by side (bars, robustness curves)",
-        description="Compare results written by `rpmetric eval nights|bapps|jnd --out`, one series per file: "
+        description="Compare results written by `rpmetric eval nights|bapps|jnd|things|triplets --out`, one series per file: "
                     "grouped bars per split or category of the 2AFC score (or JND mAP) and, for results with "
                     "--attack, of the clean and the robust accuracy (one bar per radius); below them, when a "
                     "result has several --eps radii, robust accuracy against eps (starting at eps = 0 with the "

@@ -1,4 +1,4 @@
-"""Readers for the human-judgement benchmarks (NIGHTS, BAPPS) and torch datasets that decode them.
+"""Readers for the human-judgement benchmarks (NIGHTS, BAPPS, THINGS, triplet CSV files) and torch datasets that decode them.
 
 Readers return records with file paths (cheap, checked); :class:`TripletImages` and
 :class:`PairImages` decode the pixels, in DataLoader workers.
@@ -9,6 +9,10 @@ from .bapps import (BAPPS_2AFC_CATEGORIES, BAPPS_2AFC_TRAIN_CATEGORIES, BAPPS_JN
 from .loading import PairImages, TripletImages, collate_images
 from .nights import NIGHTS_SPLITS, read_nights
 from .records import BadItem, JNDPair, Triplet
+from .records import ODD_POSITIONS, OddOneOut
+from .loading import OddOneOutImages
+from .things import THINGS_ODD_POSITION, THINGS_TRIPLETS, read_things
+from .triplets import TRIPLET_COLUMNS, read_triplets_csv
 
 __all__ = [
     "Triplet",
@@ -26,4 +30,12 @@ __all__ = [
     "bapps_2afc_categories",
     "BAPPS_JND_CATEGORIES",
     "BAPPS_SUBSETS",
+    "OddOneOut",
+    "ODD_POSITIONS",
+    "OddOneOutImages",
+    "read_things",
+    "THINGS_TRIPLETS",
+    "THINGS_ODD_POSITION",
+    "read_triplets_csv",
+    "TRIPLET_COLUMNS",
 ]

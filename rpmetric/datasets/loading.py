@@ -17,9 +17,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..images import DECODE_ERRORS, decode_failure, read_pixels
-from .records import JNDPair, Triplet
+from .records import JNDPair, OddOneOut, Triplet
 
-__all__ = ["TripletImages", "PairImages", "collate_images", "data_loader"]
+__all__ = ["TripletImages", "PairImages", "OddOneOutImages", "collate_images", "data_loader"]
 
 
 def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
@@ -129,6 +129,17 @@ class PairImages(_ImageRecords):
 
     def __init__(self, pairs: Sequence[JNDPair], transform=None):
         super().__init__(pairs, transform)
+
+
+class OddOneOutImages(_ImageRecords):
+    """Decoded odd-one-out triplets: ``{"index": i, "im1", "im2", "im3": [3, H, W] uint8, "odd": float}``
+    (``odd`` the human choice's position, 1, 2 or 3); see :class:`TripletImages`."""
+
+    image_fields = ("im1", "im2", "im3")
+    value_field = "odd"
+
+    def __init__(self, triplets: Sequence[OddOneOut], transform=None):
+        super().__init__(triplets, transform)
 
 
 def collate_images(items: List[Dict]) -> Dict:

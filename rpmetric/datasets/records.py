@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Triplet", "JNDPair", "BadItem"]
+__all__ = ["Triplet", "JNDPair", "BadItem", "OddOneOut", "ODD_POSITIONS"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +47,24 @@ class BadItem:
 
     id: str
     reason: str
+
+
+ODD_POSITIONS = (1, 2, 3)  # the 1-based position of an image within an odd-one-out triplet
+
+
+@dataclass(frozen=True)
+class OddOneOut:
+    """One odd-one-out judgement: which of three images fits least with the other two.
+
+    Attributes:
+        id: the record's id (THINGS: the line number in the triplet file).
+        im1, im2, im3: image files, in the order the dataset lists them.
+        odd: the position (1, 2 or 3) of the image people chose as the odd one out; in DreamSim's
+            THINGS file it is always 3, the last image.
+    """
+
+    id: str
+    im1: Path
+    im2: Path
+    im3: Path
+    odd: int

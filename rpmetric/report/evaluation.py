@@ -15,6 +15,7 @@ from typing import List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..scoring import jnd_precision_recall, twoafc_scores
+from ..scoring import odd_one_out_choices, odd_one_out_credits
 from .page import Page, cell, escape
 from .svg import bar_chart, histogram, line_chart
 from .thumbnails import DEFAULT_SIZE
@@ -37,10 +38,11 @@ def write_eval_page(path: Union[str, Path], *, task: str, results: Mapping[str, 
 
     Args:
         path: the page file (``.html``); thumbnails go into ``PAGE_files/`` beside it.
-        task: ``"2afc"`` or ``"jnd"``.
+        task: ``"2afc"``, ``"jnd"`` or ``"odd-one-out"``.
         results: ``{group: {"n", "score"}}`` (``Evaluation.results``, with NIGHTS' ``total``).
-        records: ``Evaluation.records``: ``group, id, d0, d1, p`` (2AFC) or ``group, id, d, same`` (JND).
-        groups: ``{group: [Triplet or JNDPair]}`` as evaluated, for the image paths.
+        records: ``Evaluation.records``: ``group, id, d0, d1, p`` (2AFC), ``group, id, d, same`` (JND) or
+            ``group, id, d12, d13, d23, odd`` (odd-one-out).
+        groups: ``{group: [Triplet, JNDPair or OddOneOut]}`` as evaluated, for the image paths.
         title: the page's heading.
         settings: ``{name: value}`` shown under the heading (model, dataset, attack...).
         attack: ``{group: summary}`` as :func:`rpmetric.attacks.cli.attack_groups` returns it.
@@ -67,6 +69,8 @@ def write_eval_page(path: Union[str, Path], *, task: str, results: Mapping[str, 
     by_id = {g: {str(r.id): r for r in items} for g, items in groups.items()}
     if task == "2afc":
         _disagreements(page, records, by_id, examples, progress)
+    elif task == "odd-one-out":
+        _odd_disagreements(page, records, by_id, examples, progress)
     else:
         page.add_html(_pr_curves(records, results))
     if attack_details:
@@ -84,7 +88,7 @@ def write_eval_page(path: Union[str, Path], *, task: str, results: Mapping[str, 
 def _score_table(task: str, results, attack, defended: bool) -> str:
     from ..attacks.cli import attack_columns, attack_headers
 
-    headers = ["group", "n", "mAP (%)" if task == "jnd" else "2AFC (%)"]
+    headers = ["group", "n", _SCORE_HEADERS.get(task, "2AFC (%)")]
     options = _radii_options(attack)
     if attack:
         headers += attack_headers(defended, options)
@@ -123,7 +127,7 @@ def _last(value):
 
 def _score_chart(task: str, results, attack, defended: bool) -> str:
     categories = list(results)
-    series = [("mAP" if task == "jnd" else "2AFC score", [results[g]["score"] for g in categories])]
+    series = [(_SCORE_SERIES.get(task, "2AFC score"), [results[g]["score"] for g in categories])]
     if attack:
         def column(get):
             return [get(_at_largest(attack[g])) if g in attack else None for g in categories]
@@ -261,3 +265,44 @@ def _tau_section(details, threshold: Optional[float]) -> str:
             "under the counterattack's random start; images below the threshold are \u201cfalsely stable\u201d "
             "and are counterattacked.</p><ul>" + "".join(lines) + "</ul>"
             + histogram(series, title="tau of clean and attacked references", threshold=threshold, label="tau"))
+
+
+# -- odd-one-out: where the metric sets apart another image than people -------------------------------
+_SCORE_HEADERS = {"jnd": "mAP (%)", "2afc": "2AFC (%)", "odd-one-out": "accuracy (%)"}
+_SCORE_SERIES = {"jnd": "mAP", "2afc": "2AFC score", "odd-one-out": "odd-one-out accuracy"}
+
+
+def _odd_disagreements(page: Page, records, by_id, examples: int, progress: bool) -> None:
+    rows = [r for r in records if str(r["id"]) in by_id.get(r["group"], {})]
+    if not rows:
+        return
+    d = np.array([[r["d12"], r["d13"], r["d23"]] for r in rows], dtype=np.float64)
+    odd = [r["odd"] for r in rows]
+    credit = odd_one_out_credits(d[:, 0], d[:, 1], d[:, 2], odd)
+    chosen_odd = odd_one_out_choices(d[:, 0], d[:, 1], d[:, 2])
+    ordered = np.sort(d, axis=1)
+    margin = ordered[:, 1] - ordered[:, 0]  # how far the closest pair is ahead of the next
+    # The least credit first; among equals, the most confident decision (the largest margin).
+    order = np.lexsort((-margin, credit))[:max(0, examples)]
+    picked = [(rows[i], float(credit[i]), chosen_odd[i]) for i in order]
+    triplets = [by_id[r["group"]][str(r["id"])] for r, _, _ in picked]
+    page.thumbs.of_files((p for t in triplets for p in (t.im1, t.im2, t.im3)), progress=progress)
+    out = []
+    for (r, c, mine), t in zip(picked, triplets):
+        people = int(r["odd"])
+        metric = [k + 1 for k in range(3) if mine[k]]
+        title = (f"{r['group']}/{r['id']} \u00b7 people: image {people} is odd \u00b7 the metric: "
+                 f"{' or '.join(f'image {k}' for k in metric)} \u00b7 credit {c:.2f}")
+        distances = {1: f"d23 = {r['d23']:.6g}", 2: f"d13 = {r['d13']:.6g}", 3: f"d12 = {r['d12']:.6g}"}
+        cells = []
+        for k, image in ((1, t.im1), (2, t.im2), (3, t.im3)):
+            notes = [f"image {k}", f"others: {distances[k]}"]
+            notes += ["people's odd one out"] if k == people else []
+            notes += ["the metric's odd one out"] if k in metric else []
+            cells.append(cell(page.thumbs.of_file(image), str(image), f"{image}, image {k}", notes))
+        out.append({"title": title, "n": 3, "tone": "bad" if c < 0.5 else None, "cells": cells})
+    page.add_gallery(f"The {len(out)} triplets where the metric disagrees most with people", out,
+                     note="Each image with the distance between the other two: the metric's odd one out is the image "
+                          "outside the closest pair. Credit is 1 when it is people's odd one out, 1/k when k images "
+                          "tie for it, 0 otherwise. The least credit first; among equals, the largest lead of the "
+                          "closest pair.")

@@ -35,7 +35,8 @@ FIGURE_FORMATS = ("png", "svg", "pdf")
 # larger is the wrong file, and is refused before it is read into memory.
 _MAX_RESULT_BYTES = 256 * 2**20
 _TASKS = ("2afc", "jnd")
-_FIX = "give a result file written by `rpmetric eval nights|bapps|jnd --out`"
+_TASKS += ("odd-one-out",)  # THINGS
+_FIX = "give a result file written by `rpmetric eval nights|bapps|jnd|things|triplets --out`"
 
 Results = Union[dict, str, Path, Sequence[Union[dict, str, Path]]]
 
