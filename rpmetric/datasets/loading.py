@@ -17,9 +17,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..images import DECODE_ERRORS, decode_failure, read_pixels
-from .records import JNDPair, Triplet
+from .records import JNDPair, ScoredPair, Triplet
 
-__all__ = ["TripletImages", "PairImages", "collate_images", "data_loader"]
+__all__ = ["TripletImages", "PairImages", "ScoredPairImages", "collate_images", "data_loader"]
 
 
 def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
@@ -128,6 +128,17 @@ class PairImages(_ImageRecords):
     value_field = "same"
 
     def __init__(self, pairs: Sequence[JNDPair], transform=None):
+        super().__init__(pairs, transform)
+
+
+class ScoredPairImages(_ImageRecords):
+    """Decoded scored pairs: ``{"index": i, "ref", "dist": [3, H, W] uint8, "score": float}``; see
+    :class:`TripletImages`."""
+
+    image_fields = ("ref", "dist")
+    value_field = "score"
+
+    def __init__(self, pairs: Sequence[ScoredPair], transform=None):
         super().__init__(pairs, transform)
 
 
