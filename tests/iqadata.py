@@ -144,3 +144,26 @@ def _csv(path: Path, header, rows) -> Path:
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def write_csiq_xlsx(root: Path, entries: Sequence[Tuple[int, float, int]]) -> Path:
+    """CSIQ as published: the scores in ``csiq.DMOS.xlsx``, whose ``all_by_image`` sheet has a title
+    row above its header (the reader looks for the header), after a first sheet of notes."""
+    import openpyxl
+
+    write_csiq(root, entries)
+    csv_path = root / "csiq.DMOS.csv"
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    csv_path.unlink()
+    book = openpyxl.Workbook()
+    book.active.title = "notes"
+    book.active.append(["CSIQ DMOS"])
+    sheet = book.create_sheet("all_by_image")
+    sheet.append(["DMOS of each image"])
+    sheet.append(rows[0])
+    for row in rows[1:]:  # numbers as numbers, as Excel holds them
+        sheet.append([int(row[0]), int(row[1]), row[2], int(row[3]), float(row[4]), float(row[5])])
+    path = root / "csiq.DMOS.xlsx"
+    book.save(path)
+    return path

@@ -239,6 +239,14 @@ def test_attack_shifts_the_distances_and_reports_the_srcc_after(tmp_path, vit_fo
     assert summary["settings"]["attack"]["norm"] == "linf"
     page = html.read_text()
     assert "SRCC attacked" in page and "ranks furthest from people" in page
+    pytest.importorskip("matplotlib")
+    from rpmetric.report.figures import score_bars
+
+    figure = score_bars([summary])
+    assert [ax.get_label() for ax in figure.axes] == ["score", "clean", "robust"]
+    robust = [float(b.get_height()) for b in figure.axes[2].containers[0]]
+    assert robust == pytest.approx([100 * summary["attack"][g]["attacked"]["srcc"] for g in ("01", "02", "overall")])
+    assert main(["plot", str(out), "--out", str(tmp_path / "fig.png")]) == 0 and (tmp_path / "fig.png").stat().st_size
 
 
 def test_evaluate_shift_pushes_each_distance_its_way(tiny_metric, tmp_path):
@@ -265,3 +273,56 @@ def test_html_page_and_counterattack_free_run(tmp_path, capsys):
     assert main(["eval", "pairs", str(path), "--model", "l2", "--workers", "0", "--html", str(html)]) == 0
     page = html.read_text()
     assert "SRCC" in page and "ranks furthest from people" in page and (tmp_path / "p_files").is_dir()
+
+
+def test_csiq_reads_the_published_excel_file(tmp_path, capsys):
+    pytest.importorskip("openpyxl")
+    root = tmp_path / "csiq"
+    iqadata.write_csiq_xlsx(root, list(zip(OFFSETS, _worse(MOS), [1, 1, 5, 5, 5])))
+    out = tmp_path / "r.json"
+    assert main(["eval", "iqa", str(root), "--dataset", "csiq", "--model", "l2", "--workers", "0",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    results = json.loads(out.read_text())["results"]
+    assert results["overall"]["srcc"] == pytest.approx(OVERALL["srcc"]) and results["blur"]["n"] == 3
+
+
+def test_csiq_refuses_a_broken_excel_file(tmp_path, capsys):
+    pytest.importorskip("openpyxl")
+    root, _ = _layout("csiq", tmp_path / "csiq")
+    (root / "csiq.DMOS.csv").unlink()
+    (root / "csiq.DMOS.xlsx").write_bytes(b"not a workbook")
+    assert main(["eval", "iqa", str(root), "--dataset", "csiq", "--model", "l2", "--workers", "0"]) == 2
+    assert "csiq.DMOS.xlsx cannot be read as an Excel workbook" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_single_process_result(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = _tid(tmp_path / "tid")
+    args = ["eval", "iqa", str(root), "--dataset", "tid2013", "--model", "l2", "--workers", "0", "--batch-size", "1"]
+    assert main(args + ["--out", str(tmp_path / "one.json")]) == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "rpmetric", *args, "--out", str(tmp_path / "two.json")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path,
+                         timeout=240)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("overall") == 1  # only rank 0 prints
+    one, both = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert both["settings"]["processes"] == 2 and both["results"] == one["results"]
+
+
+def test_plot_draws_negative_correlations_below_zero(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from rpmetric.report.figures import score_bars
+
+    path = iqadata.write_pairs(tmp_path / "p", [(2, 0.9), (4, 0.8), (8, 0.1)])
+    out = tmp_path / "r.json"
+    # a similarity read as a dissimilarity: the metric ranks exactly the wrong way
+    assert main(["eval", "pairs", str(path), "--model", "l2", "--workers", "0", "--higher-is-different",
+                 "--out", str(out)]) == 0
+    figure = score_bars([str(out)])
+    assert [float(b.get_height()) for b in figure.axes[0].containers[0]] == pytest.approx([-100.0])
+    assert figure.axes[0].get_ylim() == (-100.0, 100.0)

@@ -255,7 +255,7 @@ def _csiq_xlsx_rows(path: Path) -> Iterator[Tuple[int, dict]]:
     try:
         import openpyxl
     except ModuleNotFoundError:
-        raise ValueError(f"{path} is an Excel file, which needs openpyxl (pip install openpyxl); or save its "
+        raise ValueError(f"{path} is an Excel file, which needs openpyxl (pip install \"rpmetric[iqa]\"); or save its "
                          f"all_by_image sheet as {path.with_suffix('.csv').name} beside it.") from None
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
