@@ -128,7 +128,7 @@ def run(args) -> int:
         with _no_empty_logs(logs, rank == 0):
             result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                               resume=args.resume, run_config=run_config, skip_bad=args.skip_bad,
-                              skipped={g: skipped["pairs"] for g in list(groups)[:1]} if skipped["pairs"] else None,
+                              skipped={names[0]: skipped["pairs"]} if skipped["pairs"] else None,
                               progress=True, max_batches=args.max_batches) if groups else None
             pairwise = None
             if triplets:
