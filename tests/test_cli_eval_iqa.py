@@ -84,9 +84,13 @@ def test_pieapp_scores_its_pairwise_preferences(tmp_path, capsys):
     # image 0 (k=2) is closer than image 1 (k=6) and image 2 (k=4); 1 is further than 2
     iqadata.write_pieapp(root, [(2, 0.5, "blur"), (6, 1.0, "blur"), (4, 3.0, "noise")],
                          [(0, 1, 0.8), (0, 2, 0.3), (1, 2, 0.6)])
-    out = tmp_path / "r.json"
+    out, per_sample = tmp_path / "r.json", tmp_path / "s.csv"
     assert main(["eval", "iqa", str(root), "--dataset", "pieapp", "--model", "l2", "--workers", "0",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--per-sample", str(per_sample)]) == 0
+    assert len(_csv(per_sample)) == 3
+    rows = _csv(tmp_path / "s.pairwise.csv")
+    assert [float(r["p"]) for r in rows] == pytest.approx([0.2, 0.7, 0.4])  # 1 - P(A preferred)
+    assert float(rows[0]["d0"]) < float(rows[0]["d1"])
     pairwise = json.loads(out.read_text())["results"]["pairwise"]
     # The metric picks A, A, B: it agrees with 0.8, 0.3 and 1 - 0.6 of the people: 2AFC 1.5 / 3;
     # the majority chose A, B, A: binary accuracy 1 / 3.
@@ -326,3 +330,15 @@ def test_plot_draws_negative_correlations_below_zero(tmp_path, capsys):
     figure = score_bars([str(out)])
     assert [float(b.get_height()) for b in figure.axes[0].containers[0]] == pytest.approx([-100.0])
     assert figure.axes[0].get_ylim() == (-100.0, 100.0)
+
+
+def test_counterattack_in_the_clean_pass_is_recorded(tmp_path, vit_folder, capsys):
+    path = iqadata.write_pairs(tmp_path / "p", [(2, 0.9), (4, 0.8), (8, 0.1)])
+    out = tmp_path / "r.json"
+    assert main(["eval", "pairs", str(path), "--model", str(vit_folder), "--workers", "0", "--counterattack",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    summary = json.loads(out.read_text())
+    assert summary["settings"]["counterattack"]["tau_threshold"] == pytest.approx(0.2)
+    assert summary["results"]["all"]["n"] == 3
+    assert main(["eval", "pairs", str(path), "--model", str(vit_folder), "--counterattack", "--attack", "linf"]) == 2
+    assert "not offered for correlations yet" in capsys.readouterr().err

@@ -160,9 +160,13 @@ def run(args) -> int:
     if args.out is not None:
         write_json(args.out, _summary(args, distances, task, names, higher_is_better, results, finished, world,
                                       counterattack, attack, attacked))
-    if args.per_sample is not None and result is not None:
-        columns = ["group", "id", "d", "score"]
-        write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in result.records))
+    if args.per_sample is not None:
+        if result is not None:
+            columns = ["group", "id", "d", "score"]
+            write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in result.records))
+        if pairwise is not None:  # PieAPP's pairwise triplets, beside it: another row layout
+            columns = ["group", "id", "d0", "d1", "p"]
+            write_csv(pairwise_samples(args.per_sample), columns, ([r[c] for c in columns] for r in pairwise.records))
     if args.html is not None:
         from ..report.correlation import write_correlation_page
 
@@ -179,6 +183,16 @@ def run(args) -> int:
         for path in [*logs, attack_log_path(log, "shift")]:
             path.unlink(missing_ok=True)
     return 0
+
+
+def pairwise_samples(per_sample: Path) -> Path:
+    """Where ``--per-sample FILE.csv`` puts PieAPP's pairwise rows: ``FILE.pairwise.csv``.
+
+    Example:
+        >>> pairwise_samples(Path("out/s.csv")).as_posix()
+        'out/s.pairwise.csv'
+    """
+    return per_sample.with_name(f"{per_sample.stem}.pairwise{per_sample.suffix or '.csv'}")
 
 
 def _pairwise_log(log: Path) -> Path:
