@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_bapps_2afc, read_bapps_jnd,
@@ -39,7 +40,7 @@ from .functional import cosine_distance, rgb_to_lab
 from .images import unit_float
 from .models.preprocess import resize_and_crop
 from .runlog import RunLog, record_check
-from .scoring import correlations, jnd_map, twoafc_score
+from .scoring import correlations, jnd_map, srcc, twoafc_score
 from .unique import embed_unique
 
 __all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evaluate", "load_groups", "nights_total",
@@ -238,9 +239,9 @@ def _correlation_task(name: str, higher_is_better: bool) -> Task:
     def figures(records: List[dict]) -> dict:
         return correlations([r["d"] for r in records], [r["score"] for r in records], higher_is_better)
 
-    def score(records: List[dict]) -> float:
-        value = figures(records)["srcc"]
-        return math.nan if value is None else value
+    def score(records: List[dict]) -> float:  # the SRCC alone: the progress bar shows it every second
+        d, target = np.array([r["d"] for r in records]), np.array([r["score"] for r in records])
+        return srcc(-d, target if higher_is_better else -target) if len(records) > 1 else math.nan
 
     return Task(name, ScoredPairImages, ("ref", "dist"), "score", ("d",),
                 lambda dist, ref, other: (dist.pair_distances(ref, other),), score, "pair",

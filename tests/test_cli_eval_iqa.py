@@ -96,6 +96,8 @@ def test_pieapp_scores_its_pairwise_preferences(tmp_path, capsys):
     # the majority chose A, B, A: binary accuracy 1 / 3.
     assert pairwise["n"] == 3 and pairwise["score"] == pytest.approx(0.5)
     assert pairwise["accuracy"] == pytest.approx(1 / 3)
+    assert "NaN" not in out.read_text()  # the type with one image has no SRCC: null
+    assert json.loads(out.read_text())["results"]["noise"]["score"] is None
     assert "2AFC (%)" in capsys.readouterr().out
 
 

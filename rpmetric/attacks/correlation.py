@@ -92,7 +92,7 @@ def push_directions(scores: Sequence[float], higher_is_better: bool, median: Opt
 def evaluate_shift(metric, pairs: Sequence[ScoredPair], higher_is_better: bool, *, norm: str = "linf",
                    eps: Optional[float] = None, steps: int = 100, restarts: int = 1, seed: int = 0,
                    batch_size: int = 16, n_samples: Optional[int] = None, workers: int = 0, runlog_path=None,
-                   resume: bool = False, progress: bool = True, **unused) -> ShiftResult:
+                   resume: bool = False, progress: bool = True, eot_samples: Optional[int] = None) -> ShiftResult:
     """Attack the distorted image of every pair towards the wrong rank (see the module docstring).
 
     Args:
@@ -104,6 +104,8 @@ def evaluate_shift(metric, pairs: Sequence[ScoredPair], higher_is_better: bool, 
         batch_size: pairs per batch; a resumed run must use the same one.
         n_samples: attack only the first ``n_samples`` pairs.
         runlog_path, resume: a run log of finished batches, to continue an interrupted run.
+        eot_samples: not used (there is no defence to average over); accepted so that the options of
+            :func:`rpmetric.attacks.cli.attack_config_from_args` pass through unchanged.
 
     Example:
         >>> result = evaluate_shift(metric, read_iqa("tid2013", root)[0], True, eps=4 / 255)  # doctest: +SKIP

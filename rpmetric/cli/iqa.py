@@ -4,6 +4,7 @@ distortion type and overall; with ``--attack``, how far APGD can shift the dista
 
 from __future__ import annotations
 
+import math
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,7 +156,7 @@ def run(args) -> int:
     if attack is not None and result is not None:
         shift_log = attack_log_path(log, "shift")
         with _no_empty_logs([shift_log], True):
-            attacked = _attack(args, distances, groups, result, higher_is_better, attack, shift_log)
+            attacked = _attack(args, distances, pairs, groups, result, higher_is_better, attack, shift_log)
     print(_table(results, attacked))
     if args.out is not None:
         write_json(args.out, _summary(args, distances, task, names, higher_is_better, results, finished, world,
@@ -244,6 +245,9 @@ def _results(task, result, pairwise) -> Dict[str, dict]:
     results: Dict[str, dict] = dict(result.results) if result is not None else {}
     if len(results) > 1:
         results[OVERALL] = pooled_result(task, result.records)
+    for figures in results.values():  # an undefined SRCC (one pair, a constant side) is null in JSON, not NaN
+        if figures["score"] is not None and not math.isfinite(figures["score"]):
+            figures["score"] = None
     if pairwise is not None:
         rows = pairwise.records
         results["pairwise"] = {"n": len(rows), "score": pairwise.results["pairwise"]["score"],
@@ -253,13 +257,15 @@ def _results(task, result, pairwise) -> Dict[str, dict]:
     return results
 
 
-def _attack(args, distances, groups, result, higher_is_better, options, log) -> Dict[str, dict]:
+def _attack(args, distances, pairs, groups, result, higher_is_better, options, log) -> Dict[str, dict]:
     """Per group and overall: :func:`rpmetric.attacks.correlation.shift_summary` of one attack on all
     the pairs the clean run did not skip."""
     from ..attacks.correlation import evaluate_shift, shift_summary
 
     bad = {(item["group"], item["id"]) for item in result.skipped}
-    kept = [(g, p) for g, records in groups.items() for p in records if (g, p.id) not in bad]
+    # In the dataset's own order, not by type, so that --n-samples takes the first pairs of the file.
+    group_of_pair = {id(p): g for g, records in groups.items() for p in records}
+    kept = [(group_of_pair[id(p)], p) for p in pairs if (group_of_pair[id(p)], p.id) not in bad]
     shifted = evaluate_shift(distances.metric, [p for _, p in kept], higher_is_better, batch_size=args.batch_size,
                              workers=args.workers, runlog_path=log, resume=args.resume and log.exists(),
                              progress=True, **options)
