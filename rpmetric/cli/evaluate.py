@@ -72,7 +72,7 @@ def register(sub) -> None:
     register_eval_retrieval(datasets)
     from .iqa import register_eval_iqa  # correlations with opinion scores: IQA datasets, pair files
 
-    register_eval_iqa(datasets)
+    register_eval_iqa(datasets, sys.modules[__name__])
 
 
 def _add_run_options(q) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import sys
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Dict
 
@@ -17,12 +18,18 @@ from .common import format_table
 OVERALL = "overall"  # the row pooling every distortion type
 
 
-def register_eval_iqa(datasets) -> None:
-    """Add ``iqa`` and ``pairs`` to ``rpmetric eval``'s datasets."""
+def register_eval_iqa(datasets, evaluate) -> None:
+    """Add ``iqa`` and ``pairs`` to ``rpmetric eval``'s datasets.
+
+    ``evaluate`` is the :mod:`rpmetric.cli.evaluate` module, which registers them: its run options,
+    log naming and output checks are shared, and it is handed in rather than imported, so that the
+    two modules do not import each other.
+    """
     from ..attacks.cli import add_attack_options
     from ..counterattack import add_counterattack_options
     from ..datasets import IQA_DATASETS
-    from .evaluate import _add_run_options
+
+    _add_run_options = evaluate._add_run_options
 
     layouts = "; ".join(f"{name}: {info.score_name}, {'higher' if info.higher_is_better else 'lower'} is better"
                         for name, info in IQA_DATASETS.items())
@@ -42,7 +49,7 @@ def register_eval_iqa(datasets) -> None:
                    help="csv only: a higher mos means a worse image (a DMOS); by default higher is better")
     q.add_argument("--allow-outside-root", action="store_true",
                    help="csv only: accept paths that lead out of the CSV's folder")
-    _add_common(q, add_run=_add_run_options, add_attack=add_attack_options,
+    _add_common(q, evaluate, add_run=_add_run_options, add_attack=add_attack_options,
                 add_counterattack=add_counterattack_options)
 
     p = datasets.add_parser(
@@ -60,11 +67,11 @@ def register_eval_iqa(datasets) -> None:
     p.set_defaults(higher_is_different=False)
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept paths that lead out of the CSV's folder")
-    _add_common(p, add_run=_add_run_options, add_attack=add_attack_options,
+    _add_common(p, evaluate, add_run=_add_run_options, add_attack=add_attack_options,
                 add_counterattack=add_counterattack_options)
 
 
-def _add_common(q, *, add_run, add_attack, add_counterattack) -> None:
+def _add_common(q, evaluate, *, add_run, add_attack, add_counterattack) -> None:
     from ..models.spec import PREPROCESS_CONVENTIONS
 
     add_run(q)
@@ -74,15 +81,18 @@ def _add_common(q, *, add_run, add_attack, add_counterattack) -> None:
     add_counterattack(q)
     add_attack(q, target="each distorted image (pushing its distance towards the wrong rank)",
                samples="pairs", counterattack=False)
-    q.set_defaults(func=run, rerun=(("--resume",), ()))
+    q.set_defaults(func=partial(run, evaluate=evaluate), rerun=(("--resume",), ()))
 
 
-def run(args) -> int:
+def run(args, evaluate) -> int:
     from .. import distributed
     from ..attacks.cli import attack_config_from_args, attack_log_path
     from ..counterattack import counterattack_from_args
-    from ..evaluation import PIXEL_BASELINES, correlation_task, evaluate, load_distances
-    from .evaluate import _check_distinct_outputs, _log_path, _no_empty_logs, _report_skipped
+    from ..evaluation import PIXEL_BASELINES, correlation_task, load_distances
+    from ..evaluation import evaluate as evaluate_records
+
+    _check_distinct_outputs, _log_path = evaluate._check_distinct_outputs, evaluate._log_path
+    _no_empty_logs, _report_skipped = evaluate._no_empty_logs, evaluate._report_skipped
 
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args)
@@ -127,13 +137,13 @@ def run(args) -> int:
                       **({"preprocess": args.preprocess} if args.preprocess is not None else {})}
         logs = [log, _pairwise_log(log)]
         with _no_empty_logs(logs, rank == 0):
-            result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
+            result = evaluate_records(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                               resume=args.resume, run_config=run_config, skip_bad=args.skip_bad,
                               skipped={names[0]: skipped["pairs"]} if skipped["pairs"] else None,
                               progress=True, max_batches=args.max_batches) if groups else None
             pairwise = None
             if triplets:
-                pairwise = evaluate(distances, "2afc", {"pairwise": triplets}, batch_size=args.batch_size,
+                pairwise = evaluate_records(distances, "2afc", {"pairwise": triplets}, batch_size=args.batch_size,
                                     workers=args.workers, log=logs[1], resume=args.resume and logs[1].exists(),
                                     run_config=run_config, skip_bad=args.skip_bad,
                                     skipped={"pairwise": skipped["triplets"]} if skipped["triplets"] else None,
@@ -160,7 +170,7 @@ def run(args) -> int:
     print(_table(results, attacked))
     if args.out is not None:
         write_json(args.out, _summary(args, distances, task, names, higher_is_better, results, finished, world,
-                                      counterattack, attack, attacked))
+                                      counterattack, attack, attacked, evaluate._preprocess_settings))
     if args.per_sample is not None:
         if result is not None:
             columns = ["group", "id", "d", "score"]
@@ -309,9 +319,8 @@ def _table(results: Dict[str, dict], attacked) -> str:
 
 
 def _summary(args, distances, task, names, higher_is_better, results, finished, world, counterattack, attack,
-             attacked) -> dict:
+             attacked, _preprocess_settings) -> dict:
     from .._version import __version__
-    from .evaluate import _preprocess_settings
 
     metric = getattr(distances, "metric", None)
     described = distances.describe()
