@@ -27,11 +27,13 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from .datasets import (BadItem, PairImages, TripletImages, collate_images, read_bapps_2afc, read_bapps_jnd,
                        read_nights)
 from .datasets import OddOneOutImages, read_things, read_triplets_csv
+from .datasets.loading import ScoredPairImages
 from .datasets.loading import data_loader
 from .distributed import broadcast_object, gather_records, rank_and_world, shard
 from .fingerprint import model_identity, records_fingerprint
@@ -39,12 +41,13 @@ from .functional import cosine_distance, rgb_to_lab
 from .images import unit_float
 from .models.preprocess import resize_and_crop
 from .runlog import RunLog, record_check
-from .scoring import jnd_map, twoafc_score
+from .scoring import correlations, jnd_map, srcc, twoafc_score
 from .scoring import odd_one_out_accuracy
 from .unique import embed_unique
 
 __all__ = ["PixelL2", "EncoderDistances", "load_distances", "Evaluation", "evaluate", "load_groups", "nights_total",
-           "TASKS", "DATASETS", "PIXEL_BASELINES", "DEFAULT_PREPROCESS", "FILE_DATASETS", "load_file_groups"]
+           "TASKS", "DATASETS", "PIXEL_BASELINES", "DEFAULT_PREPROCESS", "FILE_DATASETS", "load_file_groups",
+           "correlation_task", "pooled_result"]
 
 DATASETS = ("nights", "bapps", "jnd")
 # The pixel baselines, by --model name: their colorspace. lpips' own L2 baseline is the Lab one.
@@ -219,6 +222,9 @@ class Task:
     measure: Callable  # (distances, *image batches) -> tuple of [B] tensors, one per output
     score: Callable[[List[dict]], float]
     unit: str  # what a record is, for messages
+    # Further figures of a group beside its score (the correlation task's KRCC, PLCC...), or None.
+    summary: Optional[Callable[[List[dict]], dict]] = None
+    label: Optional[str] = None  # the score's name on the progress bar (default: 2AFC or mAP)
 
 
 def _score_2afc(records: List[dict]) -> float:
@@ -247,6 +253,53 @@ TASKS["odd-one-out"] = Task("odd-one-out", OddOneOutImages, ("im1", "im2", "im3"
                             "triplet")
 # What the progress bar calls each task's running score.
 TASK_LABELS = {"2afc": "2AFC", "jnd": "mAP", "odd-one-out": "acc"}
+def _correlation_task(name: str, higher_is_better: bool) -> Task:
+    """A correlation task: the per-sample measurement is the distance ``d`` of a scored pair, the
+    score of a group its oriented SRCC (:func:`rpmetric.scoring.correlations`), with the KRCC and
+    the PLCC (after the logistic fit, and raw) beside it. ``higher_is_better`` says which way the
+    pairs' ``score`` runs; the two directions are two task names, so a run log records it."""
+    def figures(records: List[dict]) -> dict:
+        return correlations([r["d"] for r in records], [r["score"] for r in records], higher_is_better)
+
+    def score(records: List[dict]) -> float:  # the SRCC alone: the progress bar shows it every second
+        d, target = np.array([r["d"] for r in records]), np.array([r["score"] for r in records])
+        return srcc(-d, target if higher_is_better else -target) if len(records) > 1 else math.nan
+
+    return Task(name, ScoredPairImages, ("ref", "dist"), "score", ("d",),
+                lambda dist, ref, other: (dist.pair_distances(ref, other),), score, "pair",
+                summary=figures, label="SRCC")
+
+
+# Full-reference IQA and pair files: "correlation" where a higher score means better (MOS) or more
+# similar, "correlation-inverse" where it means worse (DMOS) or more different.
+TASKS["correlation"] = _correlation_task("correlation", True)
+TASKS["correlation-inverse"] = _correlation_task("correlation-inverse", False)
+
+
+def correlation_task(higher_is_better: bool) -> str:
+    """The name of the correlation task for scores that run this way.
+
+    Example:
+        >>> correlation_task(False)
+        'correlation-inverse'
+    """
+    return "correlation" if higher_is_better else "correlation-inverse"
+
+
+def pooled_result(task: str, records: Sequence[dict]) -> Dict[str, float]:
+    """``{"n", "score", ...}`` of ``records`` pooled, as :func:`evaluate` reports a group: the overall
+    correlation over all distortion types, which is not a mean of the types' figures.
+
+    Example:
+        >>> rows = [{"d": 0.1, "score": 3.0}, {"d": 0.2, "score": 2.0}, {"d": 0.3, "score": 2.5}]
+        >>> pooled_result("correlation", rows)["score"]
+        0.5
+    """
+    spec = TASKS[task]
+    result = {"n": len(records), "score": spec.score(list(records))}
+    if spec.summary is not None:
+        result.update(spec.summary(list(records)))
+    return result
 
 
 # -- the engine -------------------------------------------------------------------------------
@@ -457,6 +510,8 @@ def _summarise(spec: Task, groups, items, keys, finished: Dict[str, dict], skipp
             if not rows:
                 raise ValueError(f"Group {group!r} has no {spec.unit}s left after skipping bad ones.")
             report.results[group] = {"n": len(rows), "score": spec.score(rows)}
+            if spec.summary is not None:
+                report.results[group].update(spec.summary(rows))
     return report
 
 
@@ -485,6 +540,9 @@ class _RunningScore:
         try:
             score = self.spec.score(scored)
         except ValueError:  # e.g. no pair judged the same yet: mAP undefined so far
+            return
+        if self.spec.label is not None:
+            self.bar.set_postfix_str(f"{self.spec.label} {score:.4f}")
             return
         self.bar.set_postfix_str(f"{TASK_LABELS.get(self.spec.name, self.spec.name)} {100 * score:.2f}%")
 

@@ -1,4 +1,5 @@
-"""Agreement with human judgements: the 2AFC score, binary accuracy and JND mAP.
+"""Agreement with human judgements: the 2AFC score, binary accuracy, JND mAP, and the correlations
+with opinion scores (SRCC, KRCC, PLCC raw and after the 4-parameter logistic).
 
 The formulas are those of lpips (BAPPS) and DreamSim (NIGHTS); every function takes plain
 arrays (numpy, lists or tensors) and flattens them to ``[N]`` first, because lpips' own JND
@@ -7,9 +8,13 @@ script sorts an ``[N, 1, 1, 1]`` array along a length-1 axis and so gets a wrong
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 
-__all__ = ["twoafc_scores", "twoafc_score", "binary_agreements", "binary_accuracy", "jnd_precision_recall", "jnd_map"]
+__all__ = ["twoafc_scores", "twoafc_score", "binary_agreements", "binary_accuracy", "jnd_precision_recall", "jnd_map",
+           "srcc", "krcc", "plcc", "logistic4", "fit_logistic4", "logistic_plcc", "correlations"]
 
 
 def _flat(name: str, values) -> np.ndarray:
@@ -188,3 +193,150 @@ def odd_one_out_accuracy(d12, d13, d23, odd) -> float:
         0.5
     """
     return float(np.mean(odd_one_out_credits(d12, d13, d23, odd)))
+# -- correlation with opinion scores (full-reference IQA, pair files) ------------------------------
+# Sign convention: a distance grows as an image looks worse, so against a score where higher means
+# better (MOS) a good metric correlates negatively. `correlations` orients every figure so that a
+# good metric scores positive: it correlates the predicted quality -d with the score as published,
+# times -1 when the dataset's score is higher-is-worse (DMOS, PieAPP's error, a dissimilarity).
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties given their average rank (the ranking Spearman's coefficient uses)."""
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average")
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r; NaN when either side is constant (the coefficient is then undefined)."""
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / denominator) if denominator > 0 else float("nan")
+
+
+def plcc(x, y) -> float:
+    """Pearson's linear correlation coefficient (NaN for a constant input or fewer than 2 values).
+
+    Example:
+        >>> plcc([1, 2, 3], [2, 4, 7])
+        0.9933992677987828
+    """
+    x, y = _flat("x", x), _flat("y", y)
+    _same_length(x=x, y=y)
+    return _pearson(x, y) if x.size > 1 else float("nan")
+
+
+def srcc(x, y) -> float:
+    """Spearman's rank correlation: Pearson's r of the ranks, tied values sharing their mean rank.
+
+    Example:
+        >>> srcc([1, 2, 2, 4], [10, 30, 20, 40])
+        0.9486832980505138
+    """
+    x, y = _flat("x", x), _flat("y", y)
+    _same_length(x=x, y=y)
+    return _pearson(_ranks(x), _ranks(y)) if x.size > 1 else float("nan")
+
+
+def krcc(x, y) -> float:
+    """Kendall's tau-b, which corrects for ties on either side:
+    ``(concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))`` with ``n0 = n (n - 1) / 2``.
+
+    Example:
+        >>> krcc([1, 2, 3, 4], [1, 3, 2, 4])
+        0.6666666666666669
+    """
+    from scipy.stats import kendalltau
+
+    x, y = _flat("x", x), _flat("y", y)
+    _same_length(x=x, y=y)
+    if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(kendalltau(x, y, variant="b").statistic)
+
+
+def logistic4(x, beta1: float, beta2: float, beta3: float, beta4: float):
+    """The 4-parameter logistic of VQEG's FR-TV report, which IQA papers fit before the PLCC:
+    ``(beta1 - beta2) / (1 + exp(-(x - beta3) / |beta4|)) + beta2``, rising from ``beta2`` to ``beta1``.
+
+    Example:
+        >>> float(logistic4(0.0, 5.0, 1.0, 0.0, 1.0))
+        3.0
+    """
+    z = np.clip(-(np.asarray(x, dtype=np.float64) - beta3) / max(abs(beta4), 1e-12), -500, 500)
+    return (beta1 - beta2) / (1.0 + np.exp(z)) + beta2
+
+
+def fit_logistic4(x, y):
+    """``(beta1, beta2, beta3, beta4)`` of :func:`logistic4` fitted to ``y`` by least squares
+    (``scipy.optimize.curve_fit``), started at ``(max y, min y, mean x, std x)``; None when the fit
+    does not converge or the data are constant.
+
+    Example:
+        >>> xs = np.linspace(-3, 3, 25)
+        >>> [round(b, 3) for b in fit_logistic4(xs, logistic4(xs, 4.0, 1.0, 0.5, 0.7))]
+        [4.0, 1.0, 0.5, 0.7]
+    """
+    from scipy.optimize import curve_fit
+
+    x, y = _flat("x", x), _flat("y", y)
+    _same_length(x=x, y=y)
+    if x.size < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    start = [float(y.max()), float(y.min()), float(x.mean()), float(x.std()) or 1.0]
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # OptimizeWarning: no covariance, which is not used here
+            beta, _ = curve_fit(logistic4, x, y, p0=start, maxfev=20000)
+    except (RuntimeError, ValueError):  # no convergence; a degenerate design
+        return None
+    if not np.all(np.isfinite(beta)):
+        return None
+    beta[3] = abs(beta[3])  # the form uses |beta4|: report the positive one
+    return tuple(float(b) for b in beta)
+
+
+def logistic_plcc(x, y) -> float:
+    """PLCC of ``y`` with ``logistic4(x)`` fitted to it (:func:`fit_logistic4`), signed by the fitted
+    curve's direction: negative when the best fitting logistic falls (``beta1 < beta2``), so that a
+    metric ranking the wrong way is not hidden by a decreasing fit. NaN when no fit exists.
+
+    Example:
+        >>> xs = np.linspace(-3, 3, 25)
+        >>> round(logistic_plcc(xs, logistic4(xs, 4.0, 1.0, 0.5, 0.7)), 6)
+        1.0
+    """
+    x, y = _flat("x", x), _flat("y", y)
+    beta = fit_logistic4(x, y)
+    if beta is None:
+        return float("nan")
+    r = _pearson(logistic4(x, *beta), y)
+    return r if beta[0] >= beta[1] else -abs(r)
+
+
+def correlations(d, score, higher_is_better: bool = True) -> dict:
+    """SRCC, KRCC, raw PLCC and PLCC after the 4-parameter logistic between distances and opinion
+    scores, oriented so that a good metric is positive (see the sign convention above).
+
+    Args:
+        d: distances, one per pair.
+        score: the pairs' opinion scores as published.
+        higher_is_better: True when a higher score means better quality or more similar (MOS,
+            TID2013, KADID-10k, PIPAL's Elo); False when it means worse (CSIQ's DMOS, PieAPP's error).
+
+    Returns:
+        ``{"srcc", "krcc", "plcc", "plcc_raw"}``: floats, or None where undefined (fewer than 2
+        pairs, a constant side; ``plcc`` also when the logistic fit fails or with fewer than 4).
+        The logistic maps the predicted quality (``-d``) to the score oriented higher-is-better.
+
+    Example:
+        >>> c = correlations([0.1, 0.2, 0.3, 0.4], [4.0, 3.0, 2.5, 1.0])
+        >>> c["srcc"], c["krcc"], round(c["plcc_raw"], 4)
+        (1.0, 1.0, 0.9812)
+    """
+    d, score = _flat("d", d), _flat("score", score)
+    _same_length(d=d, score=score)
+    quality, target = -d, (score if higher_is_better else -score)
+    figures = {"srcc": srcc(quality, target), "krcc": krcc(quality, target), "plcc": logistic_plcc(quality, target),
+               "plcc_raw": plcc(quality, target)}
+    return {k: (None if not math.isfinite(v) else v) for k, v in figures.items()}

@@ -72,6 +72,9 @@ def register(sub) -> None:
     from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
 
     register_eval_retrieval(datasets)
+    from .iqa import register_eval_iqa  # correlations with opinion scores: IQA datasets, pair files
+
+    register_eval_iqa(datasets, sys.modules[__name__])
 
 
 def _add_run_options(q) -> None:

@@ -17,9 +17,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..images import DECODE_ERRORS, decode_failure, read_pixels
-from .records import JNDPair, OddOneOut, Triplet
+from .records import JNDPair, OddOneOut, ScoredPair, Triplet
 
-__all__ = ["TripletImages", "PairImages", "OddOneOutImages", "collate_images", "data_loader"]
+__all__ = ["TripletImages", "PairImages", "OddOneOutImages", "ScoredPairImages", "collate_images", "data_loader"]
 
 
 def data_loader(dataset, **kwargs) -> torch.utils.data.DataLoader:
@@ -140,6 +140,15 @@ class OddOneOutImages(_ImageRecords):
 
     def __init__(self, triplets: Sequence[OddOneOut], transform=None):
         super().__init__(triplets, transform)
+class ScoredPairImages(_ImageRecords):
+    """Decoded scored pairs: ``{"index": i, "ref", "dist": [3, H, W] uint8, "score": float}``; see
+    :class:`TripletImages`."""
+
+    image_fields = ("ref", "dist")
+    value_field = "score"
+
+    def __init__(self, pairs: Sequence[ScoredPair], transform=None):
+        super().__init__(pairs, transform)
 
 
 def collate_images(items: List[Dict]) -> Dict:

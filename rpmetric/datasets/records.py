@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-__all__ = ["Triplet", "JNDPair", "BadItem", "OddOneOut", "ODD_POSITIONS"]
+__all__ = ["Triplet", "JNDPair", "ScoredPair", "BadItem", "OddOneOut", "ODD_POSITIONS"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,26 @@ class JNDPair:
     p0: Path
     p1: Path
     same: float
+
+
+@dataclass(frozen=True)
+class ScoredPair:
+    """One opinion score of a pair: how good ``dist`` looks next to ``ref`` (full-reference IQA), or how
+    similar two images are (a pair file).
+
+    Attributes:
+        id: the dataset's own id (the distorted image's file name; a pair file's line).
+        ref, dist: image files (a pair file's ``a`` and ``b``).
+        score: the score as published; whether higher means better is the reader's to state
+            (see :data:`rpmetric.datasets.iqa.IQA_DATASETS`).
+        kind: the distortion type, where the dataset has types; None otherwise.
+    """
+
+    id: str
+    ref: Path
+    dist: Path
+    score: float
+    kind: Optional[str] = None
 
 
 @dataclass(frozen=True)

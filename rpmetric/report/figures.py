@@ -36,7 +36,9 @@ FIGURE_FORMATS = ("png", "svg", "pdf")
 _MAX_RESULT_BYTES = 256 * 2**20
 _TASKS = ("2afc", "jnd")
 _TASKS += ("odd-one-out",)  # THINGS
-_FIX = "give a result file written by `rpmetric eval nights|bapps|jnd|things|triplets --out`"
+# `rpmetric eval iqa|pairs`: the score is an SRCC in [-1, 1]; under attack, the SRCC after it.
+_CORRELATION_TASKS = ("correlation", "correlation-inverse")
+_FIX = "give a result file written by `rpmetric eval nights|bapps|jnd|things|triplets|iqa|pairs --out`"
 
 Results = Union[dict, str, Path, Sequence[Union[dict, str, Path]]]
 
@@ -83,6 +85,8 @@ def _check_result(result, source: str) -> None:
 
     if not isinstance(result, dict):
         fail(f"it holds a JSON {type(result).__name__}, not an object")
+    if result.get("task") in _CORRELATION_TASKS:
+        return _check_correlation(result, fail)
     if result.get("task") not in _TASKS:
         fail("its 'task' is missing" if "task" not in result else
              f"its 'task' is {result['task']!r}, not one of {_TASKS}")
@@ -115,6 +119,24 @@ def _check_result(result, source: str) -> None:
         else:
             _number(summary, "robust_accuracy", where, fail, unit=True)
             _number(config, "eps", f"{where}['attack']", fail)
+
+
+def _check_correlation(result: dict, fail) -> None:
+    """A result of ``rpmetric eval iqa|pairs``: correlations in [-1, 1] (None where undefined)."""
+    groups = result.get("results")
+    if not isinstance(groups, dict) or not groups:
+        fail("it has no 'results' of any group")
+    for group, summary in groups.items():
+        if not isinstance(summary, dict) or "score" not in summary:
+            fail(f"results[{group!r}] has no 'score'")
+        value = summary["score"]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not -1 <= value <= 1):
+            fail(f"results[{group!r}]['score'] is {value!r}, not a correlation in [-1, 1]")
+    for group, summary in (result.get("attack") or {}).items():
+        if not isinstance(summary, dict) or not isinstance(summary.get("attacked"), dict) \
+                or not isinstance(summary.get("attack"), dict) or summary["attack"].get("norm") not in ("linf", "l2"):
+            fail(f"attack[{group!r}] is not a correlation attack summary (attacked, attack with a norm)")
 
 
 def _number(container, name: str, where: str, fail, unit: bool = False) -> None:
@@ -174,7 +196,25 @@ def _runs(results: Results, labels: Optional[Sequence[str]]) -> List[_Run]:
     return runs
 
 
+def _correlation_run(result: dict, source: str) -> _Run:
+    """A correlation result: the SRCC per group (PieAPP's pairwise 2AFC row left out) and, under
+    attack, the SRCC before and after it; both score directions plot together as ``correlation``."""
+    run = _Run(label="", source=source, model=str(result.get("model", "result")), task="correlation",
+               score_name="SRCC (x100)",
+               scores={g: s["score"] for g, s in result["results"].items() if "srcc" in s and s["score"] is not None})
+    for group, summary in (result.get("attack") or {}).items():
+        clean, attacked = summary.get("clean", {}).get("srcc"), summary["attacked"].get("srcc")
+        if clean is None or attacked is None:
+            continue
+        run.norm = summary["attack"]["norm"]
+        run.clean[group] = clean
+        run.robust[group] = [(summary["attack"]["eps"], attacked)]
+    return run
+
+
 def _run(result: dict, source: str) -> _Run:
+    if result["task"] in _CORRELATION_TASKS:
+        return _correlation_run(result, source)
     run = _Run(label="", source=source, model=str(result.get("model", "result")), task=result["task"],
                score_name=str(result.get("score", "score")),
                scores={g: s["score"] for g, s in result["results"].items()})
@@ -247,6 +287,12 @@ def _new_figure(width: float, height: float):
 
 def _bar_panels(runs: List[_Run]) -> List[Tuple[str, str, List[str]]]:
     """``(axes label, title, groups)`` of each bar panel the runs have data for."""
+    if runs[0].task == "correlation":
+        if not any(run.robust for run in runs):
+            return [("score", runs[0].score_name, _groups(runs, "scores"))]
+        return [("score", runs[0].score_name, _groups(runs, "scores")),
+                ("clean", "SRCC of the attacked pairs, clean (x100)", _groups(runs, "clean")),
+                ("robust", "SRCC under attack (x100)", _groups(runs, "robust"))]
     panels = [("score", f"{runs[0].score_name} (%)", _groups(runs, "scores"))]
     if any(run.robust for run in runs):
         panels += [("clean", "clean accuracy (%)", _groups(runs, "clean")),
@@ -278,6 +324,8 @@ def _draw_bars(ax, kind: str, title: str, groups: List[str], runs: List[_Run]) -
     slanted = len(groups) > 3 or sum(len(g) for g in groups) > 30  # long names would overlap
     ax.set_xticks(range(len(groups)), groups, rotation=20 if slanted else 0, ha="right" if slanted else "center")
     ax.set_ylim(0, 100)
+    if any(v < 0 for *_, values in series for v in values.values()):  # a correlation below zero
+        ax.set_ylim(-100, 100)
     # below the panel: a legend inside would hide bars (constrained layout makes room for it)
     ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.3 if slanted else -0.12),
               ncols=min(len(series), 2))
