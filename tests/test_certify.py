@@ -23,6 +23,7 @@ import pytest
 import torch
 from scipy.stats import beta, binom, norm
 
+import rpmetric
 from rpmetric import evaluation
 from rpmetric.attacks import certified_summary, certify
 from rpmetric.attacks.certify import CertifyConfig, clopper_pearson_lower, smoothed_radius
@@ -167,6 +168,24 @@ def test_noise_depends_on_the_triplet_not_its_batch_or_process(linear_triplets, 
     dealt = {r["id"]: [r[f] for f in fields] for r in shares}
     assert len(dealt) == len(triplets)
     assert dealt == {r["id"]: [r[f] for f in fields] for r in certified.records}
+
+
+def test_the_seed_draws_other_noise(linear_triplets, certified):
+    triplets, _ = linear_triplets
+    other = certify(linear_encoder(), triplets, sigma=SIGMA, n0=N0, n=N, alpha=ALPHA, seed=1, radii=[0.0])
+    assert [r["n_left"] for r in other.records[:-1]] != [r["n_left"] for r in certified.records[:-1]]
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_votes_follow_the_closed_form(linear_triplets):
+    triplets, p_left = linear_triplets
+    metric = rpmetric.RobustDistance(linear_encoder(), device="cuda")
+    result = certify(metric, triplets, sigma=SIGMA, n0=N0, n=N, alpha=ALPHA, radii=[0.0])
+    for record, p in zip(result.records, p_left):
+        assert binom.ppf(1e-6, N, p) <= record["n_left"] <= binom.ppf(1 - 1e-6, N, p), record
+        if record["cls"] >= 0:
+            assert record["radius"] <= SIGMA * norm.ppf(p if record["cls"] == 0 else 1 - p)
+    assert result.records[-1]["cls"] == -1  # the tie, exact in float16 too
 
 
 def test_resume_gives_identical_certified_numbers(linear_triplets, certified, tmp_path):

@@ -39,8 +39,10 @@ def add_certify_options(parser: argparse.ArgumentParser) -> None:
                             "required with --certify")
     group.add_argument("--n0", type=int, default=None, metavar="N", help="noise samples that select the class "
                                                                         "(default 100)")
-    group.add_argument("--n", type=int, default=None, metavar="N",
-                       help="fresh noise samples that estimate its probability (default 1000)")
+    # --n alone is ambiguous to torchrun (--nnodes, --nproc-per-node, ...), which parses the whole command line
+    group.add_argument("--certify-n", "--n", dest="n", type=int, default=None, metavar="N",
+                       help="fresh noise samples that estimate its probability; under torchrun spell it --certify-n "
+                            "(default 1000)")
     group.add_argument("--alpha", type=float, default=None, metavar="A",
                        help="level of the one-sided Clopper-Pearson bound: each certified radius holds with "
                             "probability >= 1 - A over the noise (default 0.001)")
