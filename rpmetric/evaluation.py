@@ -264,7 +264,7 @@ class Evaluation:
     done: int = 0
 
 
-def evaluate(distances, task: Union[str, Task], groups: Mapping[str, Sequence], *, batch_size: int = 32, workers: int = 0,
+def evaluate(distances, task: str | Task, groups: Mapping[str, Sequence], *, batch_size: int = 32, workers: int = 0,
              log: Union[str, Path, None] = None, resume: bool = False, run_config: Optional[dict] = None,
              skip_bad: bool = False, skipped: Optional[Mapping[str, Sequence[BadItem]]] = None,
              progress: bool = False, max_batches: Optional[int] = None) -> Evaluation:
@@ -321,7 +321,8 @@ def evaluate(distances, task: Union[str, Task], groups: Mapping[str, Sequence], 
 
     config = None
     if log is not None:
-        config = {"task": spec.name, **(spec.config or {}), "batch_size": batch_size, "groups": {g: len(r) for g, r in groups.items()},
+        config = {"task": spec.name, **(spec.config or {}), "batch_size": batch_size,
+                  "groups": {g: len(r) for g, r in groups.items()},
                   **distances.describe(), **_identity(distances),
                   "records": records_fingerprint(record for _, record in items), **(run_config or {})}
     runlog, done = _open_log(log, config, resume, spec)

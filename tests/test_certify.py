@@ -170,6 +170,17 @@ def test_noise_depends_on_the_triplet_not_its_batch_or_process(linear_triplets, 
     assert dealt == {r["id"]: [r[f] for f in fields] for r in certified.records}
 
 
+def test_left_and_right_are_embedded_once_and_only_noisy_references_after(linear_triplets):
+    triplets, _ = linear_triplets
+    encoder = linear_encoder()
+    sizes = []
+    encoder.backbone.register_forward_hook(lambda module, inputs, output: sizes.append(len(inputs[0])))
+    certify(encoder, triplets, sigma=SIGMA, n0=4, n=20, batch_size=len(triplets), noise_batch=50, radii=[0.0])
+    # One clean pass over the distinct images (6 references, left, right), then the noisy references:
+    # n0 + n of each triplet, in passes of at most noise_batch.
+    assert sizes[0] == 8 and sum(sizes[1:]) == len(triplets) * 24 and max(sizes[1:]) <= 50
+
+
 def test_the_seed_draws_other_noise(linear_triplets, certified):
     triplets, _ = linear_triplets
     other = certify(linear_encoder(), triplets, sigma=SIGMA, n0=N0, n=N, alpha=ALPHA, seed=1, radii=[0.0])

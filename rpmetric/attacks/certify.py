@@ -278,7 +278,8 @@ _INT_FIELDS = ("n0_left", "n0_right", "n_left", "n_right", "cls")
 def _check_radii(radii: Sequence[float]) -> List[float]:
     values = [check_real("radii", r, 0.0) for r in radii]
     if any(not math.isfinite(v) for v in values):
-        raise ValueError(f"Argument `radii` must be finite numbers >= 0 (l2, on [0, 1] pixels), but got {list(radii)!r}.")
+        raise ValueError(f"Argument `radii` must be finite numbers >= 0 (l2, on [0, 1] pixels), but got "
+                         f"{list(radii)!r}.")
     return sorted(set(values))
 
 
