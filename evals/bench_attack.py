@@ -16,6 +16,17 @@ The triplets' labels are the model's own clean decisions, so APGD attacks every 
 batch (a row already wrong would be skipped and make the attack look cheaper than it is).
 
     python evals/bench_attack.py [--arch ViT-B-32] [--batch 8] [--steps 10] [--repeats 3] [--threads 1] [--clock cpu]
+
+`--smoothing` times randomized-smoothing certification (`rpmetric.attacks.certify`) instead:
+
+    ratio = seconds per triplet / ((n0 + n + 3) x seconds per image of a plain forward)
+
+where the plain forward is the encoder without gradients on a batch of `--noise-batch` images at
+its input size (the batch the noisy references go through), and 3 counts the clean reference, left
+and right. Target (issue 16): ratio <= 1.1. The certification is timed end to end (data loading,
+clean pass, noise, counting, bookkeeping), with baselines before and after each run.
+
+    python evals/bench_attack.py --smoothing [--batch 2] [--smoothing-n0 8] [--smoothing-n 56] [--noise-batch 64]
 """
 
 from __future__ import annotations
@@ -80,6 +91,37 @@ def forward_seconds(encoder, x: torch.Tensor, repeats: int, clock) -> float:
     return statistics.median(times[1:])
 
 
+def smoothing_cost(args, clock) -> dict:
+    """The certification's seconds per triplet against its forward passes (see the module)."""
+    import rpmetric
+    from rpmetric.attacks import certify
+
+    passes = args.smoothing_n0 + args.smoothing_n + 3
+    with tempfile.TemporaryDirectory(prefix="rpmetric-bench-smoothing-") as tmp:
+        tmp = Path(tmp)
+        metric = rpmetric.RobustDistance(str(save_random_open_clip(args.arch, tmp / "model")[0]), device="cpu")
+        triplets = triplets_judged_correctly(metric, tmp, args.batch)
+        size = metric.encoder.image_size
+        x = torch.rand(args.noise_batch, 3, size, size)
+        kwargs = dict(sigma=args.sigma, n0=args.smoothing_n0, n=args.smoothing_n, noise_batch=args.noise_batch,
+                      batch_size=args.batch)
+        certify(metric, triplets[:1], **{**kwargs, "n0": 1, "n": 1})  # warm-up
+        rows = []
+        for _ in range(args.repeats):
+            before = forward_seconds(metric.encoder, x, 2, clock)
+            start = clock()
+            result = certify(metric, triplets, **kwargs)
+            seconds = clock() - start
+            one = (before + forward_seconds(metric.encoder, x, 2, clock)) / 2 / args.noise_batch
+            rows.append({"seconds_per_triplet": seconds / args.batch, "seconds_per_forward": one,
+                         "forward_passes_per_triplet": passes, "ratio": seconds / args.batch / (passes * one),
+                         "smoothed_accuracy": result.results["all"]["certify"]["clean_accuracy"]})
+    return {"part": "smoothing", "arch": args.arch, "triplets": args.batch, "n0": args.smoothing_n0,
+            "n": args.smoothing_n, "noise_batch": args.noise_batch, "threads": args.threads, "clock": args.clock,
+            "target_ratio": 1.1, "median_ratio": statistics.median(r["ratio"] for r in rows),
+            "median_seconds_per_triplet": statistics.median(r["seconds_per_triplet"] for r in rows), "runs": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="ViT-B-32", help="open_clip architecture, random weights")
@@ -91,9 +133,18 @@ def main() -> None:
                         help="cpu: this process's CPU time, less disturbed by other jobs on shared cores (use with "
                              "--threads 1, where it is not inflated by threads waiting for each other); "
                              "wall: elapsed time, for a quiet machine")
+    parser.add_argument("--smoothing", action="store_true",
+                        help="time randomized-smoothing certification instead of APGD (see the module)")
+    parser.add_argument("--smoothing-n0", type=int, default=8, help="with --smoothing: selection samples")
+    parser.add_argument("--smoothing-n", type=int, default=56, help="with --smoothing: estimation samples")
+    parser.add_argument("--noise-batch", type=int, default=64, help="with --smoothing: noisy references per pass")
+    parser.add_argument("--sigma", type=float, default=0.25, help="with --smoothing: noise std on [0, 1]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.smoothing:
+        print(json.dumps(smoothing_cost(args, clock), indent=2))
+        return
 
     import rpmetric
     from rpmetric.attacks import evaluate_attack

@@ -159,6 +159,16 @@ class EncoderDistances:
             # so they go to the feature hook directly (it applies the counterattack when one is set).
             return self.metric.features(x).float()
 
+    def embed(self, x: torch.Tensor, unique: bool = True) -> torch.Tensor:
+        """Raw float32 embeddings ``[N, D]`` of images at the model's input size, for measurements
+        beyond distances (e.g. :mod:`rpmetric.attacks.certify`'s noisy references).
+
+        Args:
+            unique: each distinct image once, so identical images get identical rows; False embeds
+                every row in one pass (for images known to differ, such as noisy copies).
+        """
+        return self._features(x) if unique else self._embed(x)
+
     def pair_distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         fa, fb = self._features(torch.cat([a, b])).chunk(2)
         return cosine_distance(fa, fb).cpu()
@@ -222,9 +232,13 @@ class Task:
     measure: Callable  # (distances, *image batches) -> tuple of [B] tensors, one per output
     score: Callable[[List[dict]], float]
     unit: str  # what a record is, for messages
-    # Further figures of a group beside its score (the correlation task's KRCC, PLCC...), or None.
+    # Optional parts of a task kind with settings of its own (rpmetric.attacks.certify's, the correlation's):
+    keyed: bool = False  # measure also takes keys=[the records' "group/id" keys], e.g. to seed noise per record
+    # Further figures of a group beside n and its score (the correlation task's KRCC, PLCC...), or None.
     summary: Optional[Callable[[List[dict]], dict]] = None
-    label: Optional[str] = None  # the score's name on the progress bar (default: 2AFC or mAP)
+    config: Optional[Mapping] = None  # settings that define the measurement, recorded in (and checked by) the log
+    label: Optional[str] = None  # the running score's name on the progress bar (default: TASK_LABELS)
+    percent: bool = True  # the progress bar shows the running score as a percentage (False: as it is, e.g. an SRCC)
 
 
 def _score_2afc(records: List[dict]) -> float:
@@ -267,7 +281,7 @@ def _correlation_task(name: str, higher_is_better: bool) -> Task:
 
     return Task(name, ScoredPairImages, ("ref", "dist"), "score", ("d",),
                 lambda dist, ref, other: (dist.pair_distances(ref, other),), score, "pair",
-                summary=figures, label="SRCC")
+                summary=figures, label="SRCC", percent=False)
 
 
 # Full-reference IQA and pair files: "correlation" where a higher score means better (MOS) or more
@@ -325,7 +339,7 @@ class Evaluation:
     done: int = 0
 
 
-def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size: int = 32, workers: int = 0,
+def evaluate(distances, task: str | Task, groups: Mapping[str, Sequence], *, batch_size: int = 32, workers: int = 0,
              log: Union[str, Path, None] = None, resume: bool = False, run_config: Optional[dict] = None,
              skip_bad: bool = False, skipped: Optional[Mapping[str, Sequence[BadItem]]] = None,
              progress: bool = False, max_batches: Optional[int] = None) -> Evaluation:
@@ -333,7 +347,8 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
 
     Args:
         distances: :class:`EncoderDistances` or :class:`PixelL2` (see :func:`load_distances`).
-        task: ``"2afc"`` (records are :class:`~rpmetric.datasets.Triplet`) or ``"jnd"`` (:class:`~rpmetric.datasets.JNDPair`).
+        task: ``"2afc"`` (records are :class:`~rpmetric.datasets.Triplet`) or ``"jnd"`` (:class:`~rpmetric.datasets.JNDPair`),
+            or a :class:`Task` built elsewhere (e.g. :func:`rpmetric.attacks.certify.certify_task`).
         groups: ``{name: records}``, e.g. ``{"test_imagenet": read_nights(root, "test_imagenet")}``.
         batch_size: records per batch (3 or 2 images each).
         workers: DataLoader worker processes decoding images (0: in this process).
@@ -362,13 +377,13 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
         >>> result.results  # doctest: +SKIP
         {'test': {'n': 2120, 'score': 0.73}}
     """
-    if task not in TASKS:
+    if not isinstance(task, Task) and task not in TASKS:
         raise ValueError(f"Argument `task` must be one of {tuple(TASKS)}, but got {task!r}.")
     if batch_size < 1:
         raise ValueError(f"Argument `batch_size` must be at least 1, but got {batch_size}.")
     if workers < 0:
         raise ValueError(f"Argument `workers` must be at least 0, but got {workers}.")
-    spec = TASKS[task]
+    spec = task if isinstance(task, Task) else TASKS[task]
     items = [(group, record) for group, records in groups.items() for record in records]
     for group, records in groups.items():
         if not records:
@@ -381,10 +396,11 @@ def evaluate(distances, task: str, groups: Mapping[str, Sequence], *, batch_size
 
     config = None
     if log is not None:
-        config = {"task": task, "batch_size": batch_size, "groups": {g: len(r) for g, r in groups.items()},
+        config = {"task": spec.name, **(spec.config or {}), "batch_size": batch_size,
+                  "groups": {g: len(r) for g, r in groups.items()},
                   **distances.describe(), **_identity(distances),
                   "records": records_fingerprint(record for _, record in items), **(run_config or {})}
-    runlog, done = _open_log(log, config, resume)
+    runlog, done = _open_log(log, config, resume, spec)
     for key in keys:
         if key in done and "error" in done[key] and not skip_bad:
             raise ValueError(f"{done[key]['error']}; pass `skip_bad=True` to skip it")
@@ -438,7 +454,8 @@ def _identity(distances) -> dict:
     return model_identity(metric.spec) if metric is not None else {}
 
 
-def _open_log(path, config: Optional[dict], resume: bool) -> Tuple[Optional[RunLog], Dict[str, dict]]:
+def _open_log(path, config: Optional[dict], resume: bool, spec: Optional[Task] = None
+              ) -> Tuple[Optional[RunLog], Dict[str, dict]]:
     """Rank 0 opens the log; every rank gets its records (and rank 0's error, if it failed)."""
     if path is None:
         return None, {}
@@ -446,7 +463,7 @@ def _open_log(path, config: Optional[dict], resume: bool) -> Tuple[Optional[RunL
     runlog, outcome = None, None
     if rank == 0:
         try:
-            spec = TASKS[config["task"]]
+            spec = spec or TASKS[config["task"]]
             check = record_check([*spec.outputs, spec.target], present=["group", "id"])
             runlog = RunLog(path, config, resume, check=check)
             outcome = ("ok", runlog.done)
@@ -476,7 +493,8 @@ def _measure(spec: Task, distances, batch: dict, items, keys) -> List[dict]:
             values = values[keep]
     records = []
     if index:
-        outputs = spec.measure(distances, *images)
+        keyed = {"keys": [keys[i] for i in index]} if spec.keyed else {}
+        outputs = spec.measure(distances, *images, **keyed)
         for j, i in enumerate(index):
             group, record = items[i]
             row = {"key": keys[i], "group": group, "id": record.id}
@@ -509,9 +527,8 @@ def _summarise(spec: Task, groups, items, keys, finished: Dict[str, dict], skipp
             rows = [r for r in report.records if r["group"] == group]
             if not rows:
                 raise ValueError(f"Group {group!r} has no {spec.unit}s left after skipping bad ones.")
-            report.results[group] = {"n": len(rows), "score": spec.score(rows)}
-            if spec.summary is not None:
-                report.results[group].update(spec.summary(rows))
+            report.results[group] = {"n": len(rows), "score": spec.score(rows),
+                                     **(spec.summary(rows) if spec.summary is not None else {})}
     return report
 
 
@@ -541,10 +558,8 @@ class _RunningScore:
             score = self.spec.score(scored)
         except ValueError:  # e.g. no pair judged the same yet: mAP undefined so far
             return
-        if self.spec.label is not None:
-            self.bar.set_postfix_str(f"{self.spec.label} {score:.4f}")
-            return
-        self.bar.set_postfix_str(f"{TASK_LABELS.get(self.spec.name, self.spec.name)} {100 * score:.2f}%")
+        label = self.spec.label or TASK_LABELS.get(self.spec.name, self.spec.name)
+        self.bar.set_postfix_str(f"{label} {100 * score:.2f}%" if self.spec.percent else f"{label} {score:.4f}")
 
 
 # -- datasets ---------------------------------------------------------------------------------

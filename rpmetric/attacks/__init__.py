@@ -5,9 +5,12 @@
 - :class:`TwoAFCLogits`: the 2AFC decision as a 2-class classifier, for any classification attack.
 - :func:`run_apgd`: pyautoattack's APGD-CE on a batch of references.
 - :func:`add_attack_options` / :func:`attack_config_from_args`: the command-line options.
+- :func:`certify`: certified 2AFC accuracy by randomized smoothing of the reference
+  (:mod:`rpmetric.attacks.certify`), with per-triplet radii.
 """
 
 from .apgd import ApgdResult, perturbation_norms, run_apgd
+from .certify import CertifyConfig, CertifyResult, certified_summary, certify, certify_task
 from .cli import add_attack_options, attack_columns, attack_config_from_args, attack_groups, attack_headers
 from .config import AttackConfig, Norm, radius_label
 from .evaluate import AttackResult, evaluate_attack
@@ -29,4 +32,9 @@ __all__ = [
     "attack_columns",
     "attack_headers",
     "radius_label",
+    "certify",
+    "CertifyResult",
+    "CertifyConfig",
+    "certify_task",
+    "certified_summary",
 ]

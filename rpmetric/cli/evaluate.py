@@ -67,6 +67,7 @@ def register(sub) -> None:
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
             add_attack_options(q, curves=True)
+            _add_certify_options(q)
         q.set_defaults(func=run, rerun=(("--resume",), ()))
     _register_file_datasets(datasets)
     from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
@@ -122,6 +123,42 @@ def _add_preprocess_option(q, dataset: str) -> None:
                         f"here {DEFAULT_PREPROCESS[dataset]}; not for pixel baselines)")
 
 
+def _add_certify_options(q) -> None:
+    from ..attacks.certify_cli import add_certify_options
+
+    add_certify_options(q)
+
+
+def _certify_settings(args, attack, counterattack):
+    """``(CertifyConfig, radii)`` of ``--certify``, after refusing what it does not combine with;
+    None without it."""
+    from ..attacks.certify_cli import certify_settings_from_args
+
+    settings = certify_settings_from_args(args) if hasattr(args, "certify") else None
+    if settings is None:
+        return None
+    for option, given in (("--attack", attack is not None), ("--counterattack", counterattack is not None),
+                          ("--html", args.html is not None)):
+        if given:
+            raise ValueError(f"--certify does not combine with {option}; run them as two commands.")
+    return settings
+
+
+def _certify_log(log: Path) -> Path:
+    """The default run log of a certification: the clean run's name with ``.certify``, so that the
+    two never share (or block) one."""
+    return log.with_name(log.name[:-len(".log.jsonl")] + ".certify.log.jsonl")
+
+
+def _certify_total(results: dict, records: list, radii) -> None:
+    """The certified figures of the NIGHTS total: those of the two test parts' triplets together
+    (the size-weighted mean of each part's)."""
+    from ..attacks.certify import certified_summary
+
+    rows = [r for r in records if r["group"] in ("test_imagenet", "test_no_imagenet")]
+    results["total"]["certify"] = certified_summary(rows, radii)
+
+
 def run(args) -> int:
     from .. import distributed
     from ..attacks.cli import attack_config_from_args
@@ -132,7 +169,9 @@ def run(args) -> int:
 
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args) if hasattr(args, "attack") else None
-    for option, given in (("--counterattack", counterattack is not None), ("--attack", attack is not None)):
+    certify = _certify_settings(args, attack, counterattack)
+    for option, given in (("--counterattack", counterattack is not None), ("--attack", attack is not None),
+                          ("--certify", certify is not None)):
         if given and args.model in PIXEL_BASELINES:
             raise ValueError(f"{option} needs a model with an encoder, but --model is the {args.model} pixel baseline; "
                              "choose a model (see `rpmetric models`).")
@@ -169,6 +208,8 @@ def run(args) -> int:
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
                                    preprocess=args.preprocess)
         log, default_log = _log_path(args, distances, names, subset)
+        if certify is not None and args.log is None and args.out is None:
+            log = _certify_log(log)
         args.progress = log  # what --resume continues after an interruption (see cli.main)
         # The model is not recorded as typed: evaluate() records its resolved location and files, so
         # that the same folder spelled another way resumes and another folder of the same name does not.
@@ -176,15 +217,19 @@ def run(args) -> int:
                       **({"subset": subset} if args.dataset == "bapps" else {}),
                       **({"preprocess": args.preprocess} if args.preprocess is not None else {}),
                       **_file_selection(args)}
+        if certify is not None:
+            from ..attacks.certify import certify_task
+
+            certify_spec = certify_task(*certify)
         with _no_empty_logs([log], rank == 0):
-            result = evaluate(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
+            result = evaluate(distances, task if certify is None else certify_spec, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                               resume=args.resume, run_config=run_config, skip_bad=args.skip_bad, skipped=skipped,
                               progress=True, max_batches=args.max_batches)
     finally:
         distributed.shutdown()
     if rank != 0:
         return 0  # rank 0 alone reports and writes files
-    spec = TASKS[task]
+    spec = TASKS[task] if certify is None else certify_spec
     if result.skipped:
         _report_skipped(result.skipped, spec.unit)
     if not result.complete:
@@ -195,6 +240,8 @@ def run(args) -> int:
     total = nights_total(results) if args.dataset == "nights" else None
     if total is not None:
         results["total"] = total
+        if certify is not None:
+            _certify_total(results, result.records, certify[1])
     if args.dataset == "triplets":
         _add_binary_accuracy(results, result.records)
     attacked, details = None, {}
@@ -213,16 +260,30 @@ def run(args) -> int:
 
         headers += attack_headers(counterattack is not None, attack)
         rows = [row + attack_columns(attacked.get(row[0]), counterattack is not None, attack) for row in rows]
+    if certify is not None:
+        from ..attacks.certify_cli import certify_columns, certify_headers
+
+        headers += certify_headers(certify[1])
+        rows = [row + certify_columns(results[row[0]].get("certify")) for row in rows]
     print(format_table(rows, headers))
     if args.out is not None:
         summary = _summary(args, distances, task, names, subset, results, result, world)
         summary["settings"].update(_defences(args, counterattack, attack))
         if attacked is not None:
             summary["attack"] = attacked
+        if certify is not None:
+            from ..attacks.certify_cli import certify_settings_record
+
+            summary["settings"]["certify"] = certify_settings_record(*certify)
         write_json(args.out, summary)
     if args.per_sample is not None:
         columns = ["group", "id", *spec.outputs, spec.target]
-        write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in result.records))
+        records = result.records
+        if certify is not None:
+            from ..attacks.certify import typed_records
+
+            records = typed_records(records)
+        write_csv(args.per_sample, columns, ([r[c] for c in columns] for r in records))
     if args.html is not None:
         _page(args, distances, task, names, results, result, groups, attacked, details, counterattack)
     if default_log:  # complete: everything is in the outputs now
