@@ -3,12 +3,13 @@
 Meant for a short loan of a GPU machine with no network, torch preinstalled (2.11 on the project's
 loan machines; any torch >= 2.1 works) and the other packages carried as wheels:
 
-    python evals/gpu_check.py --wheels wheels --out gpu_check.json      # on the GPU machine, < 6 min
+    python evals/gpu_check.py --wheels wheels --out gpu_check.json      # on the GPU machine: < 6 min by design
     python evals/gpu_check.py --print-download                           # where there is a network
     python evals/gpu_check.py --cpu-smoke --out smoke.json               # no GPU: the same steps, tiny
 
-Steps (each in its own process with its own timeout; a failure is recorded and the others still run;
-the exit status is 1 if any step failed):
+Steps (run in the order of ``STEPS``, throughput last; each in its own process, a fresh interpreter
+on the GPU, with its own timeout; a failure is recorded and the others still run; the exit status
+is 1 if any step failed; the install and the steps share ``--budget``):
 
 - ``setup``: random-weight models at their real architectures (the zoo's ViT-B/32, ViT-B/16 and
   ConvNeXt-B configs), saved in the Hub's open_clip layout and loaded through rpmetric's own model
@@ -594,6 +595,8 @@ def step_torchrun_child(work: Path, size: dict, config: dict) -> dict:
     backend = "nccl" if size["device"] == "cuda" else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend == "nccl":
+        # One node: NCCL needs a socket only to bootstrap, and the loan machines may have no other interface up.
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend)
     device = f"cuda:{local_rank}" if backend == "nccl" else "cpu"
@@ -604,7 +607,8 @@ def step_torchrun_child(work: Path, size: dict, config: dict) -> dict:
     rd.is_distributed = lambda: dist.is_available() and dist.is_initialized()
     record = {"backend": dist.get_backend(), "world_size": dist.get_world_size(), "all_reduce_sum": t[0].item(),
               "all_gather_object": gathered, "launcher_env": {k: os.environ.get(k) for k in
-                                                              ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}}
+                                                              ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT",
+                                                               "NCCL_SOCKET_IFNAME")}}
     if t[0].item() != 1.0 or gathered != [{"rank": 0}]:
         record.update(ok=False, error=f"collectives returned {t.tolist()} and {gathered}")
         return record
@@ -685,19 +689,26 @@ def can_fork() -> bool:
 
 def _wait(pid: int, timeout: float) -> Optional[int]:
     """The exit status of ``pid`` (a session leader), or None after killing its session at ``timeout``."""
+    def kill():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+
     deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8
-        if time.monotonic() > deadline:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            return None
-        time.sleep(0.05)
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8
+            if time.monotonic() > deadline:
+                kill()
+                return None
+            time.sleep(0.05)
+    except BaseException:  # Ctrl-C or SIGTERM of this process: leave no step behind
+        kill()
+        raise
 
 
 def _fork_step(step: str, work: Path, result: Path, cpu_smoke: bool, log: Path) -> int:
@@ -861,6 +872,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         parser.error(f"unknown steps {unknown}; choose from {','.join(STEPS)}")
     start = time.monotonic()
+    # SIGTERM (a timeout of whoever runs this) ends the run as Ctrl-C does: the running step is killed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work = args.work or Path(tempfile.mkdtemp(prefix="rpmetric-gpu-check-"))
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
