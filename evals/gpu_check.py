@@ -866,6 +866,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return child_main(args.child, args.work, args.result, args.cpu_smoke)
     if args.print_download:
         print(pip_download_command("wheels", args.torch_version))
+        unknown = download_plan(args.torch_version)[2]
+        if unknown:
+            print(f"warning: {', '.join(unknown)} not installed here, so pip resolves their dependencies, which may "
+                  "fetch torch; install rpmetric[test] here first for the exact command", file=sys.stderr)
         return 0
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = [s for s in steps if s not in STEPS]
