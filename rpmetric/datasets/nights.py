@@ -9,12 +9,12 @@ in DreamSim's loader. The target p is ``right_vote``, the share of people who ch
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import List, Optional, Union
 
 from ..files import extra_fields, read_csv
 from .records import BadItem, Triplet
+from .scored import number
 
 __all__ = ["NIGHTS_SPLITS", "NIGHTS_COLUMNS", "MIN_VOTES", "read_nights"]
 
@@ -109,13 +109,7 @@ def read_nights(root: Union[str, Path], split: str, *, skipped: Optional[List[Ba
 
 
 def _number(row, column: str) -> float:
-    try:
-        value = float(row[column])
-    except (TypeError, ValueError):
-        raise ValueError(f"`{column}` must be a number, but got {row[column]!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"`{column}` must be finite, but got {row[column]!r}")
-    return value
+    return number(row[column], column)
 
 
 def _flag(row, column: str) -> bool:
