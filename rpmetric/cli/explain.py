@@ -63,7 +63,7 @@ def run(args) -> int:
     from ..metric import RobustDistance
     from ..report.figures import check_figure_path, save_figure
     from ..report.interpret import distance_map_figure
-    from .image_batch import check_files, load_same_size
+    from .interpret_args import check_files, load_same_size, model_label
 
     check_figure_path(args.out, "--out")
     if args.noise > 1:
@@ -91,7 +91,7 @@ def run(args) -> int:
             unit = _UNITS["gradient-difference" if args.times_difference else "gradient"]
         panels.append((title, values, unit))
     names = (f"A: {args.images[0].name}", f"B: {args.images[1].name}")
-    figure = distance_map_figure(a[0], b[0], panels, names=names, title=str(args.model or metric.spec.name))
+    figure = distance_map_figure(a[0], b[0], panels, names=names, title=model_label(args.model or metric.spec.name))
     save_figure(figure, args.out)
     print(f"wrote {args.out}")
     return 0

@@ -79,7 +79,7 @@ def run(args) -> int:
     from ..report.figures import check_figure_path, save_figure
     from ..report.interpret import inversion_grid, save_png
     from .common import format_table
-    from .image_batch import check_files, load_same_size
+    from .interpret_args import check_files, load_same_size, model_label
 
     models = args.model or [default_model()]
     init_path = args.init if isinstance(args.init, Path) else None
@@ -90,7 +90,7 @@ def run(args) -> int:
     images = load_same_size(list(args.images) + ([init_path] if init_path else []), args.size, why)
     init = images.pop() if init_path else args.init
     batch = torch.cat(images)
-    columns = _labels([_model_label(m) for m in models])
+    columns = _labels([model_label(m) for m in models])
     rows = _labels([p.stem for p in args.images])
     tiles = [[None] * len(models) for _ in images]
     cosines = [[0.0] * len(models) for _ in images]
@@ -113,12 +113,6 @@ def run(args) -> int:
     print(format_table(table, ["image", "model", "cosine", "inversion"]))
     print(f"wrote {args.out}")
     return 0
-
-
-def _model_label(model: str) -> str:
-    """A column name: a zoo name as it is, a Hub id or a local folder by its last part."""
-    name = model[len("hf-hub:"):] if model.startswith("hf-hub:") else model
-    return Path(name.split("@")[0]).name or name
 
 
 def _labels(names):

@@ -86,10 +86,14 @@ def invert(metric, target: torch.Tensor, *, steps: int = DEFAULT_STEPS, lr: floa
         ValueError, TypeError: a bad argument; the message names it and the valid values.
 
     Example:
-        >>> import sys, tempfile, pathlib, torch, rpmetric
-        >>> sys.path.insert(0, "tests"); import tinymodels  # a tiny random-weight open_clip ViT
-        >>> folder = tinymodels.save_open_clip(pathlib.Path(tempfile.mkdtemp()) / "vit", tinymodels.TINY_VIT_CFG)
-        >>> metric = rpmetric.RobustDistance(str(folder), device="cpu")
+        >>> import torch, rpmetric
+        >>> from torch import nn
+        >>> from rpmetric.models.encoder import Encoder
+        >>> from rpmetric.models.spec import ModelSpec, Preprocessing
+        >>> _ = torch.manual_seed(0)  # a tiny random-weight encoder for 32 px inputs (any zoo model works the same)
+        >>> net = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.GELU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 24))
+        >>> spec = ModelSpec(name="tiny", preprocessing=Preprocessing(image_size=32, resize_size=32))
+        >>> metric = rpmetric.RobustDistance(Encoder(net, spec), device="cpu")
         >>> x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         >>> images = invert(metric, metric.embed(x), steps=100, seed=0, progress=False)
         >>> images.shape, bool(cosine(metric, images, metric.embed(x)).min() > 0.99)

@@ -87,10 +87,14 @@ def distance_map(metric, a: torch.Tensor, b: torch.Tensor, method: str = "occlus
         ValueError, TypeError: a bad argument or images of different sizes; the message says which.
 
     Example:
-        >>> import sys, tempfile, pathlib, torch, rpmetric
-        >>> sys.path.insert(0, "tests"); import tinymodels  # a tiny random-weight open_clip ViT
-        >>> folder = tinymodels.save_open_clip(pathlib.Path(tempfile.mkdtemp()) / "vit", tinymodels.TINY_VIT_CFG)
-        >>> metric = rpmetric.RobustDistance(str(folder), device="cpu")
+        >>> import torch, rpmetric
+        >>> from torch import nn
+        >>> from rpmetric.models.encoder import Encoder
+        >>> from rpmetric.models.spec import ModelSpec, Preprocessing
+        >>> _ = torch.manual_seed(0)  # a tiny random-weight encoder for 32 px inputs (any zoo model works the same)
+        >>> net = nn.Sequential(nn.Conv2d(3, 16, 4, stride=4), nn.GELU(), nn.Flatten(), nn.Linear(16 * 8 * 8, 24))
+        >>> spec = ModelSpec(name="tiny", preprocessing=Preprocessing(image_size=32, resize_size=32))
+        >>> metric = rpmetric.RobustDistance(Encoder(net, spec), device="cpu")
         >>> a = torch.rand(3, 48, 48, generator=torch.Generator().manual_seed(0))
         >>> b = a.clone(); b[:, 8:24, 24:40] = 0.0  # a black square
         >>> m = distance_map(metric, a, b, patch=8, stride=4, progress=False)

@@ -1,5 +1,5 @@
-"""Images of one size for the commands that compare pixels at the same positions (``rpmetric
-invert`` and ``rpmetric explain``): loaded, brought to ``--size`` when given, and checked."""
+"""What ``rpmetric invert`` and ``rpmetric explain`` share: images of one size (loaded, brought to
+``--size`` when given, and checked), and the short name a figure gives a model."""
 
 from __future__ import annotations
 
@@ -40,3 +40,14 @@ def load_same_size(paths: Sequence[Path], size: Optional[int], why: str) -> List
             raise ValueError(f"{path} is {w} x {h} pixels but {paths[0]} is {w0} x {h0}; {why}: pass "
                              f"`size={min(h0, w0, h, w)}` to bring every image to one square size.")
     return images
+
+
+def model_label(model: str) -> str:
+    """A model's name in a figure: a zoo name as it is, a Hub id or a local folder by its last part.
+
+    Example:
+        >>> model_label("hf-hub:chs20/FARE4-ViT-B-32@main"), model_label("/tmp/models/tiny-vit/")
+        ('FARE4-ViT-B-32', 'tiny-vit')
+    """
+    name = model[len("hf-hub:"):] if model.startswith("hf-hub:") else model
+    return Path(name.split("@")[0]).name or name
