@@ -97,7 +97,8 @@ def run(args) -> int:
     table = []
     for j, model in enumerate(models):
         metric = RobustDistance(model, device=args.device)
-        target = metric.embed(batch).detach()
+        with torch.no_grad():
+            target = metric.embed(batch)
         result = invert(metric, target, steps=args.steps, lr=args.lr, init=init, tv=args.tv, jitter=args.jitter,
                         l2=args.l2, seed=args.seed, progress=not args.quiet)
         values = cosine(metric, result, target).tolist()
