@@ -12,8 +12,9 @@ maximise the cosine to the target, under the regularisers that make inversions r
 
 Pixels are optimised directly in [0, 1] and clamped back into it after each step (projected
 Adam), rather than through a sigmoid, so that ``lr`` is a step size in pixel units and pixels at
-0 or 1 still move. The defaults were checked on the tests' tiny random-weight models only (they
-reach a cosine of 0.99 there within 100 steps): a sanity check, not a tuning.
+0 or 1 still move. The defaults were checked on the tests' tiny random-weight models only (the
+tiny ViT reaches a cosine of 0.99 within 100 steps, both reach 0.999 in 300): a sanity check, not
+a tuning.
 """
 
 from __future__ import annotations
