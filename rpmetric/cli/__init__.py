@@ -18,7 +18,7 @@ from ..errors import MissingDependencyError, WorkerDiedError
 from .common import rerun_command
 
 # Module names under rpmetric.cli, in the order `rpmetric --help` lists them.
-COMMAND_MODULES = ["models", "distance", "download", "evaluate", "embed", "train", "plot"]
+COMMAND_MODULES = ["models", "distance", "download", "evaluate", "embed", "train", "plot", "invert", "explain"]
 
 # Python arguments whose CLI option is not their name with dashes (see cli_words).
 CLI_OPTIONS = {"skipped": "--skip-bad", "num_workers": "--workers"}
