@@ -65,7 +65,7 @@ def register(sub) -> None:
         _add_preprocess_option(q, name)
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
-            add_attack_options(q, curves=True)
+            add_attack_options(q, curves=True, threats=True)
         q.set_defaults(func=run, rerun=(("--resume",), ()))
     from .embed import register_eval_retrieval  # retrieval decisions over embedding stores
 
