@@ -16,6 +16,17 @@ The triplets' labels are the model's own clean decisions, so APGD attacks every 
 batch (a row already wrong would be skipped and make the attack look cheaper than it is).
 
     python evals/bench_attack.py [--arch ViT-B-32] [--batch 8] [--steps 10] [--repeats 3] [--threads 1] [--clock cpu]
+
+Square part (``--square``): the black-box Square attack of ``--attack-suite`` (``evaluate_attack(...,
+suite=["square"])``), timed end to end, against the encoder passes it used:
+
+    ratio = seconds / sum over its encoder calls of (seconds of one forward at that call's batch size)
+
+i.e. seconds per triplet / (forward passes used x one forward), target <= 1.1. Every call's batch
+size is recorded (the clean pass, Square's queries on the rows not yet fooled, the re-check), and
+one forward at each size is timed in the same run, interleaved with the attack.
+
+    python evals/bench_attack.py --square [--arch ViT-B-32] [--batch 8] [--queries 50] [--square-eps 1] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -80,6 +91,52 @@ def forward_seconds(encoder, x: torch.Tensor, repeats: int, clock) -> float:
     return statistics.median(times[1:])
 
 
+def square_cost(args, metric, triplets, clock) -> dict:
+    """The Square part (see the module doc): seconds of the attack over the seconds of its encoder passes."""
+    from rpmetric.attacks import evaluate_attack
+
+    encoder = metric.encoder
+    embed = encoder.embed
+    sizes = []
+
+    def recording(x, normalize=True):
+        sizes.append(len(x))
+        return embed(x, normalize=normalize)
+
+    size = encoder.image_size
+    x = torch.rand(3 * args.batch, 3, size, size)
+    kwargs = dict(eps=args.square_eps / 255, suite=["square"], square_queries=args.queries, batch_size=args.batch,
+                  progress=False)
+    evaluate_attack(metric, triplets, **{**kwargs, "square_queries": 2})  # warm-up
+    rows = []
+    for _ in range(args.repeats):
+        sizes.clear()
+        encoder.embed = recording  # an instance attribute: the class's method stays as it was
+        try:
+            start = clock()
+            result = evaluate_attack(metric, triplets, **kwargs)
+            seconds = clock() - start
+        finally:
+            del encoder.embed
+        one = {}
+        for n in sorted(set(sizes)):
+            times = []
+            for _ in range(3):
+                begin = clock()
+                with torch.no_grad():
+                    embed(x[:n], normalize=False)
+                times.append(clock() - begin)
+            one[n] = statistics.median(times)
+        forwards = sum(one[n] for n in sizes)
+        rows.append({"seconds": seconds, "seconds_per_triplet": seconds / args.batch,
+                     "encoder_calls": len(sizes), "image_forwards_per_triplet": sum(sizes) / args.batch,
+                     "seconds_of_its_forwards": forwards, "ratio": seconds / forwards,
+                     "robust_accuracy": result.robust_accuracy})
+    return {"part": "square", "arch": args.arch, "batch": args.batch, "queries": args.queries,
+            "eps": f"{args.square_eps:g}/255", "threads": args.threads, "clock": args.clock, "target_ratio": 1.1,
+            "median_ratio": statistics.median(r["ratio"] for r in rows), "runs": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="ViT-B-32", help="open_clip architecture, random weights")
@@ -91,6 +148,11 @@ def main() -> None:
                         help="cpu: this process's CPU time, less disturbed by other jobs on shared cores (use with "
                              "--threads 1, where it is not inflated by threads waiting for each other); "
                              "wall: elapsed time, for a quiet machine")
+    parser.add_argument("--square", action="store_true",
+                        help="measure the Square attack's cost instead (see the module doc)")
+    parser.add_argument("--queries", type=int, default=50, help="with --square: Square's query budget")
+    parser.add_argument("--square-eps", type=float, default=1.0,
+                        help="with --square: l-inf radius in 1/255 (small, so that Square fools few rows)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -102,6 +164,9 @@ def main() -> None:
         tmp = Path(tmp)
         metric = rpmetric.RobustDistance(str(save_random_open_clip(args.arch, tmp / "model")[0]), device="cpu")
         triplets = triplets_judged_correctly(metric, tmp, args.batch)
+        if args.square:
+            print(json.dumps(square_cost(args, metric, triplets, clock), indent=2))
+            return
         size = metric.encoder.image_size
         x = torch.rand(args.batch, 3, size, size)
         evaluate_attack(metric, triplets, steps=1, batch_size=args.batch, progress=False)  # warm-up

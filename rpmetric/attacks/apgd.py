@@ -20,7 +20,7 @@ from ..errors import MissingDependencyError
 from .config import AttackConfig
 from .logits import TwoAFCLogits
 
-__all__ = ["ApgdResult", "run_apgd", "perturbation_norms", "apgd_class", "LOSSES"]
+__all__ = ["ApgdResult", "run_apgd", "perturbation_norms", "apgd_class", "pyautoattack_class", "LOSSES"]
 
 # APGD's objectives on the 2-class decision (margin m = z_y - z_other of the logits z):
 # - "ce": cross-entropy, softplus(-m), the published protocol;
@@ -48,15 +48,21 @@ class ApgdResult(NamedTuple):
 
 def apgd_class():
     """pyautoattack's ``APGDAttack``, or an error that says how to install it."""
+    return pyautoattack_class("autopgd_base", "APGDAttack")
+
+
+def pyautoattack_class(module: str, name: str):
+    """``pyautoattack.MODULE.NAME``, or a :class:`MissingDependencyError` that says how to install it."""
+    import importlib
+
     try:
-        from pyautoattack.autopgd_base import APGDAttack
+        return getattr(importlib.import_module(f"pyautoattack.{module}"), name)
     except ModuleNotFoundError as err:
         if err.name is not None and err.name.split(".")[0] == "pyautoattack":
             raise MissingDependencyError(
                 'Attacks need pyautoattack (the official AutoAttack code): pip install "rpmetric[attack]".',
                 name="pyautoattack") from None
         raise
-    return APGDAttack
 
 
 def _margin_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

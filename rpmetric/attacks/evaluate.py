@@ -50,7 +50,12 @@ class AttackResult:
             ``l2``; with a counterattack also ``defended_clean_correct``, ``nonadaptive_correct``,
             ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``, and, for a
             :class:`rpmetric.Counterattack`, the ``tau`` it measured on the clean, the attacked and
-            the adaptively attacked reference: ``tau_clean``, ``tau_attacked``, ``tau_adaptive``).
+            the adaptively attacked reference: ``tau_clean``, ``tau_attacked``, ``tau_adaptive``;
+            under ``target="distorted"`` the attacked taus are the distorted image's). With the
+            suite also ``suite_correct`` (``{attack: correct}``) and ``fooled_by`` (the attacks
+            that lowered the clean correctness), and with a counterattack ``adaptive_suite_correct``
+            and ``adaptive_fooled_by``; ``robust_correct`` and ``adaptive_correct`` are then the
+            worst case, and the distances and norms those of the worst attack's images.
         config: the attack configuration and what else defines the run.
         defended_clean_accuracy: with a counterattack, clean accuracy of the defended metric.
         nonadaptive_accuracy: the defended metric judging the images attacked through the plain

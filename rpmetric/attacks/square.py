@@ -17,8 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import MissingDependencyError
-from .apgd import ApgdResult
+from .apgd import ApgdResult, pyautoattack_class
 from .config import AttackConfig
 
 __all__ = ["run_square", "square_class"]
@@ -26,15 +25,7 @@ __all__ = ["run_square", "square_class"]
 
 def square_class():
     """pyautoattack's ``SquareAttack``, or an error that says how to install it."""
-    try:
-        from pyautoattack.square import SquareAttack
-    except ModuleNotFoundError as err:
-        if err.name is not None and err.name.split(".")[0] == "pyautoattack":
-            raise MissingDependencyError(
-                'Attacks need pyautoattack (the official AutoAttack code): pip install "rpmetric[attack]".',
-                name="pyautoattack") from None
-        raise
-    return SquareAttack
+    return pyautoattack_class("square", "SquareAttack")
 
 
 def _row_aware(base):
