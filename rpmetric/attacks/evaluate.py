@@ -409,12 +409,13 @@ def _defence_records(embedder, counterattack, view: TripletView, ref, left, righ
         transfer_ok = [min(c, a) for c, a in zip(transfer_ok, _agreement(view.distances(checker, transferred, clean),
                                                                           p))]
         nonadaptive.append(transfer_ok)
-    taus["tau_attacked"] = features.tau  # of the plain attack's images at the largest radius
+    # Of the plain attack's images at the largest radius; under `both`, of the references.
+    taus["tau_attacked"] = None if features.tau is None else view.per_triplet(features.tau)
     adaptive = _attacks_over_radii(view, attackers, checker, configs, clean_ok, clean, p,
                                    eot_iter=configs[0].eot_samples)
     if len(attackers) > 1 and features.record_tau:  # the tau of the worst case, not of the last attack's images
         view.distances(checker, adaptive[-1]["images"], clean)
-    taus["tau_adaptive"] = features.tau
+    taus["tau_adaptive"] = None if features.tau is None else view.per_triplet(features.tau)
     per_eps = [{"nonadaptive_correct": transfer, "adaptive_correct": point["robust_correct"],
                 "adaptive_linf": point["linf"], "adaptive_l2": point["l2"],
                 "adaptive_suite_correct": point["suite_correct"], "adaptive_fooled_by": point["fooled_by"]}
