@@ -273,3 +273,23 @@ def test_eval_suite_json_and_table(nights_known, vit_folder, tmp_path, capsys):
     for name in ("apgd-ce", "apgd-margin", "square", "ensemble"):
         assert total["suite"][name] == pytest.approx((4 * parts[0]["suite"][name] + 2 * parts[1]["suite"][name]) / 6)
         assert all(p["suite"]["ensemble"] <= p["suite"][name] for p in parts)
+
+
+@pytest.mark.parametrize("target", ["distorted", "both"])
+def test_a_real_counterattack_measures_tau_on_the_moved_image(vit_folder, fooled_data, monkeypatch, target):
+    import math
+
+    import rpmetric
+    from rpmetric.counterattack import Counterattack
+
+    defence = Counterattack(tau_threshold=math.inf)  # counterattack every image
+    metric = rpmetric.RobustDistance(str(vit_folder), device="cpu", counterattack=defence)
+    spy = SpyAttacks(monkeypatch)
+    result = evaluate_attack(metric, fooled_data[:2], eps=16 / 255, steps=2, eot_samples=1, target=target,
+                             progress=False)
+    (_, x, _, _), (_, _, adaptive, _) = spy.calls  # the plain attack, then the one through the defence
+    moved = adaptive[0::3] if target == "both" else adaptive  # under `both`: the references
+    expected = defence.tau(metric.encoder, moved)
+    for record, tau in zip(result.records, expected.tolist()):
+        assert record["tau_adaptive"] == pytest.approx(tau, rel=1e-4)
+        assert record["adaptive_correct"] <= record["defended_clean_correct"]
