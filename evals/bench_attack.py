@@ -27,6 +27,16 @@ and right. Target (issue 16): ratio <= 1.1. The certification is timed end to en
 clean pass, noise, counting, bookkeeping), with baselines before and after each run.
 
     python evals/bench_attack.py --smoothing [--batch 2] [--smoothing-n0 8] [--smoothing-n 56] [--noise-batch 64]
+Square part (``--square``): the black-box Square attack of ``--attack-suite`` (``evaluate_attack(...,
+suite=["square"])``), timed end to end, against the encoder passes it used:
+
+    ratio = seconds / sum over its encoder calls of (seconds of one forward at that call's batch size)
+
+i.e. seconds per triplet / (forward passes used x one forward), target <= 1.1. Every call's batch
+size is recorded (the clean pass, Square's queries on the rows not yet fooled, the re-check), and
+one forward at each size is timed in the same run, interleaved with the attack.
+
+    python evals/bench_attack.py --square [--arch ViT-B-32] [--batch 8] [--queries 50] [--square-eps 1] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -120,6 +130,50 @@ def smoothing_cost(args, clock) -> dict:
             "n": args.smoothing_n, "noise_batch": args.noise_batch, "threads": args.threads, "clock": args.clock,
             "target_ratio": 1.1, "median_ratio": statistics.median(r["ratio"] for r in rows),
             "median_seconds_per_triplet": statistics.median(r["seconds_per_triplet"] for r in rows), "runs": rows}
+def square_cost(args, metric, triplets, clock) -> dict:
+    """The Square part (see the module doc): seconds of the attack over the seconds of its encoder passes."""
+    from rpmetric.attacks import evaluate_attack
+
+    encoder = metric.encoder
+    embed = encoder.embed
+    sizes = []
+
+    def recording(x, normalize=True):
+        sizes.append(len(x))
+        return embed(x, normalize=normalize)
+
+    size = encoder.image_size
+    x = torch.rand(3 * args.batch, 3, size, size)
+    kwargs = dict(eps=args.square_eps / 255, suite=["square"], square_queries=args.queries, batch_size=args.batch,
+                  progress=False)
+    evaluate_attack(metric, triplets, **{**kwargs, "square_queries": 2})  # warm-up
+    rows = []
+    for _ in range(args.repeats):
+        sizes.clear()
+        encoder.embed = recording  # an instance attribute: the class's method stays as it was
+        try:
+            start = clock()
+            result = evaluate_attack(metric, triplets, **kwargs)
+            seconds = clock() - start
+        finally:
+            del encoder.embed
+        one = {}
+        for n in sorted(set(sizes)):
+            times = []
+            for _ in range(3):
+                begin = clock()
+                with torch.no_grad():
+                    embed(x[:n], normalize=False)
+                times.append(clock() - begin)
+            one[n] = statistics.median(times)
+        forwards = sum(one[n] for n in sizes)
+        rows.append({"seconds": seconds, "seconds_per_triplet": seconds / args.batch,
+                     "encoder_calls": len(sizes), "image_forwards_per_triplet": sum(sizes) / args.batch,
+                     "seconds_of_its_forwards": forwards, "ratio": seconds / forwards,
+                     "robust_accuracy": result.robust_accuracy})
+    return {"part": "square", "arch": args.arch, "batch": args.batch, "queries": args.queries,
+            "eps": f"{args.square_eps:g}/255", "threads": args.threads, "clock": args.clock, "target_ratio": 1.1,
+            "median_ratio": statistics.median(r["ratio"] for r in rows), "runs": rows}
 
 
 def main() -> None:
@@ -139,6 +193,11 @@ def main() -> None:
     parser.add_argument("--smoothing-n", type=int, default=56, help="with --smoothing: estimation samples")
     parser.add_argument("--noise-batch", type=int, default=64, help="with --smoothing: noisy references per pass")
     parser.add_argument("--sigma", type=float, default=0.25, help="with --smoothing: noise std on [0, 1]")
+    parser.add_argument("--square", action="store_true",
+                        help="measure the Square attack's cost instead (see the module doc)")
+    parser.add_argument("--queries", type=int, default=50, help="with --square: Square's query budget")
+    parser.add_argument("--square-eps", type=float, default=1.0,
+                        help="with --square: l-inf radius in 1/255 (small, so that Square fools few rows)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -153,6 +212,9 @@ def main() -> None:
         tmp = Path(tmp)
         metric = rpmetric.RobustDistance(str(save_random_open_clip(args.arch, tmp / "model")[0]), device="cpu")
         triplets = triplets_judged_correctly(metric, tmp, args.batch)
+        if args.square:
+            print(json.dumps(square_cost(args, metric, triplets, clock), indent=2))
+            return
         size = metric.encoder.image_size
         x = torch.rand(args.batch, 3, size, size)
         evaluate_attack(metric, triplets, steps=1, batch_size=args.batch, progress=False)  # warm-up

@@ -202,8 +202,8 @@ def test_a_single_eps_keeps_the_json_layout(nights_known, vit_folder, tmp_path, 
     for group in ("test_imagenet", "test_no_imagenet", "total"):
         attack = summary["attack"][group]
         assert list(attack) == ["n", "clean_accuracy", "robust_accuracy", "attack"]
-        assert attack["attack"] == {"attack": "apgd-ce", "norm": "linf", "eps": 4 / 255, "steps": 2, "restarts": 1,
-                                    "seed": 0}
+        assert attack["attack"] == {"attack": "apgd-ce", "target": "ref", "norm": "linf", "eps": 4 / 255, "steps": 2,
+                                    "restarts": 1, "seed": 0}
 
 
 def test_eval_curve_with_a_counterattack(nights_known, vit_folder, tmp_path, capsys):

@@ -20,7 +20,16 @@ from ..errors import MissingDependencyError
 from .config import AttackConfig
 from .logits import TwoAFCLogits
 
-__all__ = ["ApgdResult", "run_apgd", "perturbation_norms", "apgd_class"]
+__all__ = ["ApgdResult", "run_apgd", "perturbation_norms", "apgd_class", "pyautoattack_class", "LOSSES"]
+
+# APGD's objectives on the 2-class decision (margin m = z_y - z_other of the logits z):
+# - "ce": cross-entropy, softplus(-m), the published protocol;
+# - "margin": -m, the logit difference (Carlini & Wagner's loss);
+# - "targeted": z_other alone, the cosine to the image people did not choose (the target class).
+# CE and margin are increasing functions of -m, so on a deterministic model APGD (sign or
+# normalised steps, and comparisons of losses only) takes the same path with either, up to
+# rounding; they differ where gradients are averaged (EOT over a randomised defence) or saturate.
+LOSSES = ("ce", "margin", "targeted")
 
 
 class ApgdResult(NamedTuple):
@@ -39,19 +48,57 @@ class ApgdResult(NamedTuple):
 
 def apgd_class():
     """pyautoattack's ``APGDAttack``, or an error that says how to install it."""
+    return pyautoattack_class("autopgd_base", "APGDAttack")
+
+
+def pyautoattack_class(module: str, name: str):
+    """``pyautoattack.MODULE.NAME``, or a :class:`MissingDependencyError` that says how to install it."""
+    import importlib
+
     try:
-        from pyautoattack.autopgd_base import APGDAttack
+        return getattr(importlib.import_module(f"pyautoattack.{module}"), name)
     except ModuleNotFoundError as err:
         if err.name is not None and err.name.split(".")[0] == "pyautoattack":
             raise MissingDependencyError(
                 'Attacks need pyautoattack (the official AutoAttack code): pip install "rpmetric[attack]".',
                 name="pyautoattack") from None
         raise
-    return APGDAttack
+
+
+def _margin_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_other - z_y`` per row of 2-class logits (APGD ascends it)."""
+    rows = torch.arange(len(z), device=z.device)
+    return z[rows, 1 - y] - z[rows, y]
+
+
+def _target_logit_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``z_other`` per row: the logit of the class that is not the label."""
+    return z[torch.arange(len(z), device=z.device), 1 - y]
+
+
+_CRITERIA = {"margin": _margin_loss, "targeted": _target_logit_loss}
+
+
+def _apgd_with_loss(loss: str):
+    """``APGDAttack`` for ``loss``. pyautoattack picks its criterion by name from a fixed list; its
+    ``'ce-targeted'`` entry calls ``self.ce_loss_targeted``, a method the base class leaves to
+    subclasses, so a subclass that defines it runs APGD unchanged on another loss."""
+    base = apgd_class()
+    if loss == "ce":
+        return base, "ce"
+    if loss not in _CRITERIA:
+        raise ValueError(f"Argument `loss` must be one of {LOSSES}, but got {loss!r}.")
+    criterion = _CRITERIA[loss]
+
+    class CustomLossAPGD(base):
+        def ce_loss_targeted(self, z, y):
+            return criterion(z, y)
+
+    return CustomLossAPGD, "ce-targeted"
 
 
 def run_apgd(logits: TwoAFCLogits, x: torch.Tensor, y: torch.Tensor, config: AttackConfig, *,
-             correct: Optional[torch.Tensor] = None, eot_iter: int = 1) -> ApgdResult:
+             correct: Optional[torch.Tensor] = None, eot_iter: int = 1, loss: str = "ce") -> ApgdResult:
     """Attack the references ``x`` (``[N, 3, S, S]`` in [0, 1]) of ``logits`` towards misclassifying ``y``.
 
     Args:
@@ -62,6 +109,8 @@ def run_apgd(logits: TwoAFCLogits, x: torch.Tensor, y: torch.Tensor, config: Att
         correct: ``[N]`` bool, rows judged correctly on the clean images; rows that are not are
             left unattacked, as ``perturb`` does. None computes it with ``logits``.
         eot_iter: gradient samples per step (for a randomised ``logits``; 1 otherwise).
+        loss: ``"ce"`` (the published protocol), ``"margin"`` or ``"targeted"`` (see :data:`LOSSES`).
+            Success is the decision flipping in every case.
 
     The global RNG is seeded with ``config.seed`` (as ``perturb`` does) inside ``fork_rng``, so the
     caller's random state is left untouched.
@@ -72,8 +121,9 @@ def run_apgd(logits: TwoAFCLogits, x: torch.Tensor, y: torch.Tensor, config: Att
         with torch.no_grad():
             correct = logits(x).argmax(1) == y
     correct = correct.to(x.device)
-    attack = apgd_class()(logits, norm=config.norm.autoattack_name, eps=config.eps, n_iter=config.steps,
-                          n_restarts=1, seed=config.seed, loss="ce", eot_iter=eot_iter, device=x.device)
+    attack_class, name = _apgd_with_loss(loss)
+    attack = attack_class(logits, norm=config.norm.autoattack_name, eps=config.eps, n_iter=config.steps,
+                          n_restarts=1, seed=config.seed, loss=name, eot_iter=eot_iter, device=x.device)
     attack.init_hyperparam(x)
     images = x.clone()
     robust = correct.clone()

@@ -10,17 +10,18 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..counterattack import pixel_unit_notice
 from ..evaluation import nights_total
-from .config import AttackConfig, Norm, radius_label
+from .config import SQUARE_QUERIES, SUITE, AttackConfig, Norm, Target, radius_label
 
 __all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_log_path", "attack_columns",
            "attack_headers"]
 
 _OPTIONS = ("eps", "steps", "restarts", "n_samples", "seed", "eot_samples")
+_THREAT_OPTIONS = ("attack_target", "attack_suite", "square_queries")
 
 
 def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the reference image",
                        samples: str = "triplets of each split or category", counterattack: bool = True,
-                       curves: bool = False) -> None:
+                       curves: bool = False, threats: bool = False) -> None:
     """Add ``--attack linf|l2`` and its knobs; all default to None so that
     :func:`attack_config_from_args` can tell what was given.
 
@@ -30,6 +31,8 @@ def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the re
         counterattack: offer ``--eot-samples`` (only meaningful where ``--counterattack`` exists).
         curves: accept several radii after ``--eps`` (a robustness curve in one run); otherwise
             more than one is refused with a one-line error by :func:`attack_config_from_args`.
+        threats: offer the 2AFC threat models and the ensemble: ``--attack-target``,
+            ``--attack-suite`` and ``--square-queries``.
 
     Example:
         >>> parser = argparse.ArgumentParser()
@@ -58,6 +61,19 @@ def add_attack_options(parser: argparse.ArgumentParser, *, target: str = "the re
         group.add_argument("--eot-samples", type=int, default=None, metavar="K",
                            help="with --counterattack: gradient samples per step of the adaptive attack, each "
                                 "through the defence with another seed (default 4)")
+    if threats:
+        group.add_argument("--attack-target", choices=[t.value for t in Target], default=None,
+                           help="what the attack perturbs: `ref`, the reference (the published protocol; default); "
+                                "`distorted`, the image people judged closer (left when p = 0.5), pushed away from "
+                                "the reference (Ghildyal & Liu, TMLR 2023); `both`, all three images at once, each "
+                                "in its own eps-ball")
+        group.add_argument("--attack-suite", action="store_true", default=None,
+                           help="per triplet the worst case over APGD-CE, APGD on the margin, APGD on the target "
+                                "logit (not with --attack-target distorted) and the black-box Square; robust only if "
+                                "every attack fails; reports each attack's robust accuracy and the ensemble's")
+        group.add_argument("--square-queries", type=int, default=None, metavar="Q",
+                           help=f"with --attack-suite: Square's query budget (default {SQUARE_QUERIES}, "
+                                "pyautoattack's)")
 
 
 def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
@@ -79,7 +95,7 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
         >>> attack_config_from_args(parser.parse_args(["--attack", "l2"]))
         {'norm': 'l2', 'eps': 3.0, 'steps': 100, 'restarts': 1, 'seed': 0, 'eot_samples': 4, 'n_samples': None}
     """
-    given = {name: getattr(args, name, None) for name in _OPTIONS}
+    given = {name: getattr(args, name, None) for name in _OPTIONS + _THREAT_OPTIONS}
     if args.attack is None:
         stray = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
         if stray:
@@ -90,6 +106,15 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
         # Otherwise it would be ignored, yet recorded in the run's configuration (so blocking a resume).
         raise ValueError("--eot-samples only applies to the adaptive attack on a counterattack; add --counterattack "
                          "or drop --eot-samples.")
+    if given["square_queries"] is not None and not given["attack_suite"]:
+        raise ValueError("--square-queries sets the Square attack of the ensemble; add --attack-suite or drop "
+                         "--square-queries.")
+    if given["square_queries"] is not None and given["square_queries"] < 1:
+        raise ValueError(f"Argument `--square-queries` must be at least 1, but got {given['square_queries']}.")
+    threats = {}
+    if hasattr(args, "attack_target"):  # the 2AFC evaluation; other commands do not offer them
+        threats = {"target": given["attack_target"] or "ref", "suite": bool(given["attack_suite"]),
+                   "square_queries": SQUARE_QUERIES if given["square_queries"] is None else given["square_queries"]}
     radii = _cli_radii(args, norm, given["eps"])
     defaults = AttackConfig()
     configs = [AttackConfig.create(
@@ -97,7 +122,7 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
         steps=defaults.steps if given["steps"] is None else given["steps"],
         restarts=defaults.restarts if given["restarts"] is None else given["restarts"],
         seed=defaults.seed if given["seed"] is None else given["seed"],
-        eot_samples=defaults.eot_samples if given["eot_samples"] is None else given["eot_samples"])
+        eot_samples=defaults.eot_samples if given["eot_samples"] is None else given["eot_samples"], **threats)
         for eps in radii]
     config = configs[0]
     n_samples = given["n_samples"]
@@ -107,8 +132,16 @@ def attack_config_from_args(args: argparse.Namespace) -> Optional[dict]:
 
     apgd_class()  # a missing pyautoattack fails now, not after the clean evaluation
     eps = config.eps if len(configs) == 1 else [c.eps for c in configs]
-    return {"norm": config.norm.value, "eps": eps, "steps": config.steps, "restarts": config.restarts,
-            "seed": config.seed, "eot_samples": config.eot_samples, "n_samples": n_samples}
+    options = {"norm": config.norm.value, "eps": eps, "steps": config.steps, "restarts": config.restarts,
+               "seed": config.seed, "eot_samples": config.eot_samples, "n_samples": n_samples}
+    if threats:
+        options.update(target=config.target.value, suite=list(config.suite))
+        if config.suite:
+            from .square import square_class
+
+            square_class()
+            options["square_queries"] = config.square_queries
+    return options
 
 
 def _cli_radii(args: argparse.Namespace, norm: Norm, given) -> list:
@@ -189,7 +222,19 @@ def attack_columns(summary: Optional[dict], defended: bool, options: Optional[di
         if defended:
             cells += [ca.get("clean_accuracy"), *(point["counterattack"][key] for key in
                                                   ("nonadaptive_accuracy", "adaptive_accuracy") for point in points)]
+    cells += _suite_cells(summary, defended, options)
     return [str(summary["n"])] + ["" if v is None else f"{100 * v:.2f}" for v in cells]
+
+
+def _suite_cells(summary: dict, defended: bool, options: Optional[dict]) -> list:
+    """With ``--attack-suite``: each attack's robust accuracy (per radius), then through the defence."""
+    suite = (options or {}).get("suite") or []
+    points = summary.get("per_eps") or [summary]
+    cells = [(point.get("suite") or {}).get(name) for name in suite for point in points]
+    if defended:
+        cells += [((point.get("counterattack") or {}).get("adaptive_suite") or {}).get(name)
+                  for name in suite for point in points]
+    return cells
 
 
 def attack_headers(defended: bool, options: Optional[dict] = None) -> List[str]:
@@ -203,13 +248,22 @@ def attack_headers(defended: bool, options: Optional[dict] = None) -> List[str]:
     radii = None if options is None or not isinstance(options["eps"], list) else options["eps"]
     if radii is None:
         headers = ["n attacked", "clean acc (%)", "robust acc (%)"]
-        return headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
+        headers = headers + ["defended clean (%)", "non-adaptive (%)", "adaptive (%)"] if defended else headers
+        return headers + _suite_headers(defended, options, [""])
     names = [radius_label(options["norm"], eps) for eps in radii]
     headers = ["n attacked", "clean acc (%)", *(f"robust @{name} (%)" for name in names)]
     if defended:
         headers += ["defended clean (%)", *(f"{kind} @{name} (%)" for kind in ("non-adaptive", "adaptive")
                                             for name in names)]
-    return headers
+    return headers + _suite_headers(defended, options, [f" @{name}" for name in names])
+
+
+def _suite_headers(defended: bool, options: Optional[dict], at: List[str]) -> List[str]:
+    """Names of :func:`_suite_cells`: ``apgd-margin (%)``, ``adaptive square @4/255 (%)``...; with
+    the suite, the robust (and adaptive) columns before them are the worst case over these."""
+    suite = (options or {}).get("suite") or []
+    headers = [f"{name}{radius} (%)" for name in suite for radius in at]
+    return headers + ([f"adaptive {name}{radius} (%)" for name in suite for radius in at] if defended else [])
 
 
 def _radius(text: str) -> float:
@@ -251,7 +305,19 @@ def _weighted_total(results: Dict[str, dict]) -> dict:
         total["counterattack"] = {"config": first["counterattack"]["config"], **{
             key: mean(lambda p, key=key: p["counterattack"][key])
             for key in ("clean_accuracy", "nonadaptive_accuracy", "adaptive_accuracy", "worst_case_accuracy")}}
+    _add_suite_totals(total, first, mean, lambda p: p)
     return total
+
+
+def _add_suite_totals(total: dict, first: dict, mean, get) -> None:
+    """The NIGHTS total of each attack's figure in the suite's summaries (``suite`` and the
+    counterattack's ``adaptive_suite``) of the parts (``get`` finds the summary in a part's)."""
+    if "suite" in first:
+        total["suite"] = {name: mean(lambda p, name=name: get(p)["suite"][name]) for name in first["suite"]}
+    adaptive = (first.get("counterattack") or {}).get("adaptive_suite")
+    if adaptive is not None:
+        total["counterattack"]["adaptive_suite"] = {
+            name: mean(lambda p, name=name: get(p)["counterattack"]["adaptive_suite"][name]) for name in adaptive}
 
 
 def _weighted_curve_total(results: Dict[str, dict], mean) -> dict:
@@ -262,7 +328,8 @@ def _weighted_curve_total(results: Dict[str, dict], mean) -> dict:
         item = {"eps": point["eps"], "robust_accuracy": mean(lambda p, k=k: p["per_eps"][k]["robust_accuracy"])}
         if "counterattack" in point:
             item["counterattack"] = {key: mean(lambda p, k=k, key=key: p["per_eps"][k]["counterattack"][key])
-                                     for key in point["counterattack"]}
+                                     for key in point["counterattack"] if key != "adaptive_suite"}
+        _add_suite_totals(item, point, mean, lambda p, k=k: p["per_eps"][k])
         per_eps.append(item)
     total = {"n": sum(results[g]["n"] for g in _NIGHTS_TEST), "clean_accuracy": mean(lambda p: p["clean_accuracy"]),
              "attack": first["attack"], "per_eps": per_eps}

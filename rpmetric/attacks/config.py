@@ -9,7 +9,11 @@ from typing import Optional, Union
 
 from ..validation import check_int, check_real
 
-__all__ = ["Norm", "AttackConfig", "radius_label"]
+__all__ = ["Norm", "Target", "AttackConfig", "SUITE", "SQUARE_QUERIES", "radius_label", "suite_for"]
+
+# The attack ensemble of --attack-suite, in the order it runs and reports (see rpmetric.attacks.suite).
+SUITE = ("apgd-ce", "apgd-margin", "apgd-targeted", "square")
+SQUARE_QUERIES = 5000  # pyautoattack's SquareAttack default (n_queries), as AutoAttack runs it
 
 
 class Norm(str, Enum):
@@ -46,6 +50,51 @@ class Norm(str, Enum):
         return "Linf" if self is Norm.LINF else "L2"
 
 
+class Target(str, Enum):
+    """Which images of a triplet the attack perturbs (the threat model).
+
+    - ``ref``: the reference only, as in the published protocol (Croce et al.).
+    - ``distorted``: the distorted image people judged closer to the reference, pushed away from it
+      (Ghildyal & Liu, TMLR 2023). ``p == 0.5`` follows the label rule (left).
+    - ``both``: all three images at once, each in its own ball.
+    """
+
+    REF = "ref"
+    DISTORTED = "distorted"
+    BOTH = "both"
+
+    @classmethod
+    def parse(cls, value: Union[str, "Target"]) -> "Target":
+        """``"ref"``/``"distorted"``/``"both"`` (any case) or a Target, as a Target.
+
+        Example:
+            >>> Target.parse("Both")
+            <Target.BOTH: 'both'>
+        """
+        if isinstance(value, Target):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.lower())
+            except ValueError:
+                pass
+        raise ValueError(f"Argument `target` must be one of {tuple(t.value for t in cls)}, but got {value!r}.")
+
+
+def suite_for(target: Union[str, Target]) -> tuple:
+    """The attacks of the full suite that apply to ``target``: with ``distorted`` the cosine to the
+    image people did not choose is fixed (that image is not perturbed), so the targeted attack,
+    which ascends it, has no gradient and is left out.
+
+    Example:
+        >>> suite_for("distorted")
+        ('apgd-ce', 'apgd-margin', 'square')
+    """
+    if Target.parse(target) is Target.DISTORTED:
+        return tuple(a for a in SUITE if a != "apgd-targeted")
+    return SUITE
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """APGD-CE on the reference image of each triplet.
@@ -60,6 +109,10 @@ class AttackConfig:
             its content only and a resumed run gives the same numbers).
         eot_samples: adaptive attack on a counterattack only: gradient samples per step, each
             through a copy of the defence with a different seed (expectation over transformation).
+        target: which images of the triplet are perturbed (:class:`Target`).
+        suite: empty for APGD-CE alone (the published protocol); otherwise the attacks of the
+            ensemble, of :data:`SUITE`, each run on every triplet (the worst case counts).
+        square_queries: Square's query budget per restart (with ``"square"`` in ``suite``).
 
     Example:
         >>> AttackConfig.create("l2").eps
@@ -72,11 +125,16 @@ class AttackConfig:
     restarts: int = 1
     seed: int = 0
     eot_samples: int = 4
+    target: Target = Target.REF
+    suite: tuple = ()
+    square_queries: int = SQUARE_QUERIES
 
     @classmethod
     def create(cls, norm: Union[str, Norm] = "linf", eps: Optional[float] = None, steps: int = 100,
-               restarts: int = 1, seed: int = 0, eot_samples: int = 4) -> "AttackConfig":
-        """A checked config; ``eps=None`` picks the published radius of ``norm``."""
+               restarts: int = 1, seed: int = 0, eot_samples: int = 4, target: Union[str, Target] = "ref",
+               suite=(), square_queries: int = SQUARE_QUERIES) -> "AttackConfig":
+        """A checked config; ``eps=None`` picks the published radius of ``norm``; ``suite=True``
+        picks the attacks of :data:`SUITE` that apply to ``target`` (:func:`suite_for`)."""
         norm = Norm.parse(norm)
         eps = norm.default_eps if eps is None else check_real("eps", eps)
         if not math.isfinite(eps):
@@ -86,15 +144,45 @@ class AttackConfig:
         if norm is Norm.LINF and eps > 1:
             raise ValueError(f"Argument `eps` must be at most 1 for linf (a fraction of the [0, 1] range), but "
                              f"got {eps!r}; for 4/255 pass 4/255, not 4.")
+        target = Target.parse(target)
         return cls(norm, eps, check_int("steps", steps, 1), check_int("restarts", restarts, 1),
-                   check_int("seed", seed, 0), check_int("eot_samples", eot_samples, 1))
+                   check_int("seed", seed, 0), check_int("eot_samples", eot_samples, 1), target,
+                   _checked_suite(suite, target), check_int("square_queries", square_queries, 1))
+
+    @property
+    def attacks(self) -> tuple:
+        """The attacks that run: the suite's, or APGD-CE alone."""
+        return self.suite or ("apgd-ce",)
 
     def to_dict(self, defended: bool = True) -> dict:
         """The config as JSON-ready data (what results and run logs record); ``eot_samples`` only
         when ``defended`` (the attack runs on a counterattack), as it applies to nothing else."""
-        config = {"attack": "apgd-ce", "norm": self.norm.value, "eps": self.eps, "steps": self.steps,
-                  "restarts": self.restarts, "seed": self.seed}
+        config = {"attack": "suite" if self.suite else "apgd-ce", "target": self.target.value,
+                  "norm": self.norm.value, "eps": self.eps, "steps": self.steps, "restarts": self.restarts,
+                  "seed": self.seed}
+        if self.suite:
+            config["suite"] = list(self.suite)
+            if "square" in self.suite:
+                config["square_queries"] = self.square_queries
         return {**config, "eot_samples": self.eot_samples} if defended else config
+
+
+def _checked_suite(suite, target: Target) -> tuple:
+    if suite is True:
+        return suite_for(target)
+    if suite is False or suite is None:
+        return ()
+    if isinstance(suite, str) or not all(isinstance(a, str) for a in suite):
+        raise TypeError(f"Argument `suite` must be True, False or a sequence of attack names of {SUITE}, but got "
+                        f"{suite!r}.")
+    names = tuple(dict.fromkeys(suite))
+    bad = next((a for a in names if a not in SUITE), None)
+    if bad is not None:
+        raise ValueError(f"Argument `suite` names an unknown attack {bad!r}; choose from {SUITE}.")
+    if "apgd-targeted" in names and target is Target.DISTORTED:
+        raise ValueError("The targeted attack does not apply to target 'distorted': it ascends the cosine to the image "
+                         "people did not choose, which that threat model leaves unperturbed; drop 'apgd-targeted'.")
+    return tuple(a for a in SUITE if a in names)  # the suite's order, whatever order they were given in
 
 
 def radius_label(norm: str, eps: float) -> str:

@@ -19,16 +19,15 @@ from ..runlog import RunLog, record_check
 from ..scoring import binary_agreements
 from ..unique import embed_unique
 from ..validation import check_int
-from .apgd import perturbation_norms, run_apgd
-from .config import AttackConfig, Norm
+from .apgd import run_apgd
+from .config import SQUARE_QUERIES, AttackConfig, Target
 from .features import (DefendedFeatures, Embedder, EOTDefendedFeatures, PlainFeatures, as_embedder, check_defence,
                        eot_seeds)
 from .logits import TwoAFCLogits, human_labels
+from .square import run_square
+from .threat import TripletView, worst_per_triplet
 
 __all__ = ["AttackResult", "evaluate_attack"]
-
-# float32 rounding of APGD's projection (x + eps is rounded) may exceed the radius by an ulp.
-_BALL_TOLERANCE = 1e-6
 
 
 @dataclass
@@ -51,7 +50,12 @@ class AttackResult:
             ``l2``; with a counterattack also ``defended_clean_correct``, ``nonadaptive_correct``,
             ``adaptive_correct``, ``adaptive_linf``, ``adaptive_l2``, and, for a
             :class:`rpmetric.Counterattack`, the ``tau`` it measured on the clean, the attacked and
-            the adaptively attacked reference: ``tau_clean``, ``tau_attacked``, ``tau_adaptive``).
+            the adaptively attacked reference: ``tau_clean``, ``tau_attacked``, ``tau_adaptive``;
+            under ``target="distorted"`` the attacked taus are the distorted image's). With the
+            suite also ``suite_correct`` (``{attack: correct}``) and ``fooled_by`` (the attacks
+            that lowered the clean correctness), and with a counterattack ``adaptive_suite_correct``
+            and ``adaptive_fooled_by``; ``robust_correct`` and ``adaptive_correct`` are then the
+            worst case, and the distances and norms those of the worst attack's images.
         config: the attack configuration and what else defines the run.
         defended_clean_accuracy: with a counterattack, clean accuracy of the defended metric.
         nonadaptive_accuracy: the defended metric judging the images attacked through the plain
@@ -60,7 +64,12 @@ class AttackResult:
         worst_case_accuracy: per triplet the worse of the two: correct only if both attacks fail.
         curve: with several radii, one dict per radius in increasing order: ``eps``,
             ``robust_accuracy``, and with a counterattack ``nonadaptive_accuracy``,
-            ``adaptive_accuracy``, ``worst_case_accuracy``; None for a single radius.
+            ``adaptive_accuracy``, ``worst_case_accuracy`` (with the suite also
+            ``suite_accuracy`` and ``adaptive_suite_accuracy``); None for a single radius.
+        suite_accuracy: with ``suite``, ``{attack: robust accuracy}`` of each attack alone on the
+            plain metric (``robust_accuracy`` is then their worst case, per triplet); else None.
+        adaptive_suite_accuracy: the same through the counterattack (``adaptive_accuracy`` is their
+            worst case).
         images: with ``keep_images``, ``{key: {"clean": ref, "attacked": ref + delta}}`` of the first
             triplets as the attack produced them (with several radii, at the largest) (``[3, S, S]`` float32 CPU tensors at the model's
             input size, in [0, 1]); triplets resumed from a run log have none.
@@ -77,6 +86,8 @@ class AttackResult:
     worst_case_accuracy: Optional[float] = None
     curve: Optional[List[dict]] = None
     images: Dict[str, dict] = field(default_factory=dict, repr=False)
+    suite_accuracy: Optional[Dict[str, float]] = None
+    adaptive_suite_accuracy: Optional[Dict[str, float]] = None
 
     def to_dict(self) -> dict:
         """The figures and the configuration as JSON-ready data (without the per-triplet records).
@@ -90,6 +101,8 @@ class AttackResult:
             return self._curve_dict()
         summary = {"n": self.n, "clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
                    "attack": self.config.get("attack")}
+        if self.suite_accuracy is not None:
+            summary["suite"] = {**self.suite_accuracy, "ensemble": self.robust_accuracy}
         if self.defended_clean_accuracy is not None:
             summary["counterattack"] = {
                 "config": self.config.get("counterattack"),
@@ -98,13 +111,22 @@ class AttackResult:
                 "adaptive_accuracy": self.adaptive_accuracy,
                 "worst_case_accuracy": self.worst_case_accuracy,
             }
+            if self.adaptive_suite_accuracy is not None:
+                summary["counterattack"]["adaptive_suite"] = {**self.adaptive_suite_accuracy,
+                                                              "ensemble": self.adaptive_accuracy}
         return summary
 
     def _curve_dict(self) -> dict:
         defended = self.defended_clean_accuracy is not None
         per_eps = [{"eps": point["eps"], "robust_accuracy": point["robust_accuracy"],
+                    **({"suite": {**point["suite_accuracy"], "ensemble": point["robust_accuracy"]}}
+                       if "suite_accuracy" in point else {}),
                     **({"counterattack": {key: point[key] for key in _DEFENDED_FIGURES}} if defended else {})}
                    for point in self.curve]
+        for point, summary in zip(self.curve, per_eps):
+            if "adaptive_suite_accuracy" in point:
+                summary["counterattack"]["adaptive_suite"] = {**point["adaptive_suite_accuracy"],
+                                                              "ensemble": point["adaptive_accuracy"]}
         summary = {"n": self.n, "clean_accuracy": self.clean_accuracy, "attack": self.config.get("attack"),
                    "per_eps": per_eps}
         if defended:
@@ -117,13 +139,15 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
                     eps: Union[None, float, Sequence[float]] = None, steps: int = 100, restarts: int = 1, seed: int = 0,
                     counterattack=None, eot_samples: int = 4, batch_size: int = 16,
                     n_samples: Optional[int] = None, workers: int = 0, device=None, runlog_path=None,
-                    resume: bool = False, progress: bool = True, keep_images: int = 0) -> AttackResult:
-    """Clean and robust 2AFC binary accuracy of a metric under APGD-CE on the reference image.
+                    resume: bool = False, progress: bool = True, keep_images: int = 0, target: str = "ref",
+                    suite=False, square_queries: int = SQUARE_QUERIES) -> AttackResult:
+    """Clean and robust 2AFC binary accuracy of a metric under APGD-CE (or an attack ensemble).
 
-    Only the reference is perturbed. The left and right images are embedded once, clean, and held
-    fixed; the classifier's logits are ``[cos(f(ref + delta), e_left), cos(f(ref + delta), e_right)]``
-    (no temperature) and the label is the human choice, ``p > 0.5``. The reference is first
-    resized and cropped to the model's input size (its ``prepare``), then attacked in [0, 1].
+    By default (``target="ref"``, the published protocol) only the reference is perturbed. The
+    left and right images are embedded once, clean, and held fixed; the classifier's logits are
+    ``[cos(f(ref + delta), e_left), cos(f(ref + delta), e_right)]`` (no temperature) and the label
+    is the human choice, ``p > 0.5``. Images are first resized and cropped to the model's input
+    size (its ``prepare``), then attacked in [0, 1].
 
     Args:
         metric: a :class:`~rpmetric.RobustDistance`, or any module with ``embed(x, normalize=False)``
@@ -159,7 +183,20 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
             run's that wrote it (see :mod:`rpmetric.fingerprint`).
         progress: show a progress bar.
         keep_images: keep the clean and attacked references of the first ``keep_images`` triplets
-            (``AttackResult.images``), for a review page.
+            (``AttackResult.images``), for a review page (with ``target="distorted"`` the attacked
+            distorted image).
+        target: the threat model (:class:`~rpmetric.attacks.Target`): ``"ref"``; ``"distorted"``, the
+            image people judged closer (left where ``p <= 0.5``) pushed away from the clean
+            reference (Ghildyal & Liu, TMLR 2023); ``"both"``, all three images at once, each in its
+            own ball. Works with a counterattack and with several radii.
+        suite: True for the attack ensemble (:data:`~rpmetric.attacks.SUITE`: APGD-CE, APGD on
+            the margin, APGD on the target logit, Square), or a sequence of its names. Every attack
+            runs on every triplet judged correctly; a triplet is robust only if all of them fail:
+            ``robust_correct`` (and with a counterattack ``adaptive_correct``) is the worst case,
+            ``suite_correct`` the per-attack results and ``fooled_by`` the attacks that succeeded.
+            With a counterattack the APGD attacks go through the defence (BPDA with EOT) and Square
+            queries the defended decision; the non-adaptive figure judges the plain worst case.
+        square_queries: Square's query budget (pyautoattack's default 5000).
 
     Raises:
         ValueError: a bad argument, an unreadable image, duplicate triplet ids, or a run log
@@ -176,7 +213,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
         >>> curve = evaluate_attack(metric, triplets, eps=[0, 2 / 255, 4 / 255])  # doctest: +SKIP
         >>> [point["robust_accuracy"] for point in curve.curve]  # doctest: +SKIP
     """
-    configs, several = _radii(norm, eps, steps, restarts, seed, eot_samples)
+    configs, several = _radii(norm, eps, steps, restarts, seed, eot_samples, target, suite, square_queries)
     config = configs[0]
     batch_size = check_int("batch_size", batch_size, 1)
     embedder = as_embedder(metric)
@@ -194,7 +231,8 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     keys = keys[:n]
     run_config = _run_config(metric, configs if several else config, counterattack, batch_size, keys, dataset)
     log = None if runlog_path is None else RunLog(runlog_path, run_config, resume,
-                                                  check=_record_check(counterattack is not None, configs, several))
+                                                  check=_record_check(counterattack is not None, configs, several,
+                                                                      bool(config.suite)))
     done: Dict[str, dict] = dict(log.done) if log is not None else {}
 
     # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
@@ -205,7 +243,7 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     loader = data_loader(dataset, batch_sampler=todo, num_workers=workers, collate_fn=collate_images)
     from tqdm.auto import tqdm
 
-    bar = tqdm(loader, total=len(todo), desc=f"APGD-{config.norm.value}", unit="batch", disable=not progress)
+    bar = tqdm(loader, total=len(todo), desc=f"{'suite' if config.suite else 'APGD'}-{config.norm.value}", unit="batch", disable=not progress)
     try:
         for batch in bar:
             _raise_on_bad_items(batch, keys)
@@ -225,15 +263,16 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     return result
 
 
-def _radii(norm, eps, steps, restarts, seed, eot_samples):
+def _radii(norm, eps, steps, restarts, seed, eot_samples, target="ref", suite=False, square_queries=SQUARE_QUERIES):
     """``(configs, several)``: one checked config per radius, in increasing order, and whether ``eps``
     was a list (a curve) rather than one number."""
     several = isinstance(eps, (list, tuple))
+    rest = dict(target=target, suite=suite, square_queries=square_queries)
     if not several:
-        return [AttackConfig.create(norm, eps, steps, restarts, seed, eot_samples)], False
+        return [AttackConfig.create(norm, eps, steps, restarts, seed, eot_samples, **rest)], False
     if not eps:
         raise ValueError("Argument `eps` must hold at least one radius, but got an empty list.")
-    configs = [AttackConfig.create(norm, e, steps, restarts, seed, eot_samples) for e in eps]
+    configs = [AttackConfig.create(norm, e, steps, restarts, seed, eot_samples, **rest) for e in eps]
     radii = [c.eps for c in configs]
     twice = next((e for i, e in enumerate(radii) if e in radii[:i]), None)
     if twice is not None:
@@ -244,53 +283,99 @@ def _radii(norm, eps, steps, restarts, seed, eot_samples):
 # -- one batch -------------------------------------------------------------------------------
 def _attack_batch(embedder: Embedder, batch: dict, keys: List[str], configs: List[AttackConfig], counterattack,
                   several: bool, keep=None) -> List[dict]:
-    """The batch's records: one clean pass, then the attack at each radius in turn (see ``eps`` of
-    :func:`evaluate_attack`); with one radius, each per-radius field is a number rather than a list.
-    ``keep``: (wanted keys, {key: images}) to fill with the first references, for a review page."""
+    """The batch's records: one clean pass, then the attack (or each attack of the suite) at each
+    radius in turn (see ``eps`` of :func:`evaluate_attack`); with one radius, each per-radius field
+    is a number rather than a list. ``keep``: (wanted keys, {key: images}) to fill with the first
+    attacked images, for a review page."""
     device = embedder.device
     ref = _prepared(batch["ref"], embedder, device)
     left = _prepared(batch["left"], embedder, device)
     right = _prepared(batch["right"], embedder, device)
     p = batch["p"].double()
     y = human_labels(p).to(device)
+    view = TripletView(configs[0].target, ref, left, right, y)
 
-    judge, clean = _clean_judge(PlainFeatures(embedder), ref, left, right)
+    judge, clean, f_ref = _clean_judge(PlainFeatures(embedder), ref, left, right)
     clean_ok = _agreement(clean, p)
-    attacker = TwoAFCLogits(PlainFeatures(embedder, amp=True), judge.e_left, judge.e_right)
-    per_eps, images, still = [], ref, clean_ok
-    for config in configs:
-        images = _attack_the_rest(attacker, ref, y, config, still, images)
-        linf, l2 = _checked_norms(images, ref, config)
-        adv = _distances(judge, images)
-        still = [min(s, a) for s, a in zip(still, _agreement(adv, p))]
-        per_eps.append({"images": images, "adv_d0": adv[0], "adv_d1": adv[1], "robust_correct": still,
-                        "linf": linf, "l2": l2})
-    if keep is not None:  # the clean reference and the attack at the largest radius
+    checker = judge if view.target is Target.REF else view.classifier(judge.features, f_ref, judge.e_left,
+                                                                      judge.e_right)
+    attacker = view.classifier(PlainFeatures(embedder, amp=True), f_ref, judge.e_left, judge.e_right)
+    # Square needs no gradient: it queries the full-precision judge, whose scores it compares.
+    attackers = {name: checker if name == "square" else attacker for name in configs[0].attacks}
+    per_eps = _attacks_over_radii(view, attackers, checker, configs, clean_ok, clean, p)
+    if keep is not None:  # the clean image and the worst attack at the largest radius
         wanted, kept = keep
-        kept.update((k, {"clean": ref[j].detach().float().cpu(), "attacked": images[j].detach().float().cpu()})
+        first, attacked = view.first_rows(view.x), view.first_rows(per_eps[-1]["images"])
+        kept.update((k, {"clean": first[j].detach().float().cpu(), "attacked": attacked[j].detach().float().cpu()})
                     for j, k in enumerate(keys) if k in wanted)
 
     records = [{"key": k, "p": float(pi), "label": int(yi), "clean_d0": c0, "clean_d1": c1, "clean_correct": co}
                for k, pi, yi, c0, c1, co in zip(keys, p.tolist(), y.tolist(), *clean, clean_ok)]
-    _add_per_eps(records, per_eps, ("adv_d0", "adv_d1", "robust_correct", "linf", "l2"), several)
+    suite = ("suite_correct", "fooled_by") if configs[0].suite else ()
+    _add_per_eps(records, per_eps, ("adv_d0", "adv_d1", "robust_correct", "linf", "l2", *suite), several)
     if counterattack is not None:
-        defended_clean, defended, taus = _defence_records(embedder, counterattack, ref, left, right,
-                                                          [e["images"] for e in per_eps], p, y, configs)
+        defended_clean, defended, taus = _defence_records(embedder, counterattack, view, ref, left, right,
+                                                          [e["images"] for e in per_eps], p, configs)
         for record, ok in zip(records, defended_clean):
             record["defended_clean_correct"] = ok
-        _add_per_eps(records, defended, _DEFENDED_PER_EPS, several)
+        adaptive_suite = ("adaptive_suite_correct", "adaptive_fooled_by") if configs[0].suite else ()
+        _add_per_eps(records, defended, _DEFENDED_PER_EPS + adaptive_suite, several)
         for name, tau in (taus or {}).items():
             for record, value in zip(records, tau.tolist()):
                 record[name] = value if math.isfinite(value) else None  # a zero embedding's tau is inf
     return records
 
 
-def _attack_the_rest(logits: TwoAFCLogits, ref: torch.Tensor, y: torch.Tensor, config: AttackConfig,
-                     still: List[float], previous: torch.Tensor, eot_iter: int = 1) -> torch.Tensor:
-    """APGD at ``config``'s radius on the rows still judged correctly (``still`` > 0); the other rows
-    keep ``previous``, the image that fooled them at a smaller radius (or their clean image)."""
-    robust = torch.tensor(still, device=ref.device) > 0
-    attacked = run_apgd(logits, ref, y, config, correct=robust, eot_iter=eot_iter).images
+def _attacks_over_radii(view: TripletView, attackers: dict, checker, configs: List[AttackConfig],
+                        start: List[float], clean, p: torch.Tensor, eot_iter: int = 1) -> List[dict]:
+    """Per radius: each attack of ``attackers`` (name: the classifier it attacks) on the rows it has
+    not fooled at a smaller radius, re-checked by ``checker``; and per triplet the worst case over
+    the attacks, the first in suite order where several tie. One dict per radius: the worst case's
+    ``images``, ``adv_d0``, ``adv_d1``, ``robust_correct``, ``linf``, ``l2``, and per attack
+    ``suite_correct`` and ``fooled_by`` (the attacks that lowered the clean correctness)."""
+    names = list(attackers)
+    state = {name: (view.x, start) for name in names}
+    per_eps = []
+    for config in configs:
+        found = {}
+        for name in names:
+            previous, ok = state[name]
+            images = _attack_the_rest(attackers[name], view, config, ok, previous,
+                                      eot_iter=1 if name == "square" else eot_iter, attack=name)
+            linf, l2 = view.norms(images, config)
+            adv = view.distances(checker, images, clean)
+            ok = [min(s, a) for s, a in zip(ok, _agreement(adv, p))]
+            state[name] = (images, ok)
+            found[name] = {"images": images, "adv_d0": adv[0], "adv_d1": adv[1], "robust_correct": ok,
+                           "linf": linf, "l2": l2}
+        worst = worst_per_triplet(names, {name: found[name]["robust_correct"] for name in names})
+        point = {field: [found[names[w]][field][j] for j, w in enumerate(worst)]
+                 for field in ("adv_d0", "adv_d1", "robust_correct", "linf", "l2")}
+        images = found[names[0]]["images"]
+        if len(names) > 1:
+            rows = view.per_row(torch.tensor(worst, device=images.device))
+            images = images.clone()
+            for i, name in enumerate(names[1:], start=1):
+                images[rows == i] = found[name]["images"][rows == i]
+        point["images"] = images
+        point["suite_correct"] = [{name: found[name]["robust_correct"][j] for name in names}
+                                  for j in range(len(start))]
+        point["fooled_by"] = [[name for name in names if found[name]["robust_correct"][j] < start[j]]
+                              for j in range(len(start))]
+        per_eps.append(point)
+    return per_eps
+
+
+def _attack_the_rest(logits, view: TripletView, config: AttackConfig, still: List[float], previous: torch.Tensor,
+                     eot_iter: int = 1, attack: str = "apgd-ce") -> torch.Tensor:
+    """``attack`` at ``config``'s radius on the triplets still judged correctly (``still`` > 0); the
+    other rows keep ``previous``, the image that fooled them at a smaller radius (or their clean image)."""
+    robust = view.per_row(torch.tensor(still, device=view.x.device) > 0)
+    if attack == "square":
+        attacked = run_square(logits, view.x, view.y, config, correct=robust).images
+    else:  # APGD; the published protocol's call is kept as it was
+        loss = {} if attack == "apgd-ce" else {"loss": attack[len("apgd-"):]}
+        attacked = run_apgd(logits, view.x, view.y, config, correct=robust, eot_iter=eot_iter, **loss).images
     return torch.where(robust.view(-1, 1, 1, 1), attacked, previous)
 
 
@@ -303,28 +388,38 @@ def _add_per_eps(records: List[dict], per_eps: List[dict], names, several: bool)
             record[name] = values if several else values[0]
 
 
-def _defence_records(embedder, counterattack, ref, left, right, attacked: List[torch.Tensor], p, y,
+def _defence_records(embedder, counterattack, view: TripletView, ref, left, right, attacked: List[torch.Tensor], p,
                      configs: List[AttackConfig]):
-    """``(defended clean, per radius)``: per triplet the defended metric clean; then per radius its
-    judgement of the plain attack's images (non-adaptive) and of an attack through the defence
-    (adaptive: BPDA with EOT over its random start), each chained over the radii as the plain attack is."""
+    """``(defended clean, per radius, taus)``: per triplet the defended metric clean; then per radius
+    its judgement of the plain attack's images (non-adaptive) and of attacks through the defence
+    (adaptive: APGD by BPDA with EOT over its random start; Square, black-box, on the defended
+    decision as deployed), each chained over the radii as the plain attack is."""
     features = DefendedFeatures(embedder, counterattack, record_tau=hasattr(counterattack, "tau_threshold"))
-    judge, clean = _clean_judge(features, ref, left, right)
+    judge, clean, f_ref = _clean_judge(features, ref, left, right)
     taus = {"tau_clean": _reference_tau(features.tau, ref, left, right)}
     clean_ok = _agreement(clean, p)
+    checker = judge if view.target is Target.REF else view.classifier(features, f_ref, judge.e_left, judge.e_right)
     seeds = eot_seeds(counterattack, configs[0].seed, configs[0].eot_samples)
-    through = TwoAFCLogits(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), judge.e_left,
-                           judge.e_right)
-    per_eps, transfer_ok, adaptive_ok, images = [], clean_ok, clean_ok, ref
-    for config, transferred in zip(configs, attacked):
-        transfer_ok = [min(c, a) for c, a in zip(transfer_ok, _agreement(_distances(judge, transferred), p))]
-        taus["tau_attacked"] = features.tau  # of the plain attack's images at this radius: the last one stays
-        images = _attack_the_rest(through, ref, y, config, adaptive_ok, images, eot_iter=config.eot_samples)
-        linf, l2 = _checked_norms(images, ref, config)
-        adaptive_ok = [min(c, a) for c, a in zip(adaptive_ok, _agreement(_distances(judge, images), p))]
-        taus["tau_adaptive"] = features.tau
-        per_eps.append({"nonadaptive_correct": transfer_ok, "adaptive_correct": adaptive_ok, "adaptive_linf": linf,
-                        "adaptive_l2": l2})
+    through = view.classifier(EOTDefendedFeatures(embedder, counterattack, seeds, amp=True), f_ref, judge.e_left,
+                              judge.e_right)
+    deployed = view.classifier(DefendedFeatures(embedder, counterattack), f_ref, judge.e_left, judge.e_right)
+    attackers = {name: deployed if name == "square" else through for name in configs[0].attacks}
+    transfer_ok, nonadaptive = clean_ok, []
+    for transferred in attacked:
+        transfer_ok = [min(c, a) for c, a in zip(transfer_ok, _agreement(view.distances(checker, transferred, clean),
+                                                                          p))]
+        nonadaptive.append(transfer_ok)
+    # Of the plain attack's images at the largest radius; under `both`, of the references.
+    taus["tau_attacked"] = None if features.tau is None else view.per_triplet(features.tau)
+    adaptive = _attacks_over_radii(view, attackers, checker, configs, clean_ok, clean, p,
+                                   eot_iter=configs[0].eot_samples)
+    if len(attackers) > 1 and features.record_tau:  # the tau of the worst case, not of the last attack's images
+        view.distances(checker, adaptive[-1]["images"], clean)
+    taus["tau_adaptive"] = None if features.tau is None else view.per_triplet(features.tau)
+    per_eps = [{"nonadaptive_correct": transfer, "adaptive_correct": point["robust_correct"],
+                "adaptive_linf": point["linf"], "adaptive_l2": point["l2"],
+                "adaptive_suite_correct": point["suite_correct"], "adaptive_fooled_by": point["fooled_by"]}
+               for transfer, point in zip(nonadaptive, adaptive)]
     return clean_ok, per_eps, (taus if features.record_tau else None)
 
 
@@ -341,19 +436,13 @@ def _reference_tau(tau: Optional[torch.Tensor], ref, left, right) -> Optional[to
 
 
 def _clean_judge(features, ref: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
-    """``(judge, clean (d0, d1))``: the left and right embeddings, computed once per triplet outside
-    the attack, and the clean distances. Each distinct image is embedded once, so a triplet whose
-    left and right are the same image is an exact tie on any machine."""
+    """``(judge, clean (d0, d1), f_ref)``: the left and right embeddings, computed once per triplet
+    outside the attack, the clean distances and the references' embeddings. Each distinct image is
+    embedded once, so a triplet whose left and right are the same image is an exact tie on any machine."""
     with torch.no_grad():
         f_ref, e_left, e_right = embed_unique(features, torch.cat([ref, left, right])).chunk(3)
     judge = TwoAFCLogits(features, e_left, e_right)
-    return judge, _split(judge.logits(f_ref))
-
-
-def _distances(judge: TwoAFCLogits, images: torch.Tensor):
-    """``(d0, d1)`` lists: ``1 - cos`` to the left and right embeddings, a fresh full-precision pass."""
-    with torch.no_grad():
-        return _split(judge(images))
+    return judge, _split(judge.logits(f_ref)), f_ref
 
 
 def _split(logits: torch.Tensor):
@@ -364,18 +453,6 @@ def _split(logits: torch.Tensor):
 def _agreement(distances, p: torch.Tensor) -> List[float]:
     """Per triplet 1, 0, or 0.5 for a tie, by the scoring module's rule."""
     return binary_agreements(*distances, p).tolist()
-
-
-def _checked_norms(attacked: torch.Tensor, clean: torch.Tensor, config: AttackConfig):
-    """The perturbations' norms, after checking the promise of every attack: in the ball and in [0, 1]."""
-    linf, l2 = perturbation_norms(attacked, clean)
-    size = linf if config.norm is Norm.LINF else l2
-    limit = config.eps * (1 + _BALL_TOLERANCE) + _BALL_TOLERANCE
-    if bool((size > limit).any()) or float(attacked.min()) < 0.0 or float(attacked.max()) > 1.0:
-        raise RuntimeError(f"APGD returned images outside the {config.norm.value} ball of radius {config.eps} or "
-                           f"outside [0, 1] (largest norm {float(size.max())}, values in "
-                           f"[{float(attacked.min())}, {float(attacked.max())}]); this is a bug, please report it.")
-    return linf.tolist(), l2.tolist()
 
 
 def _prepared(images, embedder: Embedder, device) -> torch.Tensor:
@@ -462,14 +539,16 @@ def _attack_record(config: Union[AttackConfig, List[AttackConfig]], defended: bo
     return {**config[0].to_dict(defended=defended), "eps": [c.eps for c in config]}
 
 
-def _record_check(defended: bool, configs: List[AttackConfig], several: bool):
+def _record_check(defended: bool, configs: List[AttackConfig], several: bool, suite: bool = False):
     """The run log's check of a record: finite numbers, or with several radii lists of one finite
-    number per radius."""
+    number per radius; with the suite, its per-attack fields present too."""
     numbers = ["clean_correct", *(["defended_clean_correct"] if defended else [])]
     per_eps = ["robust_correct", *(["nonadaptive_correct", "adaptive_correct"] if defended else [])]
+    present = ["suite_correct", "fooled_by", *(["adaptive_suite_correct", "adaptive_fooled_by"] if defended else [])
+               ] if suite else []
     if not several:
-        return record_check(numbers + per_eps)
-    plain = record_check(numbers, present=per_eps)
+        return record_check(numbers + per_eps, present=present)
+    plain = record_check(numbers, present=per_eps + present)
 
     def check(record: dict) -> Optional[str]:
         problem = plain(record)
@@ -490,28 +569,42 @@ def _result(records: List[dict], run_config: dict, configs: Optional[List[Attack
     if configs is not None:
         return _curve_result(records, run_config, configs)
     result = AttackResult(n=len(records), clean_accuracy=_mean(records, "clean_correct"),
-                          robust_accuracy=_mean(records, "robust_correct"), records=records, config=run_config)
+                          robust_accuracy=_mean(records, "robust_correct"), records=records, config=run_config,
+                          suite_accuracy=_suite_means(records, "suite_correct"))
     if records and "adaptive_correct" in records[0]:
         result.defended_clean_accuracy = _mean(records, "defended_clean_correct")
         result.nonadaptive_accuracy = _mean(records, "nonadaptive_correct")
         result.adaptive_accuracy = _mean(records, "adaptive_correct")
         result.worst_case_accuracy = sum(min(r["nonadaptive_correct"], r["adaptive_correct"])
                                          for r in records) / len(records)
+        result.adaptive_suite_accuracy = _suite_means(records, "adaptive_suite_correct")
     return result
+
+
+def _suite_means(records: List[dict], field_name: str) -> Optional[dict]:
+    """Per attack of the suite its robust accuracy (``{name: share}``), None without the suite."""
+    if not records or field_name not in records[0]:
+        return None
+    return {name: _mean([r[field_name] for r in records], name) for name in records[0][field_name]}
 
 
 def _curve_result(records: List[dict], run_config: dict, configs: List[AttackConfig]) -> AttackResult:
     defended = bool(records) and "adaptive_correct" in records[0]
     curve = []
     for k, config in enumerate(configs):
-        at = [{name: r[name][k] for name in ("robust_correct", *(_DEFENDED_PER_EPS if defended else ()))}
-              for r in records]
+        fields = ("robust_correct", *(_DEFENDED_PER_EPS if defended else ()),
+                  *(name for name in ("suite_correct", "adaptive_suite_correct") if records and name in records[0]))
+        at = [{name: r[name][k] for name in fields} for r in records]
         point = {"eps": config.eps, "robust_accuracy": _mean(at, "robust_correct")}
+        if config.suite:
+            point["suite_accuracy"] = _suite_means(at, "suite_correct")
         if defended:
             point.update(nonadaptive_accuracy=_mean(at, "nonadaptive_correct"),
                          adaptive_accuracy=_mean(at, "adaptive_correct"),
                          worst_case_accuracy=sum(min(r["nonadaptive_correct"], r["adaptive_correct"])
                                                  for r in at) / len(at))
+            if config.suite:
+                point["adaptive_suite_accuracy"] = _suite_means(at, "adaptive_suite_correct")
         curve.append(point)
     return AttackResult(n=len(records), clean_accuracy=_mean(records, "clean_correct"), robust_accuracy=None,
                         records=records, config=run_config, curve=curve,

@@ -66,7 +66,7 @@ def register(sub) -> None:
         _add_preprocess_option(q, name)
         add_counterattack_options(q)
         if name != "jnd":  # the robust protocol is a 2AFC decision
-            add_attack_options(q, curves=True)
+            add_attack_options(q, curves=True, threats=True)
             _add_certify_options(q)
         q.set_defaults(func=run, rerun=(("--resume",), ()))
     _register_file_datasets(datasets)
