@@ -10,7 +10,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from ..counterattack import pixel_unit_notice
 from ..evaluation import nights_total
-from .config import SQUARE_QUERIES, SUITE, AttackConfig, Norm, Target, radius_label
+from .config import SQUARE_QUERIES, AttackConfig, Norm, Target, radius_label
 
 __all__ = ["add_attack_options", "attack_config_from_args", "attack_groups", "attack_log_path", "attack_columns",
            "attack_headers"]

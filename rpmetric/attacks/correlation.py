@@ -33,7 +33,8 @@ from ..scoring import correlations
 from ..validation import check_int
 from .apgd import apgd_class
 from .config import AttackConfig
-from .evaluate import _checked_norms, _loader_transform, _prepared
+from .evaluate import _loader_transform, _prepared
+from .threat import checked_norms
 from .features import PlainFeatures, as_embedder
 
 __all__ = ["DistanceLogits", "ShiftResult", "evaluate_shift", "shift_summary", "push_directions"]
@@ -127,7 +128,7 @@ def evaluate_shift(metric, pairs: Sequence[ScoredPair], higher_is_better: bool, 
     identity = model_identity(spec) if spec is not None else {"model": type(metric).__name__, "model_files": None}
     run_config = {"task": "correlation-shift", **identity,
                   "preprocessing": asdict(spec.preprocessing) if getattr(spec, "preprocessing", None) else None,
-                  "attack": config.to_dict(defended=False), "batch_size": batch_size, "n": n,
+                  "attack": {k: v for k, v in config.to_dict(defended=False).items() if k != "target"},  # the distorted image moves "batch_size": batch_size, "n": n,
                   "higher_is_better": higher_is_better, "median": median, "records": records_fingerprint(pairs)}
     log = None if runlog_path is None else RunLog(runlog_path, run_config, resume,
                                                   check=record_check(["clean_d", "adv_d", "direction"]))
@@ -167,7 +168,7 @@ def _shift_batch(embedder, batch: dict, keys: List[str], direction: torch.Tensor
         clean = cosine_distance(e_dist, e_ref)
     logits = DistanceLogits(PlainFeatures(embedder, amp=True), e_ref, direction.to(device))
     attacked = _apgd_highest_loss(logits, dist, config)
-    linf, l2 = _checked_norms(attacked, dist, config)
+    linf, l2 = (t.tolist() for t in checked_norms(attacked, dist, config))
     with torch.no_grad():
         adv = cosine_distance(judge(attacked), e_ref)
     return [{"key": k, "score": float(s), "direction": int(di), "clean_d": float(c), "adv_d": float(a),

@@ -30,7 +30,8 @@ from ..unique import embed_unique
 from ..validation import check_int
 from .apgd import run_apgd
 from .config import AttackConfig
-from .evaluate import (AttackResult, _checked_norms, _dataset_and_keys, _loader_transform, _prepared, _result,
+from .threat import checked_norms
+from .evaluate import (AttackResult, _dataset_and_keys, _loader_transform, _prepared, _result,
                        _run_config)
 from .features import PlainFeatures, as_embedder
 
@@ -135,6 +136,7 @@ def evaluate_odd_one_out_attack(metric, triplets: Sequence[OddOneOut], *, norm: 
     keys = keys[:n]
     run_config = {**_run_config(metric, config, None, batch_size, keys, dataset), "task": "robust-odd-one-out",
                   "threat": ODD_ONE_OUT_THREAT}
+    run_config["attack"].pop("target", None)  # the 2AFC threat models do not apply: `threat` says which image moves
     log = None if runlog_path is None else RunLog(runlog_path, run_config, resume,
                                                   check=record_check(["clean_correct", "robust_correct"]))
     done: Dict[str, dict] = dict(log.done) if log is not None else {}
@@ -178,7 +180,7 @@ def _attack_batch(embedder, batch: dict, keys: List[str], config: AttackConfig) 
         attacker = OddOneOutLogits(PlainFeatures(embedder, amp=True), position, fixed)
         attack = torch.tensor(still, device=device) > 0
         attacked = run_apgd(attacker, images[position], y, config, correct=attack).images
-        sizes = _checked_norms(attacked, images[position], config)
+        sizes = [t.tolist() for t in checked_norms(attacked, images[position], config)]
         with torch.no_grad():
             credit = _credits(OddOneOutLogits(judge, position, fixed)(attacked), odd)
         # An image the attack left as it was keeps its clean judgement: embedded again, in another

@@ -164,13 +164,7 @@ class TripletView:
     def norms(self, images: torch.Tensor, config: AttackConfig) -> Tuple[List[float], List[float]]:
         """Per triplet the largest l-inf and l2 norm of its images' perturbations, after checking the
         promise of every attack: each image in its ball and in [0, 1]."""
-        linf, l2 = perturbation_norms(images, self.x)
-        size = linf if config.norm is Norm.LINF else l2
-        limit = config.eps * (1 + _BALL_TOLERANCE) + _BALL_TOLERANCE
-        if bool((size > limit).any()) or float(images.min()) < 0.0 or float(images.max()) > 1.0:
-            raise RuntimeError(f"An attack returned images outside the {config.norm.value} ball of radius {config.eps} or "
-                               f"outside [0, 1] (largest norm {float(size.max())}, values in "
-                               f"[{float(images.min())}, {float(images.max())}]); this is a bug, please report it.")
+        linf, l2 = checked_norms(images, self.x, config)
         if self.k > 1:
             linf, l2 = linf.view(-1, self.k).amax(1), l2.view(-1, self.k).amax(1)
         return linf.tolist(), l2.tolist()
@@ -178,6 +172,19 @@ class TripletView:
     def first_rows(self, images: torch.Tensor) -> torch.Tensor:
         """One image per triplet: the moving one (the reference under ``both``), for a review page."""
         return self.per_triplet(images)
+
+
+def checked_norms(attacked: torch.Tensor, clean: torch.Tensor, config: AttackConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row the l-inf and l2 norms of ``attacked - clean``, after checking the promise of every
+    attack: each row in its ball and in [0, 1] (RuntimeError otherwise: a bug, not bad input)."""
+    linf, l2 = perturbation_norms(attacked, clean)
+    size = linf if config.norm is Norm.LINF else l2
+    limit = config.eps * (1 + _BALL_TOLERANCE) + _BALL_TOLERANCE
+    if bool((size > limit).any()) or float(attacked.min()) < 0.0 or float(attacked.max()) > 1.0:
+        raise RuntimeError(f"An attack returned images outside the {config.norm.value} ball of radius {config.eps} or "
+                           f"outside [0, 1] (largest norm {float(size.max())}, values in "
+                           f"[{float(attacked.min())}, {float(attacked.max())}]); this is a bug, please report it.")
+    return linf, l2
 
 
 def worst_per_triplet(names: Sequence[str], correct: dict) -> List[int]:
