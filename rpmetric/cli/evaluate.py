@@ -3,18 +3,16 @@ human judgements (2AFC score, JND mAP, odd-one-out accuracy)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..distributed import local_device
 from ..files import check_writable, write_csv, write_json
-from .common import add_device_option, add_html_option, add_model_option, at_least, check_html_option, format_table
+from .eval_common import add_run_options as _add_run_options, check_distinct_outputs as _check_distinct_outputs
+from .eval_common import log_path as _log_path, no_empty_logs as _no_empty_logs
+from .eval_common import preprocess_settings as _preprocess_settings, report_skipped as _report_skipped
+from .common import check_html_option, format_table
 
 DESCRIPTIONS = {
     "nights": ("NIGHTS 2AFC score (DreamSim's benchmark)",
@@ -75,39 +73,7 @@ def register(sub) -> None:
     register_eval_retrieval(datasets)
     from .iqa import register_eval_iqa  # correlations with opinion scores: IQA datasets, pair files
 
-    register_eval_iqa(datasets, sys.modules[__name__])
-
-
-def _add_run_options(q) -> None:
-    add_model_option(q, extra_help="; or a pixel baseline, which needs no weights and compares the images as loaded: "
-                                   "`l2` (mean squared difference of RGB in [0, 1]) or `l2-lab` (lpips' L2 baseline, "
-                                   "lpips.L2's default colorspace='Lab': 0.5 * mean squared difference of "
-                                   "CIELAB / 100)")
-    add_device_option(q)
-    q.add_argument("--batch-size", type=at_least(1), default=32, help="triplets or pairs per batch (default: 32)")
-    q.add_argument("--workers", type=at_least(0), default=min(4, os.cpu_count() or 1),
-                   help="DataLoader processes decoding images (default: min(4, CPUs)); 0 decodes in the main process")
-    q.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    q.add_argument("--per-sample", type=Path, default=None, metavar="FILE.csv",
-                   help="write one row per triplet (group,id,d0,d1,p) or pair (group,id,d,same)")
-    # --log alone is ambiguous to torchrun (--log-dir, --logs-specs), which parses the whole command line
-    q.add_argument("--run-log", "--log", dest="log", type=Path, default=None, metavar="FILE.jsonl",
-                   help="run log of per-sample results, written as the run proceeds; under torchrun spell it "
-                        "--run-log (default: OUT.log.jsonl beside "
-                        "--out, else ./rpmetric-eval-DATASET-ROOT-SPLITS-MODEL-HASH.log.jsonl, HASH of the resolved "
-                        "ROOT, splits or categories and model; a default log is deleted once the run completes, "
-                        "and any new log that holds no finished batch when the run fails or is interrupted)")
-    q.add_argument("--resume", action="store_true", help="continue an interrupted run from its log")
-    q.add_argument("--skip-bad", action="store_true",
-                   help="skip triplets with missing or unreadable files and report them, instead of stopping")
-    q.add_argument("--max-batches", type=at_least(1), default=None, metavar="N",
-                   help="stop after N batches (time-boxed runs); finish later with --resume")
-    add_html_option(q, "the score table, a bar chart per group, the triplets where the metric disagrees most with "
-                       "people (JND: the precision-recall curve), and with --attack the first attacked references "
-                       "and, with --counterattack, the tau histogram")
-    q.add_argument("--html-examples", type=at_least(1), default=None, metavar="N",
-                   help="with --html: triplets in each example section (most disagreeing; first attacked of each "
-                        "group) (default: 24)")
+    register_eval_iqa(datasets)
 
 
 def _add_preprocess_option(q, dataset: str) -> None:
@@ -341,73 +307,11 @@ def _page(args, distances, task, names, results, result, groups, attacked, detai
     print(f"rpmetric eval: review page written to {page}", file=sys.stderr)
 
 
-def _log_path(args, distances, names, subset: str):
-    """``(log, whether it is a default one)``. A default log beside no ``--out`` is named by what the
-    run reads, so that runs on other data, splits or models never share (or block) one: readable
-    parts, and a short hash of the resolved root, the selection and the model's resolved source
-    (so that the model folder spelled another way finds the same log)."""
-    if args.log is not None:
-        return args.log, False
-    if args.out is not None:
-        return args.out.with_name(args.out.name + ".log.jsonl"), True
-    root = args.root.resolve()
-    subset = subset if args.dataset == "bapps" else None
-    metric = getattr(distances, "metric", None)
-    source = metric.spec.source if metric is not None else distances.name
-    model_name = Path(source).name if metric is not None and metric.spec.local_path else distances.name
-    identity = json.dumps([args.dataset, str(root), subset, list(names), source])
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
-    parts = [args.dataset, root.name, *([subset] if subset else []), "+".join(names), model_name]
-    slug = "-".join(re.sub(r"[^A-Za-z0-9._+]+", "_", part).strip("_")[:40] for part in parts)
-    return Path(f"rpmetric-eval-{slug}-{digest}.log.jsonl"), True
-
-
-def _check_distinct_outputs(args) -> None:
-    """Refuse --out, --per-sample and --run-log (given, or the default beside --out) that name one file,
-    however spelled, before any work: each would overwrite another."""
-    named = [("--out", args.out), ("--per-sample", args.per_sample), ("--html", args.html),
-             ("--run-log", args.log if args.log is not None or args.out is None
-              else args.out.with_name(args.out.name + ".log.jsonl"))]
-    seen = {}
-    for option, path in named:
-        if path is None:
-            continue
-        resolved = path.resolve()
-        if resolved in seen:
-            other, first = seen[resolved]
-            default = " (the default run log beside --out)" if option == "--run-log" and args.log is None else ""
-            raise ValueError(f"{other} {first} and {option} {path}{default} are the same file; give each its own.")
-        seen[resolved] = (option, path)
-
-
 def _log_files(log: Path, groups) -> list:
     """The clean run's log, then the attack's log of each group."""
     from ..attacks.cli import attack_log_path
 
     return [log, *(attack_log_path(log, g) for g in groups)]
-
-
-@contextlib.contextmanager
-def _no_empty_logs(paths, enabled: bool):
-    """On an error or Ctrl-C, delete the logs among ``paths`` that this block created and that hold no
-    finished batch, so that the same command can start again; a log with finished batches stays, for
-    --resume."""
-    new = [path for path in paths if not path.exists()]
-    try:
-        yield
-    except BaseException:
-        if enabled:
-            from ..runlog import remove_if_empty
-
-            for path in new:
-                remove_if_empty(path)
-        raise
-
-
-def _report_skipped(skipped, unit: str) -> None:
-    print(f"rpmetric eval: skipped {len(skipped)} bad {unit}(s):", file=sys.stderr)
-    for item in skipped:
-        print(f"  {item['group']}/{item['id']}: {item['reason']}", file=sys.stderr)
 
 
 def _defences(args, counterattack, attack) -> dict:
@@ -446,12 +350,6 @@ def _summary(args, distances, task, names, subset, results, result, world) -> di
         "version": __version__,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _preprocess_settings(name: str, pp) -> dict:
-    """The resize convention and the geometry it gave the model (normalisation is the model's)."""
-    geometry = {k: getattr(pp, k) for k in ("image_size", "resize_size", "interpolation", "resize_mode")}
-    return {"preprocess": name, "preprocessing": geometry}
 
 
 # -- datasets of one file: THINGS odd-one-out and triplet CSV files ------------------------------

@@ -7,29 +7,24 @@ from __future__ import annotations
 import math
 import sys
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Dict
 
 from ..distributed import local_device
 from ..files import check_writable, write_csv, write_json
 from .common import format_table
+from .eval_common import (add_run_options, check_distinct_outputs, log_path, no_empty_logs, preprocess_settings,
+                          report_skipped)
 
 OVERALL = "overall"  # the row pooling every distortion type
 
 
-def register_eval_iqa(datasets, evaluate) -> None:
-    """Add ``iqa`` and ``pairs`` to ``rpmetric eval``'s datasets.
-
-    ``evaluate`` is the :mod:`rpmetric.cli.evaluate` module, which registers them: its run options,
-    log naming and output checks are shared, and it is handed in rather than imported, so that the
-    two modules do not import each other.
-    """
+def register_eval_iqa(datasets) -> None:
+    """Add ``iqa`` and ``pairs`` to ``rpmetric eval``'s datasets (called by :mod:`rpmetric.cli.evaluate`;
+    the run options, log naming and output checks they share are :mod:`rpmetric.cli.eval_common`'s)."""
     from ..attacks.cli import add_attack_options
     from ..counterattack import add_counterattack_options
     from ..datasets import IQA_DATASETS
-
-    _add_run_options = evaluate._add_run_options
 
     layouts = "; ".join(f"{name}: {info.score_name}, {'higher' if info.higher_is_better else 'lower'} is better"
                         for name, info in IQA_DATASETS.items())
@@ -49,7 +44,7 @@ def register_eval_iqa(datasets, evaluate) -> None:
                    help="csv only: a higher mos means a worse image (a DMOS); by default higher is better")
     q.add_argument("--allow-outside-root", action="store_true",
                    help="csv only: accept paths that lead out of the CSV's folder")
-    _add_common(q, evaluate, add_run=_add_run_options, add_attack=add_attack_options,
+    _add_common(q, add_run=add_run_options, add_attack=add_attack_options,
                 add_counterattack=add_counterattack_options)
 
     p = datasets.add_parser(
@@ -67,11 +62,11 @@ def register_eval_iqa(datasets, evaluate) -> None:
     p.set_defaults(higher_is_different=False)
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept paths that lead out of the CSV's folder")
-    _add_common(p, evaluate, add_run=_add_run_options, add_attack=add_attack_options,
+    _add_common(p, add_run=add_run_options, add_attack=add_attack_options,
                 add_counterattack=add_counterattack_options)
 
 
-def _add_common(q, evaluate, *, add_run, add_attack, add_counterattack) -> None:
+def _add_common(q, *, add_run, add_attack, add_counterattack) -> None:
     from ..models.spec import PREPROCESS_CONVENTIONS
 
     add_run(q)
@@ -81,18 +76,15 @@ def _add_common(q, evaluate, *, add_run, add_attack, add_counterattack) -> None:
     add_counterattack(q)
     add_attack(q, target="each distorted image (pushing its distance towards the wrong rank)",
                samples="pairs", counterattack=False)
-    q.set_defaults(func=partial(run, evaluate=evaluate), rerun=(("--resume",), ()))
+    q.set_defaults(func=run, rerun=(("--resume",), ()))
 
 
-def run(args, evaluate) -> int:
+def run(args) -> int:
     from .. import distributed
     from ..attacks.cli import attack_config_from_args, attack_log_path
     from ..counterattack import counterattack_from_args
     from ..evaluation import PIXEL_BASELINES, correlation_task, load_distances
     from ..evaluation import evaluate as evaluate_records
-
-    _check_distinct_outputs, _log_path = evaluate._check_distinct_outputs, evaluate._log_path
-    _no_empty_logs, _report_skipped = evaluate._no_empty_logs, evaluate._report_skipped
 
     counterattack = counterattack_from_args(args)
     attack = attack_config_from_args(args)
@@ -113,7 +105,7 @@ def run(args, evaluate) -> int:
                 raise ValueError(f"{option} applies to --dataset csv only; {args.dataset_name} states its own layout.")
     if args.model not in PIXEL_BASELINES and args.preprocess is None:
         args.preprocess = "model"
-    _check_distinct_outputs(args)
+    check_distinct_outputs(args)
     if args.html_examples is not None and args.html is None:
         raise ValueError("--html-examples sets what the review page shows; add --html PAGE.html or drop it.")
     from .common import check_html_option
@@ -131,12 +123,12 @@ def run(args, evaluate) -> int:
         task = correlation_task(higher_is_better)
         distances = load_distances(args.model, device=local_device(args.device), counterattack=counterattack,
                                    preprocess=args.preprocess)
-        log, default_log = _log_path(args, distances, names, "")
+        log, default_log = log_path(args, distances, names, "")
         args.progress = log
         run_config = {"dataset": args.dataset, "root": str(args.root.resolve()), "selection": names,
                       **({"preprocess": args.preprocess} if args.preprocess is not None else {})}
         logs = [log, _pairwise_log(log)]
-        with _no_empty_logs(logs, rank == 0):
+        with no_empty_logs(logs, rank == 0):
             result = evaluate_records(distances, task, groups, batch_size=args.batch_size, workers=args.workers, log=log,
                               resume=args.resume, run_config=run_config, skip_bad=args.skip_bad,
                               skipped={names[0]: skipped["pairs"]} if skipped["pairs"] else None,
@@ -155,7 +147,7 @@ def run(args, evaluate) -> int:
     finished = [r for r in (result, pairwise) if r is not None]
     bad = [item for r in finished for item in r.skipped]
     if bad:
-        _report_skipped(bad, "pair")
+        report_skipped(bad, "pair")
     if not all(r.complete for r in finished):
         done, total = sum(r.done for r in finished), sum(r.total for r in finished)
         print(f"rpmetric eval: stopped after --max-batches {args.max_batches}: {done} of {total} done, saved in "
@@ -165,12 +157,12 @@ def run(args, evaluate) -> int:
     attacked = None
     if attack is not None and result is not None:
         shift_log = attack_log_path(log, "shift")
-        with _no_empty_logs([shift_log], True):
+        with no_empty_logs([shift_log], True):
             attacked = _attack(args, distances, pairs, groups, result, higher_is_better, attack, shift_log)
     print(_table(results, attacked))
     if args.out is not None:
         write_json(args.out, _summary(args, distances, task, names, higher_is_better, results, finished, world,
-                                      counterattack, attack, attacked, evaluate._preprocess_settings))
+                                      counterattack, attack, attacked, preprocess_settings))
     if args.per_sample is not None:
         if result is not None:
             columns = ["group", "id", "d", "score"]
