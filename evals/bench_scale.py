@@ -206,19 +206,21 @@ def bench_store(args) -> None:
         with open(log, "w") as err_file:
             proc = subprocess.Popen(cmd, stderr=err_file)
         loads = [os.getloadavg()[0]]  # the machine's 1-minute load average: wall times depend on it
-        while True:  # progress every minute: a 10 M run takes a while
+        report = 60.0
+        while True:  # polled every second (the wall time's resolution), progress every minute
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             elapsed = time.perf_counter() - start
             if pid:
                 break
-            loads.append(os.getloadavg()[0])
             if elapsed > args.timeout:
                 proc.kill()
                 _, status, usage = os.wait4(proc.pid, 0)
                 raise SystemExit(f"    rpmetric dedup did not finish in {args.timeout} s (killed); peak RSS "
                                  f"{usage.ru_maxrss / 2**20:.2f} GiB so far")
-            time.sleep(min(60.0, 1.0 + elapsed / 10))
-            if elapsed > 60:
+            time.sleep(1.0)
+            if elapsed > report:
+                report += 60.0
+                loads.append(os.getloadavg()[0])
                 print(f"    ... {elapsed:.0f} s, resident {proc_rss(proc.pid)}, load average {loads[-1]:.1f}", flush=True)
         err = log.read_text()
         if status != 0:
