@@ -18,8 +18,8 @@ Example:
     ...     w.add(["a.png", "b.png"], [None, "http://x/b"], [None, "a cat"])
     >>> table = RowTable(folder / "rows.jsonl", folder / "rows-index.npy", 2)
     >>> paths = table.column(0)
-    >>> paths[1], list(paths), table.column(1)[1], table.decoded
-    ('b.png', ['a.png', 'b.png'], 'http://x/b', 2)
+    >>> paths[1], list(paths), table.column(1)[1], table.decoded  # row 1, then a pass; row 1 is kept
+    ('b.png', ['a.png', 'b.png'], 'http://x/b', 3)
 """
 
 from __future__ import annotations
