@@ -14,7 +14,8 @@
 (store) the whole ``rpmetric dedup STORE --threshold T`` command on a real store on disk: N x D
     float16 planted vectors (tests/planted.py's ``planted_shards``) written shard by shard through
     the store's own writer (tests/synthstore.py), rows named ``img/000000123.jpg``. Reports the
-    command's wall time and peak RSS (``wait4`` of that process) and the recall of the planted
+    command's wall time, CPU time and peak RSS (``wait4`` of that process), the machine's load
+    average while it ran (wall times on a shared machine depend on it), and the recall of the planted
     pairs: the pairs of the groups planted within T whose exact distance (float64, from the stored
     values) is within T, found when the CSV puts both rows in one group. An exact scan of all
     pairs is infeasible at 10 M, so pairs that occur by chance are not counted (at T = 0.05 on this
@@ -204,7 +205,9 @@ def bench_store(args) -> None:
         log = work / "stderr.txt"
         with open(log, "w") as err_file:
             proc = subprocess.Popen(cmd, stderr=err_file)
-        while True:  # progress every minute: a 10 M run takes a while
+        loads = [os.getloadavg()[0]]  # the machine's 1-minute load average: wall times depend on it
+        report = 60.0
+        while True:  # polled every second (the wall time's resolution), progress every minute
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             elapsed = time.perf_counter() - start
             if pid:
@@ -214,9 +217,11 @@ def bench_store(args) -> None:
                 _, status, usage = os.wait4(proc.pid, 0)
                 raise SystemExit(f"    rpmetric dedup did not finish in {args.timeout} s (killed); peak RSS "
                                  f"{usage.ru_maxrss / 2**20:.2f} GiB so far")
-            time.sleep(min(60.0, 1.0 + elapsed / 10))
-            if elapsed > 60:
-                print(f"    ... {elapsed:.0f} s, resident {proc_rss(proc.pid)}", flush=True)
+            time.sleep(1.0)
+            if elapsed > report:
+                report += 60.0
+                loads.append(os.getloadavg()[0])
+                print(f"    ... {elapsed:.0f} s, resident {proc_rss(proc.pid)}, load average {loads[-1]:.1f}", flush=True)
         err = log.read_text()
         if status != 0:
             raise SystemExit(f"rpmetric dedup failed ({status}): {err}")
@@ -233,6 +238,8 @@ def bench_store(args) -> None:
               f"planted-pair recall "
               f"{found.mean() if len(found) else 1.0:.4f} ({int(found.sum()):,} of {len(found):,}); {extra} rows "
               f"grouped outside the planted groups; {err.strip()}", flush=True)
+        print(f"    load average (1 min) of the machine ({os.cpu_count()} CPUs) during the run: mean "
+              f"{np.mean(loads):.1f}, min {min(loads):.1f}, max {max(loads):.1f} ({len(loads)} samples)", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -376,3 +376,38 @@ def test_embed_names_a_missing_listed_file_and_how_list_paths_resolve(capsys, vi
 def test_embed_checks_its_source_before_loading_the_model(capsys, tmp_path):
     code, _, err = run(capsys, "embed", tmp_path / "nope", "--out", tmp_path / "s", "--model", tmp_path / "no-model")
     assert code == 2 and re.search(r"Input .*nope does not exist", err), err
+
+
+def test_eval_retrieval_streams_a_store_above_the_embeddings_limit(capsys, store, images, tmp_path, monkeypatch):
+    from rpmetric.stores import store as store_mod
+
+    opened = EmbeddingStore(store)
+    limit = 6 * opened.dim * 4  # bytes of float32: the whole store is above it, its 6 labelled rows are not
+    monkeypatch.setattr(store_mod, "EMBEDDINGS_LIMIT", limit)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("embeddings() was called on a store above the limit")
+
+    monkeypatch.setattr(EmbeddingStore, "embeddings", refuse)
+    assert len(opened) * opened.dim * 4 > limit
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n" + "".join(f"{images / n},{n[3]}\n" for n in ORIGINALS[:6]))
+    queries = tmp_path / "queries.csv"
+    # As in the unlimited test above: the 1-NN of each copy is its original (labels 0 and 3 right, 5 wrong).
+    queries.write_text(f"path,label\n{images / 'copy_noise.png'},0\n{images / 'copy_jpeg.jpg'},3\n"
+                       f"{images / 'copy_jpeg.jpg'},5\n")
+    code, out, err = run(capsys, "eval", "retrieval", store, "--queries", queries, "--labels", labels, "--k", "1",
+                         "--device", "cpu", "--json", "--attack", "linf", "--eps", "0", "--steps", "1")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["clean_accuracy"] == pytest.approx(2 / 3) and result["robust_accuracy"] == pytest.approx(2 / 3)
+    dup = tmp_path / "dup.csv"
+    dup.write_text(f"path,match\n{images / 'img5.png'},img5.png\n{images / 'img6.png'},img6.png\n")
+    code, out, err = run(capsys, "eval", "retrieval", store, "--queries", dup, "--task", "duplicate",
+                         "--device", "cpu", "--json")
+    assert code == 0, err
+    assert json.loads(out)["clean_accuracy"] == 1.0
+    # An attack's surrogate would hold every stored row as float32: refused in one line, exit 2.
+    code, _, err = run(capsys, "eval", "retrieval", store, "--queries", dup, "--task", "duplicate",
+                       "--device", "cpu", "--attack", "linf", "--steps", "1")
+    assert code == 2 and f"surrogate classifier holds its {len(opened)} reference rows" in err and "Traceback" not in err

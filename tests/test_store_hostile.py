@@ -248,7 +248,7 @@ def test_dangling_symlinks_and_fifos_are_listed_as_skipped(tmp_path, vit_folder)
                       "--device", "cpu"], timeout=120)
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "l" / "manifest.json").read_text())
-    assert manifest["paths"] == ["special/img1.png"]
+    assert EmbeddingStore(tmp_path / "l").paths == ["special/img1.png"]
     assert [s["path"] for s in manifest["skipped"]] == ["special/pipe.png"]
     assert "FIFO" in manifest["skipped"][0]["reason"]
 

@@ -445,10 +445,10 @@ def run_eval_retrieval(args) -> int:
     if not rows:
         raise ValueError(f"{args.queries} lists no queries")
     base = args.queries.resolve().parent
-    reference, labels = store.embeddings(), None
+    reference, labels = store, None  # streamed by the decisions, never store.embeddings()
     if args.task == "knn":
         labelled, labels = store.labelled(args.labels)
-        reference = reference[labelled]
+        reference = store.select(labelled)
         truth = [r["label"] for r in rows]
     else:
         truth = store.locate([r["match"] for r in rows], base, source=args.queries)

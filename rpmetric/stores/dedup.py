@@ -43,9 +43,10 @@ AUTO_APPROX_MIN = 20_000  # vectors
 # Cells each vector visits: at 200,000 x 512, recall 0.9999 in 3.1 s (0.9998 with 2 in 2.6 s, 0.9991
 # with 1 in 1.8 s) against 156 s for exact (evals/bench_scale.py --part dedup).
 DEFAULT_PROBES = 3
-_SIM_ELEMENTS = 1 << 24  # entries of one similarity block (64 MB of float32)
 _FP16_SLACK = 1e-3  # extra candidate margin where FAISS holds the vectors as float16 (rounding ~1e-5)
 _ASSIGN_BLOCK = 65536  # rows per k-means assignment search
+_UNIT_BLOCK = 16384  # rows per conversion to unit vectors in the scan's dtype (two float32 temporaries)
+_TILE_ROWS, _TILE_COLS = 2048, 512  # the one shape of the cluster scan's similarity blocks (see _scan_cells)
 # The cluster method's per-cell scans (most of its time) run in bfloat16 where the CPU multiplies
 # it natively (AMX or AVX512-BF16). Unit inputs rounded to bfloat16 move a dot product by at most
 # 2^-8 and its bfloat16 result by 2^-9 more, so a candidate margin of 0.01 still proposes every pair
@@ -78,8 +79,8 @@ def _unit_as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.float32:
         return unit32(x)
     out = torch.empty(x.shape, dtype=dtype, device=x.device)
-    for a in range(0, len(x), _ASSIGN_BLOCK):
-        out[a:a + _ASSIGN_BLOCK] = unit32(x[a:a + _ASSIGN_BLOCK])
+    for a in range(0, len(x), _UNIT_BLOCK):
+        out[a:a + _UNIT_BLOCK] = unit32(x[a:a + _UNIT_BLOCK])
     return out
 
 
@@ -267,15 +268,27 @@ def _scan_cells(found, cells: Optional[np.ndarray], q_x, q_ids, d_x, d_ids, visi
     busy = (np.diff(member_start) > 0) & (np.diff(visitor_start) > 0)
     if cells is not None:  # the group's own cells: its rows' other cells are scanned in their groups
         busy &= cells
+    # Every similarity block has one shape, [_TILE_ROWS, _TILE_COLS] (tiles padded with zero rows,
+    # masked out below): oneDNN, which runs the bfloat16 products, caches a primitive with its own
+    # buffers for every new shape, and the cells' ever-different sizes grew that cache by GBs per
+    # group at 10 M rows, outside STREAM_BYTES. One shape keeps one primitive.
+    dim = q_unit.shape[1]
+    q_tile = torch.zeros((_TILE_ROWS, dim), dtype=dtype)
+    sim = torch.empty((_TILE_ROWS, _TILE_COLS), dtype=dtype)
     for c in np.nonzero(busy)[0]:
         m = torch.from_numpy(members[member_start[c]:member_start[c + 1]])
         v = torch.from_numpy(visitors[visitor_start[c]:visitor_start[c + 1]])
-        step = max(1, _SIM_ELEMENTS // len(m))
-        cols = d_unit[m]
-        for a in range(0, len(v), step):
-            rows = v[a:a + step]
-            ii, jj = torch.nonzero(q_unit[rows] @ cols.T >= cut, as_tuple=True)
-            candidates.append((rows[ii], m[jj]))
+        cols = torch.zeros((-(-len(m) // _TILE_COLS) * _TILE_COLS, dim), dtype=dtype)
+        cols[:len(m)] = d_unit[m]
+        for a in range(0, len(v), _TILE_ROWS):
+            rows = v[a:a + _TILE_ROWS]
+            q_tile[:len(rows)] = q_unit[rows]
+            q_tile[len(rows):] = 0
+            for b in range(0, len(cols), _TILE_COLS):
+                torch.mm(q_tile, cols[b:b + _TILE_COLS].T, out=sim)
+                ii, jj = torch.nonzero(sim >= cut, as_tuple=True)
+                keep = (ii < len(rows)) & (jj < len(m) - b)  # not the padding (a cut <= 0 would take it)
+                candidates.append((rows[ii[keep]], m[jj[keep] + b]))
     # Confirmed once per group, not per cell: few large calls (small torch calls cost milliseconds
     # each on a loaded machine).
     qi, dj = _cat([c[0] for c in candidates]), _cat([c[1] for c in candidates])

@@ -21,6 +21,7 @@ from torch import nn
 from ..images import unit_float
 from .index import search
 from .knn import knn_classify
+from .rows import as_rows
 from ..validation import check_int
 
 __all__ = ["TASKS", "NearestClassLogits", "RetrievalAttackResult", "evaluate_retrieval_attack"]
@@ -98,7 +99,26 @@ class RetrievalAttackResult:
                 "robust_accuracy": self.robust_accuracy, "attack": self.attack, "records": self.records}
 
 
-def _decide(task: str, reference: torch.Tensor, labels, emb: torch.Tensor, k: int, vote: str) -> List:
+def _surrogate_reference(reference, rows) -> torch.Tensor:
+    """The reference rows in memory for the attack's surrogate (a tensor as it is; a store's rows
+    gathered in its dtype), which holds them as float32 unit vectors: refused above
+    ``EMBEDDINGS_LIMIT`` of float32, as ``embeddings()`` is."""
+    if rows.in_memory:
+        return reference
+    from . import store as store_mod
+
+    size = len(rows) * rows.dim * 4
+    if size > store_mod.EMBEDDINGS_LIMIT:
+        raise ValueError(
+            f"The attack's surrogate classifier holds its {len(rows):,} reference rows as float32 "
+            f"({size / 2**30:.1f} GiB), above rpmetric.stores.store.EMBEDDINGS_LIMIT "
+            f"({store_mod.EMBEDDINGS_LIMIT / 2**30:.1f} GiB); attack against fewer reference rows (--task knn with "
+            "a smaller labelled set), or drop the attack: clean accuracy streams a store of any size.")
+    parts = [block for _, block in rows.blocks()]
+    return torch.cat(parts) if parts else torch.zeros((0, rows.dim))
+
+
+def _decide(task: str, reference, labels, emb: torch.Tensor, k: int, vote: str) -> List:
     if task == "knn":
         return [p.label for p in knn_classify(reference, labels, emb, k, vote=vote, index="exact")]
     return search(reference, emb, 1, index="exact").indices[:, 0].tolist()
@@ -113,7 +133,9 @@ def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Ten
 
     Args:
         metric: the :class:`~rpmetric.RobustDistance` that embedded ``reference``.
-        reference: ``[M, D]`` reference embeddings (a labelled store, or the store of originals).
+        reference: ``[M, D]`` reference embeddings, or an EmbeddingStore or a selection of its
+            rows (the labelled ones), which the clean and attacked decisions stream; an attack's
+            surrogate holds the rows as float32, so it is refused above ``EMBEDDINGS_LIMIT``.
         images: ``[Q, 3, S, S]`` query images at the model's input size: uint8 (as
             :func:`rpmetric.stores.store.model_input` gives, a quarter of float32's memory; converted to
             [0, 1] per batch) or float in [0, 1].
@@ -142,8 +164,10 @@ def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Ten
         raise ValueError("Argument `n_samples` limits the attack; pass `config` too, or leave n_samples None.")
     n = len(images)
     n_attacked = 0 if config is None else n if n_samples is None else min(check_int("n_samples", n_samples, 1), n)
+    rows = as_rows(reference, "reference")
+    surrogate = _surrogate_reference(reference, rows) if n_attacked else None  # before any work
     if task == "knn":
-        if labels is None or len(labels) != len(reference):
+        if labels is None or len(labels) != len(rows):
             raise ValueError("task 'knn' needs `labels`, one per reference row.")
         vocabulary = {label: c for c, label in enumerate(sorted(set(labels)))}
         unknown = sorted({t for t in truth if t not in vocabulary})
@@ -152,10 +176,10 @@ def evaluate_retrieval_attack(metric, reference: torch.Tensor, images: torch.Ten
                              "the kNN vote could never be right.")
         classes = torch.tensor([vocabulary[label] for label in labels])
         targets = torch.tensor([vocabulary[t] for t in truth])
-        logits = NearestClassLogits(metric.encoder, reference, classes, len(vocabulary), k=k)
+        logits = NearestClassLogits(metric.encoder, surrogate, classes, len(vocabulary), k=k) if n_attacked else None
     else:
         targets = torch.tensor([int(t) for t in truth])
-        logits = NearestClassLogits(metric.encoder, reference, torch.arange(len(reference)), len(reference))
+        logits = NearestClassLogits(metric.encoder, surrogate, torch.arange(len(rows)), len(rows)) if n_attacked else None
 
     clean_pred, attacked_pred = [], []
     for start in range(0, n, batch_size):

@@ -31,11 +31,13 @@ __all__ = ["STREAM_BYTES", "TensorRows", "StreamRows", "as_rows", "unit32", "pai
 # rows), a batch of pairs. Tests lower it to make small stores take the paths of large ones.
 STREAM_BYTES = 2 << 30
 _BLOCK = 16384  # rows per block of an in-memory tensor
-_PAIR_BYTES = 64 << 20  # float32 bytes of one side of one cosine_distance call (it makes a few copies)
+# float32 bytes of one side of one cosine_distance call: it makes about six arrays of that size (a
+# float32 copy and a unit copy of each side, their difference, its square), so about 100 MB in all.
+_PAIR_BYTES = 16 << 20
 
 
 def pair_block(dim: int) -> int:
-    """Pairs per :func:`~rpmetric.functional.cosine_distance` call: about 64 MB a side in float32
+    """Pairs per :func:`~rpmetric.functional.cosine_distance` call: about 16 MB a side in float32
     (a million 512-d pairs would take 2 GB a side, and the call makes several temporaries)."""
     return max(1, _PAIR_BYTES // (4 * max(1, dim)))
 

@@ -3,8 +3,12 @@
 Layout of a store folder::
 
     manifest.json        what the store is: model spec, package version, dim, dtype, root, the
-                         embedded paths in order, the skipped files with reasons, the shard list,
-                         the size and mtime of every input file, and those of the model's weights
+                         row count, the skipped files with reasons, the shard list, and the
+                         model's weight files (sizes, mtimes); its size grows with the shards,
+                         not with the rows
+    rows.jsonl           one line per row: ``[path or key, url, caption]`` (see
+    rows-index.npy       :mod:`rpmetric.stores.rowtable`), read per row when asked for
+    stats.json           the size and mtime of every input file (read by builds only)
     emb-00000.npy        [n, dim] float16 or float32 embeddings of shard 0 (readable files only)
     shard-00000.json     shard 0's embedded paths and skipped files with their sizes and mtimes, the
                          plan it belongs to, and the shape, dtype and blake2b checksum of its .npy
@@ -64,14 +68,18 @@ from ..images import DECODE_ERRORS, decode_failure, read_pixels, read_pixels_byt
 from ..preprocess import resize_and_crop
 from ..spec import default_model
 from ..unique import embed_unique
+from .rowtable import RowTable, RowWriter
 
 __all__ = ["EmbeddingStore", "StoreSelection", "build_store", "embed_images", "list_files", "model_input", "DTYPES",
            "EMBEDDINGS_LIMIT"]
 
 FORMAT = "rpmetric-embeddings"
-FORMAT_VERSION = 3  # 2: file sizes and mtimes ("stats"), shard records name their plan; 3: shard
-# checksums and shapes, the model's weight files ("model_identity"), entries that are no files ("special")
+FORMAT_VERSION = 4  # 2: file sizes and mtimes ("stats"), shard records name their plan; 3: shard
+# checksums and shapes, the model's weight files ("model_identity"), entries that are no files ("special");
+# 4: a finished store's rows in ROWS / ROWS_INDEX and its "stats" in STATS, out of the manifest (a
+# 10 M-row manifest took about 5 GB to parse). Stores of formats 1-3 are read as they are.
 MANIFEST = "manifest.json"
+ROWS, ROWS_INDEX, STATS = "rows.jsonl", "rows-index.npy", "stats.json"
 REUSE, REUSE_EMBEDDINGS = "reuse.json", "reuse-emb.npy"
 DTYPES = ("float16", "float32")
 # Largest store that EmbeddingStore.embeddings() materialises (bytes of the float32 result). Above
@@ -521,10 +529,11 @@ def _write_shard(out: Path, k: int, emb: np.ndarray, paths: List[str], skipped: 
     # mtimes of its files let a later update reuse its rows; shape, dtype and checksum let a resume
     # and the readers tell a damaged embeddings file.
     names = paths + [s["path"] for s in skipped]
+    # Not indented: json's C encoder only runs without indent (a 1024-row record: 5x faster).
     write_json(out / meta_name, {"embeddings": emb_name, "count": len(paths), "paths": paths, "skipped": skipped,
                                  "plan": plan_id, "stats": {p: (stats or {}).get(p) for p in names},
                                  "shape": list(emb.shape), "dtype": str(emb.dtype), "blake2b": _digest(data),
-                                 **(meta or {})})
+                                 **(meta or {})}, indent=None)
 
 
 class _BadShard(Exception):
@@ -656,7 +665,7 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
         finished = bool(saved.get("complete"))
         damaged = _drop_bad_shards(out, saved["dtype"], len(saved.get("shards", ())) if finished else 0)
         # A store from before format 2 recorded no sizes or mtimes: every file counts as new.
-        added, removed, changed = _changes(saved.get("stats") or {}, plan["stats"])
+        added, removed, changed = _changes(_saved_stats(out, saved), plan["stats"])
         if not (added or removed or changed):
             if damaged and finished:  # the same plan (same files, same plan id), to be finished again
                 write_json(manifest, plan)
@@ -676,6 +685,21 @@ def _prepare_out(out: Path, plan: dict, overwrite: bool, update: bool = False) -
     return plan
 
 
+def _saved_stats(out: Path, saved: dict) -> dict:
+    """``{path: [size, mtime_ns]}`` a saved plan or finished store recorded: in the manifest, or
+    (a finished store of format 4) in its stats file."""
+    if saved.get("stats_file"):
+        name = saved["stats_file"]
+        try:
+            stats = json.loads((out / Path(name).name).read_text()) if Path(name).name == name else None
+        except (OSError, ValueError):
+            stats = None
+        if not isinstance(stats, dict):
+            raise ValueError(f"{out / name} is missing or unreadable; pass `overwrite=True` to rebuild store {out}.")
+        return stats
+    return saved.get("stats") or {}
+
+
 def _read_manifest(path: Path, fix: str) -> dict:
     try:
         manifest = json.loads(path.read_text())
@@ -689,7 +713,7 @@ def _read_manifest(path: Path, fix: str) -> dict:
 
 def _remove_store_files(out: Path) -> None:
     # Only what a store writes: an --out pointed at the wrong folder must not wipe unrelated files.
-    for pattern in (MANIFEST, "emb-*.npy", "shard-*.json", REUSE, REUSE_EMBEDDINGS, ".*.tmp-*"):
+    for pattern in (MANIFEST, ROWS, ROWS_INDEX, STATS, "emb-*.npy", "shard-*.json", REUSE, REUSE_EMBEDDINGS, ".*.tmp-*"):
         for path in out.glob(pattern):
             path.unlink()
 
@@ -1008,23 +1032,25 @@ def _write_dataset_shard(out: Path, plan: dict, k: int, parts: list, dim: int) -
 
 
 def _finish_manifest(out: Path, plan: dict, n_shards: int) -> None:
-    manifest = {key: value for key, value in plan.items() if key != "files"}  # "stats" keeps every name
-    shards, paths, skipped, shapes, urls, captions = [], [], [], [], [], []
-    for k in range(n_shards):
-        meta = json.loads((out / _shard_names(k)[1]).read_text())
-        urls.extend(meta.get("urls") or [None] * meta["count"])
-        captions.extend(meta.get("captions") or [None] * meta["count"])
-        shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"],
-                       "blake2b": meta.get("blake2b")})  # None in a shard written before format 3
-        paths.extend(meta["paths"])
-        skipped.extend(meta["skipped"])
-        shapes.append(meta.get("shape"))
+    """Write a finished store's row table, stats file and manifest (in that order: the manifest,
+    written last, is what marks the store finished), reading the shard records one at a time."""
+    manifest = {key: value for key, value in plan.items() if key not in ("files", "stats")}
+    shards, skipped, shapes, count = [], [], [], 0
+    with RowWriter(out / ROWS, out / ROWS_INDEX) as rows:
+        for k in range(n_shards):
+            meta = json.loads((out / _shard_names(k)[1]).read_text())
+            rows.add(meta["paths"], meta.get("urls"), meta.get("captions"))
+            shards.append({"embeddings": meta["embeddings"], "record": _shard_names(k)[1], "count": meta["count"],
+                           "blake2b": meta.get("blake2b")})  # None in a shard written before format 3
+            count += len(meta["paths"])
+            skipped.extend(meta["skipped"])
+            shapes.append(meta.get("shape"))
     skipped.extend(plan.get("special", []))  # never opened, so in no shard
+    write_json(out / STATS, plan.get("stats") or {}, indent=None)  # every name: for a later update
     # Every shard is written [n, dim].
     dim = (shapes[0] or np.load(out / shards[0]["embeddings"], mmap_mode="r").shape)[1]
-    manifest.update(dim=int(dim), shards=shards, count=len(paths), paths=paths, skipped=skipped, complete=True)
-    if plan.get("kind"):  # a dataset's rows: their keys are the paths
-        manifest.update(urls=urls, captions=captions)
+    manifest.update(format_version=FORMAT_VERSION, dim=int(dim), shards=shards, count=count, skipped=skipped,
+                    rows=ROWS, rows_index=ROWS_INDEX, stats_file=STATS, complete=True)
     write_json(out / MANIFEST, manifest)
     # Left over by an update: the reuse files, and the shards of a larger earlier plan.
     _remove_reuse(out)
@@ -1070,7 +1096,6 @@ class EmbeddingStore:
             )
         self.manifest = manifest
         self.root = Path(manifest["root"])
-        self.paths: List[str] = list(manifest["paths"])
         self.skipped: List[dict] = list(manifest["skipped"])
         self.dim: int = int(manifest["dim"])
         self.dtype: str = manifest["dtype"]
@@ -1078,8 +1103,23 @@ class EmbeddingStore:
         self.model_ref: str = manifest["model_ref"]
         self.version: str = manifest["rpmetric_version"]
         self.kind: Optional[str] = manifest.get("kind")
-        self.urls: List[Optional[str]] = list(manifest.get("urls") or [None] * len(self.paths))
-        self.captions: List[Optional[str]] = list(manifest.get("captions") or [None] * len(self.paths))
+        self.paths: Sequence[str]
+        self.urls: Sequence[Optional[str]]
+        self.captions: Sequence[Optional[str]]
+        if manifest.get("rows"):  # format 4: the rows stay on disk until asked for
+            names = [manifest[key] for key in ("rows", "rows_index")]
+            if any(Path(name).name != name for name in names):
+                raise ValueError(f"Store {self.path}: its manifest names row files outside the store folder; "
+                                 "rebuild it with `rpmetric embed ... --overwrite`.")
+            self._rows: Optional[RowTable] = RowTable(
+                self.path / names[0], self.path / names[1], int(manifest["count"]),
+                fix=f"store {self.path} is damaged: rebuild it with `rpmetric embed ... --overwrite`")
+            self.paths, self.urls, self.captions = (self._rows.column(k) for k in range(3))
+        else:  # formats 1-3: every row in the manifest
+            self._rows = None
+            self.paths = list(manifest.pop("paths"))
+            self.urls = list(manifest.pop("urls", None) or [None] * len(self.paths))
+            self.captions = list(manifest.pop("captions", None) or [None] * len(self.paths))
         manifest.pop("stats", None)  # only builds need every file's size and mtime (10 M entries: GBs)
         for shard in manifest["shards"]:  # the headers only (cheap); reading a shard checks its values
             self._shard_rows(shard, read=False)
