@@ -185,15 +185,30 @@ def check_writable(path: Union[str, Path], what: str, *, folder: bool = False) -
 
 
 def write_csv(path: Optional[Union[str, Path]], header: Sequence[str], rows) -> None:
-    """Rows under ``header`` to ``path`` (atomically), or to stdout when ``path`` is None."""
-    import io
+    """Rows under ``header`` to ``path`` (atomically), or to stdout when ``path`` is None.
+
+    ``rows`` may be any iterable, a generator included: it is written in chunks as it is consumed,
+    so a table of millions of rows (a dedup of a 10 M store) is never held as one string.
+    """
     import sys
+
+    if path is None:
+        for chunk in _csv_chunks(header, rows):
+            sys.stdout.write(chunk)
+    else:
+        atomic_write(path, lambda f: [f.write(chunk.encode()) for chunk in _csv_chunks(header, rows)])
+
+
+def _csv_chunks(header: Sequence[str], rows, every: int = 8192):
+    import io
 
     buffer = io.StringIO(newline="")
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
-    if path is None:
-        sys.stdout.write(buffer.getvalue())
-    else:
-        atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
+    for k, row in enumerate(rows, start=1):
+        writer.writerow(row)
+        if k % every == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()

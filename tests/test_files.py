@@ -114,3 +114,25 @@ def test_atomic_write_errors_name_the_file_not_the_temporary(tmp_path, monkeypat
         write_json(tmp_path / "out.json", {})
     assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(tmp_path / "out.json"))
     assert sorted(tmp_path.iterdir()) == [tmp_path / "file", tmp_path / "folder"]  # no temporary file left
+
+
+def test_write_csv_streams_a_generator_in_chunks_without_losing_or_repeating_rows(tmp_path, capsys):
+    import csv as csv_module
+
+    from rpmetric.files import write_csv
+
+    consumed = []
+
+    def rows():  # more rows than one chunk holds, so chunk boundaries are crossed twice
+        for k in range(20_000):
+            consumed.append(k)
+            yield (k, f"path/{k}.png", "a,b" if k % 7 == 0 else "")
+
+    write_csv(tmp_path / "t.csv", ["k", "path", "note"], rows())
+    with open(tmp_path / "t.csv", newline="") as f:
+        back = list(csv_module.reader(f))
+    assert back[0] == ["k", "path", "note"]
+    assert [int(r[0]) for r in back[1:]] == list(range(20_000)) == consumed
+    assert back[8] == ["7", "path/7.png", "a,b"]
+    write_csv(None, ["k"], ([k] for k in range(3)))
+    assert capsys.readouterr().out == "k\n0\n1\n2\n"

@@ -363,13 +363,18 @@ def run_dedup(args) -> int:
         flat = torch.tensor([m for members in groups for m in members], dtype=torch.long)
         stored = as_rows(store, "store")
         d = pair_distances(stored, stored, firsts, flat).tolist()
-        table, at = [], 0
-        for g, members in enumerate(groups, start=1):
-            table.extend((g, int(m == members[0]), store.file(m), format_distance(d[at + k]), *_metadata(store, m).values())
-                         for k, m in enumerate(members))
-            at += len(members)
+        def group_rows():
+            at = 0
+            for g, members in enumerate(groups, start=1):
+                yield from ((g, int(m == members[0]), store.file(m), format_distance(d[at + k]),
+                             *_metadata(store, m).values()) for k, m in enumerate(members))
+                at += len(members)
+
+        # Streamed into the CSV unless a review page needs the table: millions of rows of strings
+        # would otherwise be held at once (the 10 M store's dedup writes 1.5 M).
+        table = list(group_rows()) if args.html is not None else group_rows()
         header += list(_metadata(store, 0)) if len(store) else []
-        summary = f"{len(groups)} groups of near-duplicates covering {len(table)} of {len(store)} images"
+        summary = f"{len(groups)} groups of near-duplicates covering {len(flat)} of {len(store)} images"
     write_csv(args.out, header, table)
     print(summary, file=sys.stderr)
     if args.html is not None:
