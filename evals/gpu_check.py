@@ -552,8 +552,10 @@ def check_cli(step: str, work: Path, config: dict, record: dict) -> dict:
             if wrong:
                 record.update(ok=False, error="test scores of the head differ from the known ones: " + "; ".join(wrong))
     elif step == "embed":
-        manifest = json.loads((out / "store" / "manifest.json").read_text())
-        record.update(rows=len(manifest.get("paths", [])), dim=manifest.get("dim"), dtype=manifest.get("dtype"))
+        from rpmetric.stores.store import EmbeddingStore  # the store's own reader, whatever its format version
+
+        store = EmbeddingStore(out / "store")
+        record.update(rows=len(store), dim=store.dim, dtype=str(store.dtype))
     elif step == "dedup":
         import csv
 
