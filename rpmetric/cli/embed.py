@@ -346,6 +346,9 @@ def run_dedup(args) -> int:
         raise ValueError("--clusters and --nprobe tune --method cluster|ivf|auto; --method exact scans every pair, "
                          "so drop them")
     check_html_option(args)
+    from ..stores.heap import bound_heap_growth
+
+    bound_heap_growth()  # a 10 M store's pass frees GBs of temporaries, which glibc's heap would keep
     store = EmbeddingStore(args.store)  # streamed, never materialised: stores may exceed memory
     if args.against is not None:
         other = EmbeddingStore(args.against)
