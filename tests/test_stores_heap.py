@@ -1,6 +1,5 @@
 """glibc's mmap threshold, fixed by the store commands (rpmetric/stores/heap.py)."""
 
-import ctypes
 import platform
 import subprocess
 import sys
