@@ -16,6 +16,18 @@ SUITE = ("apgd-ce", "apgd-margin", "apgd-targeted", "square")
 SQUARE_QUERIES = 5000  # pyautoattack's SquareAttack default (n_queries), as AutoAttack runs it
 
 
+def _parse_choice(cls, value, argument: str):
+    """``value`` (a member, or its value in any case) as a member of the enum ``cls``."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        try:
+            return cls(value.lower())
+        except ValueError:
+            pass
+    raise ValueError(f"Argument `{argument}` must be one of {tuple(m.value for m in cls)}, but got {value!r}.")
+
+
 class Norm(str, Enum):
     """Threat model of the attack: the norm that bounds the perturbation of the reference image."""
 
@@ -30,14 +42,7 @@ class Norm(str, Enum):
             >>> Norm.parse("Linf")
             <Norm.LINF: 'linf'>
         """
-        if isinstance(value, Norm):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls(value.lower())
-            except ValueError:
-                pass
-        raise ValueError(f"Argument `norm` must be one of {tuple(n.value for n in cls)}, but got {value!r}.")
+        return _parse_choice(cls, value, "norm")
 
     @property
     def default_eps(self) -> float:
@@ -71,14 +76,7 @@ class Target(str, Enum):
             >>> Target.parse("Both")
             <Target.BOTH: 'both'>
         """
-        if isinstance(value, Target):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls(value.lower())
-            except ValueError:
-                pass
-        raise ValueError(f"Argument `target` must be one of {tuple(t.value for t in cls)}, but got {value!r}.")
+        return _parse_choice(cls, value, "target")
 
 
 def suite_for(target: Union[str, Target]) -> tuple:
