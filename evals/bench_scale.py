@@ -179,6 +179,8 @@ def bench_store(args) -> None:
 
     from synthstore import write_store
 
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)  # a fresh machine's /tmp has no --work folder yet
     work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.work))
     try:
         start = time.perf_counter()
@@ -456,7 +458,7 @@ def main() -> None:
     wds.add_argument("--wds-rounds", type=int, default=5)
     wds.add_argument("--wds-workers", type=int, default=None, help="DataLoader workers (default: build_store's)")
     p.add_argument("--store-shard-size", type=int, default=1024, help="(store) rows per store shard")
-    p.add_argument("--work", type=Path, default=None, help="(store) folder for the store (default: TMPDIR); deleted after")
+    p.add_argument("--work", type=Path, default=None, help="(store) folder for the store, made if missing (default: TMPDIR); deleted after")
     p.add_argument("--keep", action="store_true", help="(store) keep the store and the CSV")
     p.add_argument("--timeout", type=float, default=3000, help="(store) seconds before the dedup run is killed")
     p.add_argument("--extra", type=lambda t: t.split(), default=[],

@@ -3,7 +3,8 @@ two tiny random-weight models (not real metrics): the figures the README quotes.
 
 The pair is the tests' (tests/test_interpret_maps.py): a smooth random 64 x 64 image A, and B = A
 with other content in a 32 x 24 square (19 % of the area). Occlusion is run at three window sizes,
-the gradient with its defaults, plain and ``times_difference``.
+the gradient with its defaults (times the difference) and as the plain sensitivity
+(``times_difference=False``, ``--sensitivity``).
 
     python evals/maps_square.py
 """
@@ -36,9 +37,9 @@ def main() -> None:
                 mass = distance_map(metric, a, b, patch=patch, stride=stride, progress=False)[0].abs().numpy()
                 print(f"{name}: occlusion --patch {patch} --stride {stride}: {mass[inside].sum() / mass.sum():.1%} "
                       "of the mass in the square")
-            for weighted in (False, True):
+            for weighted in (True, False):
                 g = distance_map(metric, a, b, "gradient", times_difference=weighted, progress=False)[0].numpy()
-                label = "gradient --times-difference" if weighted else "gradient"
+                label = "gradient" if weighted else "gradient --sensitivity"
                 print(f"{name}: {label}: maximum {'inside' if inside.flat[g.argmax()] else 'outside'} the square, "
                       f"{g[inside].sum() / g.sum():.1%} of the mass in it")
 

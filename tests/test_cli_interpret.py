@@ -85,6 +85,29 @@ def test_explain_writes_the_figure_and_prints_the_distance(images, vit_folder, t
     assert printed == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("flags, weighted", [([], True), (["--times-difference"], True), (["--sensitivity"], False)])
+def test_explain_gradient_weights_by_the_difference_unless_sensitivity(images, vit_folder, tiny_metric, tmp_path,
+                                                                       capsys, monkeypatch, flags, weighted):
+    import rpmetric.interpret as interpret
+    import rpmetric.report.interpret as figures
+
+    drawn, draw = [], figures.distance_map_figure
+    monkeypatch.setattr(figures, "distance_map_figure", lambda a, b, panels, **kw: drawn.append(panels) or draw(
+        a, b, panels, **kw))
+    code, _, _ = _run(capsys, ["explain", images["x"], images["b"], "--model", vit_folder, "--out", tmp_path / "m.png",
+                               "--method", "gradient", "--samples", "1", "--noise", "0", "--smooth", "0", "--device",
+                               "cpu", "--quiet", *flags])
+    assert code == 0
+    [(title, values, unit)] = drawn[0]
+    expected = interpret.distance_map(tiny_metric, load_image(images["x"]), load_image(images["b"]), "gradient",
+                                      samples=1, noise=0.0, smooth=0.0, times_difference=weighted, progress=False)[0]
+    assert torch.allclose(values, expected, rtol=1e-5, atol=1e-9)
+    assert ("|B − A|" in title) == weighted and ("distance per unit pixel" in unit) == (not weighted)
+    away = np.ones(values.shape, bool)
+    away[8:20, 16:28] = False  # outside b.png's black square, where the images agree
+    assert (float(values[away].abs().max()) == 0.0) == weighted
+
+
 def test_explain_brings_different_sizes_to_size(images, vit_folder, tmp_path, capsys):
     code, _, _ = _run(capsys, ["explain", images["x"], images["wide"], "--size", "32", "--model", vit_folder,
                                "--out", tmp_path / "map.svg", "--patch", "16", "--device", "cpu", "--quiet"])
@@ -122,6 +145,8 @@ def test_bad_input_is_one_line_before_the_model(images, tmp_path, case, capsys):
     (["invert", "x.png", "--lr", "nan", "--out", "g.png"], "argument --lr: must be a finite number"),
     (["explain", "a.png", "b.png", "--method", "lime", "--out", "m.png"], "argument --method: invalid choice"),
     (["explain", "a.png", "--out", "m.png"], "the following arguments are required: IMAGE"),
+    (["explain", "a.png", "b.png", "--sensitivity", "--times-difference", "--out", "m.png"],
+     "argument --times-difference: not allowed with argument --sensitivity"),
 ])
 def test_bad_options_are_refused_by_the_parser(argv, named, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,6 +1,7 @@
 """rpmetric.interpret.distance_map on the tiny random-weight ViT: occlusion against distances
 computed window by window, its mass inside the one square where two images differ, exact zeros
-for identical images; gradient against finite differences, and bad arguments."""
+for identical images; gradient (times difference, and the plain sensitivity) against finite
+differences, its peak in that square and its zeros outside it, and bad arguments."""
 
 from __future__ import annotations
 
@@ -68,20 +69,37 @@ def test_identical_images_give_an_all_zero_occlusion_map(tiny_metric, pair):
     assert m.shape == (2, SIZE, SIZE) and torch.equal(m, torch.zeros_like(m))
 
 
-def test_gradient_times_difference_peaks_in_the_square(tiny_metric, pair):
+@pytest.mark.parametrize("model", ["vit", "convnext"])
+def test_gradient_map_peaks_in_the_square(request, model, tiny_metric, pair):
     a, b, inside = pair
-    m = distance_map(tiny_metric, a[0], b[0], "gradient", times_difference=True, samples=4, progress=False).numpy()
+    metric = tiny_metric if model == "vit" else rpmetric.RobustDistance(
+        str(request.getfixturevalue("convnext_folder")), device="cpu")
+    m = distance_map(metric, a[0], b[0], "gradient", samples=4, progress=False).numpy()  # the defaults otherwise
     assert m.shape == (SIZE, SIZE)
     assert inside[np.unravel_index(np.argmax(m), m.shape)]
 
 
-def test_gradient_matches_finite_differences(tiny_metric, pair):
-    a, b, _ = pair
-    m = distance_map(tiny_metric, a, b, "gradient", samples=1, noise=0.0, smooth=0.0, progress=False)[0]
+def test_gradient_map_is_zero_where_the_images_agree(tiny_metric, pair):
+    a, b, inside = pair
+    m = distance_map(tiny_metric, a, b, "gradient", samples=2, smooth=0.0, progress=False)[0].numpy()
+    assert not m[~inside].any()  # exactly: the weight |B - A| is 0 there, whatever the gradient
+    assert (m[inside] > 0).mean() > 0.9
+    plain = distance_map(tiny_metric, a, b, "gradient", samples=2, smooth=0.0, times_difference=False,
+                         progress=False)[0].numpy()
+    assert (plain[~inside] > 0).mean() > 0.9  # a sensitivity: it does not vanish where they agree
+
+
+@pytest.mark.parametrize("times_difference", [False, True])
+def test_gradient_matches_finite_differences(tiny_metric, pair, times_difference):
+    a, b, inside = pair
+    m = distance_map(tiny_metric, a, b, "gradient", samples=1, noise=0.0, smooth=0.0, times_difference=times_difference,
+                     progress=False)[0]
     # central differences through the forward pass only, on a float64 copy of the encoder
     exact = copy.deepcopy(tiny_metric).double()
     h = 1e-2
-    for row, col in [tuple(int(v) for v in np.unravel_index(int(m.argmax()), m.shape)), (30, 40), (5, 60)]:
+    peak = tuple(int(v) for v in np.unravel_index(int(m.argmax()), m.shape))
+    for row, col in [peak, (30, 40), (20, 50)] + ([] if times_difference else [(5, 60)]):
+        assert inside[row, col] or not times_difference
         total = 0.0
         for channel in range(3):
             up, down = b.double().clone(), b.double().clone()
@@ -91,7 +109,8 @@ def test_gradient_matches_finite_differences(tiny_metric, pair):
                 f = F.normalize(exact.embed(a.double(), normalize=False).double(), dim=-1)
                 d = [0.5 * (f - F.normalize(exact.embed(x, normalize=False).double(), dim=-1)).pow(2).sum()
                      for x in (up, down)]
-            total += abs(float(d[0] - d[1]) / (2 * h))
+            weight = float(b[0, channel, row, col] - a[0, channel, row, col]) if times_difference else 1.0
+            total += abs(float(d[0] - d[1]) / (2 * h) * weight)
         assert float(m[row, col]) == pytest.approx(total, rel=0.05, abs=1e-7), (row, col)
 
 

@@ -19,10 +19,10 @@ def register(sub) -> None:
         description="Draw image A, image B and a map of where B makes the distance d(A, B) (printed first) come "
                     "from, overlaid on B with a colour bar. occlusion: the change of d(A, B) when a --patch square "
                     "of B (every --stride pixels) is replaced by A's pixels there, averaged over the windows that "
-                    "cover each pixel (distance units; windows where A and B agree score 0). gradient: |dd/dB| "
-                    "summed over channels, averaged over --samples noisy copies of B (SmoothGrad) and blurred "
-                    "(distance per unit pixel value; a sensitivity: it need not vanish where A and B agree, unless "
-                    "--times-difference). A and B must have the same size, or be brought to one with --size. Needs "
+                    "cover each pixel (distance units; windows where A and B agree score 0). gradient: "
+                    "|dd/dB x (B - A)| summed over channels, the gradient averaged over --samples noisy copies of "
+                    "B (SmoothGrad), and blurred (distance units; 0 where A and B agree); --sensitivity drops the "
+                    "(B - A) weight. A and B must have the same size, or be brought to one with --size. Needs "
                     "matplotlib: pip install \"rpmetric[plot]\".")
     p.add_argument("images", type=Path, nargs=2, metavar="IMAGE", help="the images A and B")
     add_model_option(p)
@@ -44,9 +44,14 @@ def register(sub) -> None:
                    help="gradient: std of the copies' Gaussian noise, in [0, 1] pixel units (default: %(default)s)")
     p.add_argument("--smooth", type=finite(0), default=maps.DEFAULT_SMOOTH,
                    help="gradient: std of the Gaussian blur in pixels, 0 for none (default: %(default)s)")
-    p.add_argument("--times-difference", action="store_true",
-                   help="gradient: weight each pixel's gradient by |B - A|, the first-order estimate of occlusion at "
-                        "one pixel (distance units; 0 where A and B agree)")
+    weight = p.add_mutually_exclusive_group()
+    weight.add_argument("--sensitivity", dest="times_difference", action="store_false",
+                        help="gradient: the plain |dd/dB|, without the |B - A| weight: where small changes of B move "
+                             "the distance most (distance per unit pixel value; need not vanish where A and B agree)")
+    weight.add_argument("--times-difference", dest="times_difference", action="store_true",
+                        help="gradient: weight each pixel's gradient by |B - A| (the default; kept for scripts that "
+                             "pass it)")
+    p.set_defaults(times_difference=True)
     p.add_argument("--batch-size", type=at_least(1), default=maps.DEFAULT_BATCH_SIZE,
                    help="occluded or noisy copies per forward pass (default: %(default)s)")
     p.add_argument("--seed", type=at_least(0), default=0, help="seeds the gradient's noise (default: %(default)s)")
@@ -87,7 +92,7 @@ def run(args) -> int:
         if method == "occlusion":
             title, unit = f"occlusion ({args.patch} px, stride {args.stride})", _UNITS["occlusion"]
         else:
-            title = "gradient × |B − A|" if args.times_difference else "gradient (SmoothGrad)"
+            title = "gradient × |B − A|" if args.times_difference else "gradient sensitivity |∂d/∂B|"
             unit = _UNITS["gradient-difference" if args.times_difference else "gradient"]
         panels.append((title, values, unit))
     names = (f"A: {args.images[0].name}", f"B: {args.images[1].name}")

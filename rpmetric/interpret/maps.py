@@ -10,13 +10,16 @@ for it, computed through the metric's public calls only:
   closer to A). A pixel's value is the mean score of the windows that cover it. Windows where A
   and B hold the same pixels score exactly 0 and are not embedded, so ``d(A, A)`` gives an
   all-zero map by construction. The windows are embedded in batches of ``batch_size``.
-- ``"gradient"``: ``|∂d/∂B|`` summed over the colour channels, averaged SmoothGrad-style over
-  ``samples`` noisy copies of B (Gaussian noise of std ``noise`` in [0, 1] pixel units, clamped
-  into [0, 1]) and blurred by a Gaussian of ``smooth`` pixels. It says where small changes of B
-  move the distance most, in distance per unit of [0, 1] pixel value; it is a sensitivity, not an
-  attribution: it need not be small where A and B agree. ``times_difference=True`` weights each
-  pixel's gradient by ``|B - A|`` (``sum_c |∂d/∂B_c · (B_c - A_c)|``, the first-order estimate of
-  what occlusion measures at one pixel), in distance units and zero where the images agree.
+- ``"gradient"``: gradient times difference, ``sum_c |∂d/∂B_c · (B_c - A_c)|``: each pixel's
+  gradient weighted by how far B is from A there, the first-order estimate of what occlusion
+  measures at one pixel. It is in distance units and exactly 0 where A and B agree (before the
+  blur), so it answers the same question as occlusion. The gradient is averaged SmoothGrad-style
+  over ``samples`` noisy copies of B (Gaussian noise of std ``noise`` in [0, 1] pixel units,
+  clamped into [0, 1]) and the map is blurred by a Gaussian of ``smooth`` pixels.
+  ``times_difference=False`` gives the plain ``|∂d/∂B|`` summed over the colour channels: where
+  small changes of B move the distance most, in distance per unit of [0, 1] pixel value. That is a
+  sensitivity, not an attribution: it need not be small where A and B agree, and on random weights
+  it is spread evenly over the image (see the README's *Distance maps*).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def window_starts(length: int, patch: int, stride: int) -> List[int]:
 
 def distance_map(metric, a: torch.Tensor, b: torch.Tensor, method: str = "occlusion", *,
                  patch: int = DEFAULT_PATCH, stride: int = DEFAULT_STRIDE, samples: int = DEFAULT_SAMPLES,
-                 noise: float = DEFAULT_NOISE, smooth: float = DEFAULT_SMOOTH, times_difference: bool = False,
+                 noise: float = DEFAULT_NOISE, smooth: float = DEFAULT_SMOOTH, times_difference: bool = True,
                  batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, progress: bool = True) -> torch.Tensor:
     """A map of where ``b`` differs from ``a`` in the metric's eyes (see the module's text for the methods).
 
@@ -71,17 +74,18 @@ def distance_map(metric, a: torch.Tensor, b: torch.Tensor, method: str = "occlus
         patch, stride: occlusion's window side and step, in pixels; ``patch`` at most the image's
             shorter side.
         samples, noise: gradient's noisy copies per pair and their noise std ([0, 1] pixel units;
-            ``noise=0`` with ``samples=1`` is the plain gradient).
+            ``noise=0`` with ``samples=1``: no SmoothGrad averaging).
         smooth: gradient's Gaussian blur, std in pixels (0: none).
-        times_difference: gradient only: weight it by ``|B - A|`` (see the module's text).
+        times_difference: gradient only: weight it by ``|B - A|`` (the default); ``False`` gives the plain
+            ``|∂d/∂B|`` sensitivity (see the module's text).
         batch_size: images per forward pass (occluded copies or noisy copies).
         seed: seeds gradient's noise (a private ``torch.Generator``).
         progress: show a tqdm bar.
 
     Returns:
         float32 maps ``[N, H, W]`` on the metric's device (``[H, W]`` for 3-dimensional inputs):
-        occlusion in distance units; gradient in distance per unit pixel value (distance units
-        with ``times_difference``).
+        occlusion and gradient in distance units; the plain gradient (``times_difference=False``)
+        in distance per unit pixel value.
 
     Raises:
         ValueError, TypeError: a bad argument or images of different sizes; the message says which.
@@ -102,6 +106,9 @@ def distance_map(metric, a: torch.Tensor, b: torch.Tensor, method: str = "occlus
         (torch.Size([48, 48]), True)
         >>> float(distance_map(metric, a, a, progress=False).abs().max())
         0.0
+        >>> g = distance_map(metric, a, b, "gradient", smooth=0.0, progress=False)  # gradient x |B - A|
+        >>> float(g[:, :24].abs().sum()) == 0.0 and float(g[8:24, 24:40].min()) >= 0.0  # 0 where A and B agree
+        True
     """
     if method not in METHODS:
         raise ValueError(f"Argument `method` must be one of {', '.join(repr(m) for m in METHODS)}, but got {method!r}.")
