@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..datasets.loading import ScoredPairImages, collate_images, data_loader
+from ..datasets.loading import ScoredPairImages
 from ..datasets.records import ScoredPair
 from ..fingerprint import model_identity, records_fingerprint
 from ..functional import cosine_distance
@@ -32,6 +32,7 @@ from ..runlog import RunLog, record_check
 from ..scoring import correlations
 from ..validation import check_int
 from .apgd import apgd_class
+from .batches import attack_in_batches
 from .config import AttackConfig
 from .evaluate import _loader_transform, _prepared
 from .threat import checked_norms
@@ -132,30 +133,15 @@ def evaluate_shift(metric, pairs: Sequence[ScoredPair], higher_is_better: bool, 
                   "higher_is_better": higher_is_better, "median": median, "records": records_fingerprint(pairs)}
     log = None if runlog_path is None else RunLog(runlog_path, run_config, resume,
                                                   check=record_check(["clean_d", "adv_d", "direction"]))
-    done: Dict[str, dict] = dict(log.done) if log is not None else {}
-    batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
-    todo = [b for b in batches if not all(keys[i] in done for i in b)]
     dataset = ScoredPairImages(pairs, transform=_loader_transform(embedder))
-    loader = data_loader(dataset, batch_sampler=todo, num_workers=workers, collate_fn=collate_images)
-    from tqdm.auto import tqdm
 
-    bar = tqdm(loader, total=len(todo), desc=f"APGD-{config.norm.value} shift", unit="batch", disable=not progress)
-    try:
-        for batch in bar:
-            if batch["errors"]:
-                index, message = batch["errors"][0]
-                raise ValueError(f"Pair {keys[index]!r} cannot be loaded: {message}; fix or remove it.")
-            index = batch["index"]
-            records = _shift_batch(embedder, batch, [keys[i] for i in index],
-                                   torch.tensor([directions[i] for i in index]), config)
-            new = [r for r in records if r["key"] not in done]
-            if log is not None:
-                log.append(new)
-            done.update((r["key"], r) for r in new)
-    finally:
-        if log is not None:
-            log.close()
-    return ShiftResult([done[k] for k in keys], run_config, higher_is_better)
+    def attack(batch, batch_keys):
+        push = torch.tensor([directions[i] for i in batch["index"]])
+        return _shift_batch(embedder, batch, batch_keys, push, config)
+
+    records = attack_in_batches(dataset, keys, batch_size, log, attack, item="Pair", source="`pairs`",
+                                desc=f"APGD-{config.norm.value} shift", workers=workers, progress=progress)
+    return ShiftResult(records, run_config, higher_is_better)
 
 
 def _shift_batch(embedder, batch: dict, keys: List[str], direction: torch.Tensor, config: AttackConfig) -> List[dict]:

@@ -10,9 +10,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 
-from ..datasets import Triplet, TripletImages, collate_images
+from ..datasets import Triplet, TripletImages
 from ..fingerprint import model_identity, records_fingerprint
-from ..datasets.loading import data_loader
 from ..images import unit_float
 from ..models.preprocess import resize_and_crop
 from ..runlog import RunLog, record_check
@@ -20,6 +19,7 @@ from ..scoring import binary_agreements
 from ..unique import embed_unique
 from ..validation import check_int
 from .apgd import run_apgd
+from .batches import attack_in_batches
 from .config import SQUARE_QUERIES, AttackConfig, Target
 from .features import (DefendedFeatures, Embedder, EOTDefendedFeatures, PlainFeatures, as_embedder, check_defence,
                        eot_seeds)
@@ -233,32 +233,21 @@ def evaluate_attack(metric, data: Union[Sequence[Triplet], torch.utils.data.Data
     log = None if runlog_path is None else RunLog(runlog_path, run_config, resume,
                                                   check=_record_check(counterattack is not None, configs, several,
                                                                       bool(config.suite)))
-    done: Dict[str, dict] = dict(log.done) if log is not None else {}
-
-    # Fixed batch boundaries over the whole list: a resumed run re-forms exactly the same batches.
-    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
-    todo = [b for b in batches if not all(keys[i] in done for i in b)]
     kept: Dict[str, dict] = {}
     wanted = set(keys[:max(0, int(keep_images))])
-    loader = data_loader(dataset, batch_sampler=todo, num_workers=workers, collate_fn=collate_images)
-    from tqdm.auto import tqdm
 
-    bar = tqdm(loader, total=len(todo), desc=f"{'suite' if config.suite else 'APGD'}-{config.norm.value}", unit="batch", disable=not progress)
-    try:
-        for batch in bar:
-            _raise_on_bad_items(batch, keys)
-            records = _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], configs, counterattack,
-                                    several, keep=(wanted, kept) if wanted else None)
-            new = [r for r in records if r["key"] not in done]
-            if log is not None:
-                log.append(new)
-            done.update((r["key"], r) for r in new)
-            robust = [r["robust_correct"][-1] if several else r["robust_correct"] for r in done.values()]
-            bar.set_postfix(clean=_mean(done.values(), "clean_correct"), robust=sum(robust) / len(robust))
-    finally:
-        if log is not None:
-            log.close()  # releases the log for the next run
-    result = _result([done[k] for k in keys], run_config, configs if several else None)
+    def attack(batch, batch_keys):
+        return _attack_batch(embedder, batch, batch_keys, configs, counterattack, several,
+                             keep=(wanted, kept) if wanted else None)
+
+    def postfix(done):
+        robust = [r["robust_correct"][-1] if several else r["robust_correct"] for r in done.values()]
+        return dict(clean=_mean(done.values(), "clean_correct"), robust=sum(robust) / len(robust))
+
+    records = attack_in_batches(dataset, keys, batch_size, log, attack, item="Triplet", source="`data`",
+                                desc=f"{'suite' if config.suite else 'APGD'}-{config.norm.value}", workers=workers,
+                                progress=progress, postfix=postfix)
+    result = _result(records, run_config, configs if several else None)
     result.images = {k: kept[k] for k in keys if k in kept}
     return result
 
@@ -503,13 +492,6 @@ def _loader_transform(embedder: Embedder):
     if pp is None or not getattr(module, "resize", False):
         return None
     return partial(resize_and_crop, pp=pp)
-
-
-def _raise_on_bad_items(batch: dict, keys: List[str]) -> None:
-    if batch.get("errors"):
-        index, message = batch["errors"][0]
-        raise ValueError(f"Triplet {keys[index]!r} cannot be loaded: {message} ({len(batch['errors'])} bad "
-                         "triplet(s) in this batch); fix or remove them from `data`.")
 
 
 def _run_config(metric, config: Union[AttackConfig, List[AttackConfig]], counterattack, batch_size: int,

@@ -21,14 +21,14 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..datasets import OddOneOut, OddOneOutImages, collate_images
-from ..datasets.loading import data_loader
+from ..datasets import OddOneOut, OddOneOutImages
 from ..functional import cosine_distance
 from ..runlog import RunLog, record_check
 from ..scoring import odd_one_out_credits
 from ..unique import embed_unique
 from ..validation import check_int
 from .apgd import run_apgd
+from .batches import attack_in_batches
 from .config import AttackConfig
 from .threat import checked_norms
 from .evaluate import (AttackResult, _dataset_and_keys, _loader_transform, _prepared, _result,
@@ -139,28 +139,11 @@ def evaluate_odd_one_out_attack(metric, triplets: Sequence[OddOneOut], *, norm: 
     run_config["attack"].pop("target", None)  # the 2AFC threat models do not apply: `threat` says which image moves
     log = None if runlog_path is None else RunLog(runlog_path, run_config, resume,
                                                   check=record_check(["clean_correct", "robust_correct"]))
-    done: Dict[str, dict] = dict(log.done) if log is not None else {}
-    batches = [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
-    todo = [b for b in batches if not all(keys[i] in done for i in b)]
-    loader = data_loader(dataset, batch_sampler=todo, num_workers=workers, collate_fn=collate_images)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(loader, total=len(todo), desc=f"APGD-{config.norm.value} odd-one-out", unit="batch",
-               disable=not progress)
-    try:
-        for batch in bar:
-            if batch.get("errors"):
-                index, message = batch["errors"][0]
-                raise ValueError(f"Triplet {keys[index]!r} cannot be loaded: {message}; fix or remove it.")
-            new = [r for r in _attack_batch(embedder, batch, [keys[i] for i in batch["index"]], config)
-                   if r["key"] not in done]
-            if log is not None:
-                log.append(new)
-            done.update((r["key"], r) for r in new)
-    finally:
-        if log is not None:
-            log.close()
-    return _result([done[k] for k in keys], run_config)
+    records = attack_in_batches(dataset, keys, batch_size, log,
+                                lambda batch, batch_keys: _attack_batch(embedder, batch, batch_keys, config),
+                                item="Triplet", source="`triplets`", desc=f"APGD-{config.norm.value} odd-one-out",
+                                workers=workers, progress=progress)
+    return _result(records, run_config)
 
 
 def _attack_batch(embedder, batch: dict, keys: List[str], config: AttackConfig) -> List[dict]:
