@@ -15,6 +15,7 @@ from rpmetric.datasets import read_nights
 from rpmetric.images import load_image, read_pixels, unit_float
 from rpmetric.models.preprocess import resize_and_crop
 # fooled_data and the autouse one_thread are fixtures: importing them makes them this module's too
+from interrupt import interrupt_at_call
 from test_attacks import CountingEncoder, NoDefence, SpyApgd, fooled_data, one_thread, random_triplets  # noqa: F401
 
 RADII = [0.0, 1 / 255, 4 / 255, 16 / 255, 32 / 255]
@@ -90,20 +91,10 @@ def test_identity_defence_reproduces_the_plain_curve(tiny_metric, fooled_data):
 def test_curve_resumes_exactly_and_refuses_other_radii(tiny_metric, fooled_data, tmp_path, monkeypatch):
     kwargs = dict(eps=[2 / 255, 8 / 255], steps=3, batch_size=2, progress=False)
     uninterrupted = evaluate_attack(tiny_metric, fooled_data, **kwargs)
-    real = evaluate_module.run_apgd
-    calls = []
-
-    def interrupt_in_the_second_batch(*args, **kw):
-        calls.append(1)
-        if len(calls) == 4:  # batch 2, second radius
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(evaluate_module, "run_apgd", interrupt_in_the_second_batch)
+    interrupt_at_call(monkeypatch, evaluate_module, "run_apgd", 4)  # batch 2, second radius
     log = tmp_path / "curve.jsonl"
     with pytest.raises(KeyboardInterrupt):
         evaluate_attack(tiny_metric, fooled_data, runlog_path=log, **kwargs)
-    monkeypatch.setattr(evaluate_module, "run_apgd", real)
     resumed = evaluate_attack(tiny_metric, fooled_data, runlog_path=log, resume=True, **kwargs)
     assert resumed.records == uninterrupted.records and resumed.curve == uninterrupted.curve
     with pytest.raises(ValueError, match="different configuration.*attack"):

@@ -16,6 +16,7 @@ from rpmetric.datasets import Triplet
 from rpmetric.images import read_pixels, unit_float
 from rpmetric.models.preprocess import resize_and_crop
 # fooled_data and the autouse one_thread are fixtures: importing them makes them this module's too
+from interrupt import interrupt_at_call
 from test_attacks import NoDefence, datagen_images, fooled_data, one_thread  # noqa: F401
 
 
@@ -196,20 +197,10 @@ def test_suite_resume_after_an_interruption_is_exact(tiny_metric, fooled_data, t
     kwargs = dict(eps=8 / 255, steps=2, suite=True, square_queries=10, target="distorted", batch_size=2,
                   progress=False)
     uninterrupted = evaluate_attack(tiny_metric, fooled_data, **kwargs)
-    real = evaluate_module.run_square
-    calls = []
-
-    def interrupt_the_second_batch(*args, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(evaluate_module, "run_square", interrupt_the_second_batch)
+    interrupt_at_call(monkeypatch, evaluate_module, "run_square", 2)  # in the second batch
     log = tmp_path / "suite.jsonl"
     with pytest.raises(KeyboardInterrupt):
         evaluate_attack(tiny_metric, fooled_data, runlog_path=log, **kwargs)
-    monkeypatch.setattr(evaluate_module, "run_square", real)
     resumed = evaluate_attack(tiny_metric, fooled_data, runlog_path=log, resume=True, **kwargs)
     assert resumed.records == uninterrupted.records
     assert resumed.to_dict() == uninterrupted.to_dict()

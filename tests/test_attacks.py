@@ -11,6 +11,7 @@ import torch
 
 import datagen
 import rpmetric
+from interrupt import interrupt_at_call
 from rpmetric.attacks import (AttackConfig, Norm, TwoAFCLogits, add_attack_options, attack_config_from_args,
                               evaluate_attack, human_labels, run_apgd)
 from rpmetric.attacks import evaluate as evaluate_module
@@ -284,18 +285,7 @@ def test_resume_after_an_interruption_is_exact(tiny_metric, fooled_data, tmp_pat
     kwargs = dict(eps=8 / 255, steps=4, batch_size=2, progress=False)
     uninterrupted = evaluate_attack(tiny_metric, fooled_data, **kwargs)
 
-    real = evaluate_module.run_apgd
-    calls = []
-    armed = [True]
-
-    def interrupt_second_batch(*args, **kw):
-        calls.append(1)
-        if armed[0] and len(calls) == 2:
-            armed[0] = False
-            raise KeyboardInterrupt
-        return real(*args, **kw)
-
-    monkeypatch.setattr(evaluate_module, "run_apgd", interrupt_second_batch)
+    calls = interrupt_at_call(monkeypatch, evaluate_module, "run_apgd", 2)  # in the second batch
     log = tmp_path / "attack.jsonl"
     with pytest.raises(KeyboardInterrupt):
         evaluate_attack(tiny_metric, fooled_data, runlog_path=log, **kwargs)
