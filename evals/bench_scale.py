@@ -3,7 +3,7 @@
 (dedup) ``near_pairs`` by each method on clustered unit vectors with planted near-duplicate groups
     (tests/planted.py: groups within the threshold and groups just outside it): wall time, pair
     recall against the exact method's pairs, pairs reported outside them (0 by construction), and
-    the peak resident memory of a fresh process that loads the vectors and runs the method.
+    the peak resident memory (VmHWM) of a fresh process that loads the vectors and runs the method.
     Targets at 1 M x 512: recall >= 0.99 and >= 20x faster than exact.
     With ``--exact-sample R`` the exact baseline is a sample instead of the full quadratic scan
     (which at 1 M x 512 costs about 90 CPU-minutes on this machine): R random rows are compared
@@ -14,8 +14,9 @@
 (store) the whole ``rpmetric dedup STORE --threshold T`` command on a real store on disk: N x D
     float16 planted vectors (tests/planted.py's ``planted_shards``) written shard by shard through
     the store's own writer (tests/synthstore.py), rows named ``img/000000123.jpg``. Reports the
-    command's wall time, CPU time and peak RSS (``wait4`` of that process), the machine's load
-    average while it ran (wall times on a shared machine depend on it), and the recall of the planted
+    command's wall time, CPU time and peak RSS (``wait4`` of that process, started by a small helper:
+    see ``Launcher``), the machine's load average while it ran (wall times on a shared machine
+    depend on it), and the recall of the planted
     pairs: the pairs of the groups planted within T whose exact distance (float64, from the stored
     values) is within T, found when the CSV puts both rows in one group. An exact scan of all
     pairs is infeasible at 10 M, so pairs that occur by chance are not counted (at T = 0.05 on this
@@ -54,6 +55,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,7 +80,7 @@ def run_method(vectors: Path, pairs_out: Path, method: str, threshold: float, cl
     i, j, _ = near_pairs(x, threshold, method=method, clusters=clusters, probes=probes)
     elapsed = time.perf_counter() - start
     np.save(pairs_out, np.stack([i.numpy(), j.numpy()]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = own_peak_rss_kb()
     return {"seconds": elapsed, "rss_loaded_mb": loaded / 1024, "rss_peak_mb": peak / 1024, "pairs": len(i)}
 
 
@@ -105,7 +107,7 @@ def run_sampled_exact(vectors: Path, pairs_out: Path, threshold: float, rows: in
     pairs = cand[:, d <= threshold + 1e-6]
     np.save(pairs_out, np.stack([pairs.min(0), pairs.max(0)]))
     np.save(pairs_out.with_suffix(".sample.npy"), sample)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = own_peak_rss_kb()
     return {"seconds": elapsed, "rss_loaded_mb": loaded / 1024, "rss_peak_mb": peak / 1024,
             "pairs": pairs.shape[1]}
 
@@ -113,6 +115,59 @@ def run_sampled_exact(vectors: Path, pairs_out: Path, threshold: float, rows: in
 def current_rss_kb() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def own_peak_rss_kb() -> int:
+    """This process's peak RSS since its exec (VmHWM). Not getrusage's ru_maxrss: Linux keeps in it
+    the peak of the image the process was forked from, here the benchmark's parent with its GBs of
+    planted vectors (see :class:`Launcher`)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+_LAUNCHER = r"""
+import json, os, subprocess, sys
+for line in sys.stdin:
+    cmd, stderr_path = json.loads(line)
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen(cmd, stderr=err)
+    print(json.dumps({"pid": proc.pid}), flush=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    print(json.dumps({"status": status, "maxrss_kib": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}),
+          flush=True)
+"""
+
+
+class Launcher:
+    """Runs commands from a small helper process, started before this one grows, and reports each
+    one's ``wait4`` resources.
+
+    Why: when a process forks and execs, Linux keeps the peak RSS of the image it was forked from
+    in the new program's ``ru_maxrss``. Started directly from this process, after it has built a
+    10 M-row store and its planted pairs, ``rpmetric dedup`` reported this process's 8.21 GiB peak
+    as its own (its own peak, VmHWM, was 2.29 GiB). The helper holds tens of MB.
+    """
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def start(self, cmd, stderr_path: Path) -> int:
+        """Start ``cmd`` (its stderr to ``stderr_path``) and return its pid."""
+        self.proc.stdin.write(json.dumps([cmd, str(stderr_path)]) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())["pid"]
+
+    def result(self, timeout: float):
+        """``{"status", "maxrss_kib", "cpu_s"}`` once the command has ended, or None after ``timeout`` s."""
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return json.loads(self.proc.stdout.readline()) if ready else None
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def child(args, tmp: Path, method: str, clusters, probes) -> dict:
@@ -179,6 +234,7 @@ def bench_store(args) -> None:
 
     from synthstore import write_store
 
+    launcher = Launcher()  # before this process holds GBs: see Launcher
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)  # a fresh machine's /tmp has no --work folder yet
     work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.work))
@@ -205,25 +261,24 @@ def bench_store(args) -> None:
         cmd += args.extra
         start = time.perf_counter()
         log = work / "stderr.txt"
-        with open(log, "w") as err_file:
-            proc = subprocess.Popen(cmd, stderr=err_file)
+        pid = launcher.start(cmd, log)
         loads = [os.getloadavg()[0]]  # the machine's 1-minute load average: wall times depend on it
         report = 60.0
         while True:  # polled every second (the wall time's resolution), progress every minute
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            done = launcher.result(timeout=1.0)
             elapsed = time.perf_counter() - start
-            if pid:
+            if done is not None:
                 break
             if elapsed > args.timeout:
-                proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
+                os.kill(pid, signal.SIGKILL)
+                done = launcher.result(timeout=60.0) or {"maxrss_kib": float("nan")}
                 raise SystemExit(f"    rpmetric dedup did not finish in {args.timeout} s (killed); peak RSS "
-                                 f"{usage.ru_maxrss / 2**20:.2f} GiB so far")
-            time.sleep(1.0)
+                                 f"{done['maxrss_kib'] / 2**20:.2f} GiB so far")
             if elapsed > report:
                 report += 60.0
                 loads.append(os.getloadavg()[0])
-                print(f"    ... {elapsed:.0f} s, resident {proc_rss(proc.pid)}, load average {loads[-1]:.1f}", flush=True)
+                print(f"    ... {elapsed:.0f} s, resident {proc_rss(pid)}, load average {loads[-1]:.1f}", flush=True)
+        status = done["status"]
         err = log.read_text()
         if status != 0:
             raise SystemExit(f"rpmetric dedup failed ({status}): {err}")
@@ -236,13 +291,14 @@ def bench_store(args) -> None:
         planted_rows[inside.ravel()] = True
         extra = int(((group >= 0) & ~planted_rows).sum())
         print(f"    {' '.join(['rpmetric', 'dedup', 'STORE', '--threshold', str(args.threshold)] + args.extra)}: "
-              f"{elapsed:.0f} s ({usage.ru_utime + usage.ru_stime:.0f} CPU s), peak RSS {usage.ru_maxrss / 2**20:.2f} GiB; "
+              f"{elapsed:.0f} s ({done['cpu_s']:.0f} CPU s), peak RSS {done['maxrss_kib'] / 2**20:.2f} GiB; "
               f"planted-pair recall "
               f"{found.mean() if len(found) else 1.0:.4f} ({int(found.sum()):,} of {len(found):,}); {extra} rows "
               f"grouped outside the planted groups; {err.strip()}", flush=True)
         print(f"    load average (1 min) of the machine ({os.cpu_count()} CPUs) during the run: mean "
               f"{np.mean(loads):.1f}, min {min(loads):.1f}, max {max(loads):.1f} ({len(loads)} samples)", flush=True)
     finally:
+        launcher.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -5,7 +5,8 @@ the size of each mmapped block freed (up to 32 MB). The streaming passes free an
 temporaries of about 16 MB many thousands of times, and the heap keeps what they freed: confirming
 1.5 M pairs of a 4 M-row store peaked at 2.09 to 3.49 GiB (the more large blocks the process had
 freed before, the more), and at 1.75 GiB with the threshold fixed at 1 MiB, which also turns off
-the dynamic raise.
+the dynamic raise. The whole dedup of a 10 M-row store peaked at 3.68 GiB at commit c9b5cb2, before
+this fix, and at 2.29 GiB with it (commit 203848a).
 """
 
 from __future__ import annotations
