@@ -47,12 +47,12 @@ def test_uint8_images_are_resized_in_8_bits_like_pil(shape, mode):
     top, left = round((h - 32) / 2), round((w - 32) / 2)
     filt = Image.BICUBIC if mode == "bicubic" else Image.BILINEAR
     pil = Image.fromarray(arr).resize((w, h), filt).crop((left, top, left + 32, top + 32))
-    expected = torch.from_numpy(np.asarray(pil)).permute(2, 0, 1)[None]
+    expected = torch.from_numpy(np.array(pil)).permute(2, 0, 1)[None]
     assert out.dtype == torch.uint8 and out.shape == (1, 3, 32, 32)
     assert (out.int() - expected.int()).abs().max() <= 2
     # On a smooth image (no overshoot for the 8-bit intermediate to clip), within rounding of the
     # differentiable float path.
-    smooth = np.asarray(Image.fromarray(arr[:4, :4]).resize(shape[::-1], Image.BICUBIC))
+    smooth = np.array(Image.fromarray(arr[:4, :4]).resize(shape[::-1], Image.BICUBIC))
     x = torch.from_numpy(smooth).permute(2, 0, 1)[None].contiguous()
     float_path = resize_and_crop(x.float() / 255, pp)
     assert (resize_and_crop(x, pp).float() / 255 - float_path).abs().max() <= 1.5 / 255
