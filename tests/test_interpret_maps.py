@@ -62,6 +62,31 @@ def test_occlusion_is_the_mean_change_of_the_covering_windows(tiny_metric, pair)
             assert float(m[row, col]) == pytest.approx(np.mean(changes), abs=1e-6)
 
 
+def _embedded_batch_sizes(vit_folder):
+    """A fresh metric on the tiny ViT, and the list of batch sizes its encoder is run on."""
+    metric = rpmetric.RobustDistance(str(vit_folder), device="cpu")
+    sizes = []
+    metric.encoder.register_forward_hook(lambda module, inputs, output: sizes.append(output.shape[0]))
+    return metric, sizes
+
+
+def test_each_batch_embeds_a_once(vit_folder, pair):
+    a, b, _ = pair
+    metric, sizes = _embedded_batch_sizes(vit_folder)
+    distance_map(metric, a, b, "occlusion", patch=8, stride=4, batch_size=7, progress=False)
+    starts = window_starts(SIZE, 8, 4)
+    differing = sum(1 for top in starts for left in starts  # the windows that overlap SQUARE
+                    if top < 48 and top + 8 > 16 and left < 52 and left + 8 > 28)
+    full, rest = divmod(differing, 7)
+    assert sizes == [1, 1] + [1, 7] * full + ([1, rest] if rest else [])  # d(A, B), then each batch against one A
+    sizes.clear()
+    distance_map(metric, a, b, "gradient", samples=5, batch_size=2, progress=False)
+    assert sizes == [1, 2, 1, 2, 1, 1]
+    sizes.clear()
+    distance_map(metric, torch.cat([a, b]), torch.cat([b, a]), "gradient", samples=3, batch_size=4, progress=False)
+    assert sizes == [4, 4, 1, 2]  # a batch of two pairs' copies needs both As; then one pair's
+
+
 def test_identical_images_give_an_all_zero_occlusion_map(tiny_metric, pair):
     a, b, _ = pair
     both = torch.cat([a, b])

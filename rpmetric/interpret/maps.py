@@ -9,7 +9,8 @@ for it, computed through the metric's public calls only:
   how much distance that region of B adds, in distance units (negative where B's region brings B
   closer to A). A pixel's value is the mean score of the windows that cover it. Windows where A
   and B hold the same pixels score exactly 0 and are not embedded, so ``d(A, A)`` gives an
-  all-zero map by construction. The windows are embedded in batches of ``batch_size``.
+  all-zero map by construction. Each pair's windows are embedded in batches of ``batch_size``,
+  against one copy of its A.
 - ``"gradient"``: gradient times difference, ``sum_c |∂d/∂B_c · (B_c - A_c)|``: each pixel's
   gradient weighted by how far B is from A there, the first-order estimate of what occlusion
   measures at one pixel. It is in distance units and exactly 0 where A and B agree (before the
@@ -159,20 +160,23 @@ def _occlusion(metric, ua, ub, patch: int, stride: int, batch_size: int, progres
             coverage[top:top + patch, left:left + patch] += 1
     totals = torch.zeros(n, height, width, device=device)
     # Only windows where the images differ change B; the others score exactly 0.
-    jobs = [(k, top, left) for k in range(n) for top in tops for left in lefts
-            if not torch.equal(ua[k, :, top:top + patch, left:left + patch], ub[k, :, top:top + patch, left:left + patch])]
-    with torch.no_grad(), progress_bar(len(jobs), "explain: occlusion", progress, unit="window") as bar:
+    windows = [[(top, left) for top in tops for left in lefts
+                if not torch.equal(ua[k, :, top:top + patch, left:left + patch],
+                                   ub[k, :, top:top + patch, left:left + patch])]
+               for k in range(n)]
+    with torch.no_grad(), progress_bar(sum(map(len, windows)), "explain: occlusion", progress, unit="window") as bar:
         base = metric(from_unit(metric, ua), from_unit(metric, ub))
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
-            index = torch.tensor([k for k, _, _ in chunk], device=device)
-            occluded = ub[index].clone()
-            for row, (k, top, left) in enumerate(chunk):
-                occluded[row, :, top:top + patch, left:left + patch] = ua[k, :, top:top + patch, left:left + patch]
-            change = base[index] - metric(from_unit(metric, ua[index]), from_unit(metric, occluded))
-            for (k, top, left), value in zip(chunk, change):
-                totals[k, top:top + patch, left:left + patch] += value
-            bar.update(len(chunk))
+        for k in range(n):
+            a_k = from_unit(metric, ua[k:k + 1])  # one A per batch of windows: the metric broadcasts it
+            for start in range(0, len(windows[k]), batch_size):
+                chunk = windows[k][start:start + batch_size]
+                occluded = ub[k].expand(len(chunk), -1, -1, -1).clone()
+                for row, (top, left) in enumerate(chunk):
+                    occluded[row, :, top:top + patch, left:left + patch] = ua[k, :, top:top + patch, left:left + patch]
+                change = base[k] - metric(a_k, from_unit(metric, occluded))
+                for (top, left), value in zip(chunk, change):
+                    totals[k, top:top + patch, left:left + patch] += value
+                bar.update(len(chunk))
     return totals / coverage
 
 
@@ -189,7 +193,9 @@ def _gradient(metric, ua, ub, samples: int, noise: float, smooth: float, times_d
             # whatever the batch size or device
             eps = torch.stack([noise * torch.randn(ub.shape[1:], generator=rng) for _ in chunk]).to(ub.device)
             copies = (ub[index] + eps).clamp(0.0, 1.0).requires_grad_(True)
-            d = metric(from_unit(metric, ua[index]), from_unit(metric, copies))
+            first, last = chunk[0][0], chunk[-1][0]
+            a_side = ua[first:first + 1] if first == last else ua[index]  # one pair's copies: its A broadcasts
+            d = metric(from_unit(metric, a_side), from_unit(metric, copies))
             (grad,) = torch.autograd.grad(d.sum(), copies)
             if times_difference:
                 grad = grad * (ub[index] - ua[index])
